@@ -1,0 +1,1 @@
+"""Saving and loading model dirs (safetensors + JSON) and converters for foreign layouts."""

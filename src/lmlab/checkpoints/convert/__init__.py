@@ -1,0 +1,143 @@
+"""Hugging Face model dirs <-> lmlab models.
+
+Reading and writing the files (config.json, safetensors or `.bin` weights, tokenizer files) happens
+here; what the tensors are called and how the config fields map lives in one module per layout
+(`hf_gpt`, ...), chosen through the literal dicts below: config.json's `model_type` for `from_hf`,
+the model's lmlab family for `to_hf`. A layout module never touches files, so adding a layout is
+adding two functions and two dict entries.
+
+Safe loading: `torch.load(weights_only=True)` is used here, and only here, for foreign
+`pytorch_model.bin` files; everything lmlab writes is safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lmlab.checkpoints.atomic import write_bytes_atomic
+from lmlab.checkpoints.convert import hf_gpt
+from lmlab.errors import ConversionError
+from lmlab.models.registry import family_of
+
+# config.json model_type -> layout reader: (hf_dir, config, read_weights) -> (model, tokenizer|None).
+FROM_HF = {
+    "gpt2": hf_gpt.gpt2_from_hf,
+    "openai-gpt": hf_gpt.openai_gpt_from_hf,
+}
+# lmlab family -> layout writer: (model, tokenizer) -> (HF config dict, HF-named state dict).
+TO_HF = {
+    "gpt2": hf_gpt.gpt2_to_hf,
+    "gpt": hf_gpt.openai_gpt_to_hf,
+}
+# lmlab tokenizer kind -> writer of the files transformers reads for it: (tokenizer, dir, config).
+TOKENIZER_TO_HF = {
+    "byte_bpe": hf_gpt.write_byte_bpe_tokenizer,
+}
+
+CONFIG = "config.json"
+SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+
+
+def from_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer) from a Hugging Face model dir; tokenizer is None when the dir has none."""
+    directory = Path(hf_dir)
+    config = read_hf_config(directory)
+    model_type = config.get("model_type")
+    if model_type not in FROM_HF:
+        raise ConversionError(f"{directory / CONFIG}: model_type {model_type!r} is not supported; "
+                              f"expected one of {', '.join(FROM_HF)}")
+    # Weights are read only once the config is known to be convertible (they can be gigabytes).
+    model, tokenizer = FROM_HF[model_type](directory, config, lambda: read_hf_weights(directory))
+    return model.to(device).eval(), tokenizer
+
+
+def to_hf(model, tokenizer, hf_dir: str | Path) -> Path:
+    """Write `model` (and `tokenizer`, if given) as a Hugging Face model dir of its family's layout."""
+    family = family_of(model)
+    if family not in TO_HF:
+        raise ConversionError(f"family {family!r} has no Hugging Face layout; "
+                              f"expected one of {', '.join(TO_HF)}")
+    kind = getattr(tokenizer, "kind", None)
+    if tokenizer is not None and kind not in TOKENIZER_TO_HF:
+        raise ConversionError(f"tokenizer kind {kind!r} has no Hugging Face layout; expected one of "
+                              f"{', '.join(TOKENIZER_TO_HF)}, or pass tokenizer=None")
+    config, state = TO_HF[family](model, tokenizer)
+    out = Path(hf_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"{SAFETENSORS}.tmp-{os.getpid()}"
+    save_file(state, str(tmp), metadata={"format": "pt"})  # "pt": what transformers checks for
+    os.replace(tmp, out / SAFETENSORS)
+    if tokenizer is not None:
+        TOKENIZER_TO_HF[kind](tokenizer, out, config)
+    write_bytes_atomic(out / CONFIG, json.dumps(config, indent=2, sort_keys=True).encode())
+    return out
+
+
+def read_hf_config(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise ConversionError(f"{directory}: not a directory; expected a Hugging Face model dir")
+    path = directory / CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConversionError(f"{directory}: no {CONFIG}; not a Hugging Face model dir") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"{path}: expected a JSON object")
+    return config
+
+
+def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the dir: one safetensors/.bin file or an index of shards, safetensors first."""
+    if (directory / SAFETENSORS).is_file():
+        return _read_file(directory / SAFETENSORS)
+    for index in (SAFETENSORS_INDEX, BIN_INDEX):
+        if (directory / index).is_file():
+            return _read_shards(directory, directory / index)
+    if (directory / BIN).is_file():
+        return _read_file(directory / BIN)
+    raise ConversionError(f"{directory}: no weights file (expected {SAFETENSORS}, {BIN} or a "
+                          f"{SAFETENSORS_INDEX} of shards)")
+
+
+def _read_shards(directory: Path, index: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConversionError(f"{index}: not a valid shard index ({e})") from None
+    state = {}
+    for name in shards:
+        # A shard is a plain file of this folder: an index never makes us read elsewhere.
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            raise ConversionError(f"{index}: shard name {name!r} is not a file name in this folder")
+        state.update(_read_file(directory / name))
+    return state
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ConversionError(f"{path}: missing")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        # weights_only: a foreign pickle may hold tensors and containers, never code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError ...: all mean "unreadable"
+        first_line = (str(e).splitlines() or [""])[0]  # torch's messages run over many lines
+        raise ConversionError(f"{path}: not a readable PyTorch weights file "
+                              f"({type(e).__name__}: {first_line})") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise ConversionError(f"{path}: expected a state dict of tensors")
+    return state

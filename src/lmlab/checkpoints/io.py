@@ -1,0 +1,117 @@
+"""`lmlab.save` / `lmlab.load`: a model dir is config.json + model.safetensors + tokenizer files,
+with MANIFEST.json written last. Never pickle: weights are safetensors, everything else JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lmlab.checkpoints.atomic import MANIFEST, read_manifest, write_bytes_atomic, write_manifest
+from lmlab.errors import CheckpointError, LmlabError
+from lmlab.models.config import config_to_dict
+from lmlab.models.registry import build_from_config, family_of
+from lmlab.tokenizers import load_tokenizer
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def unique_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict with each shared (tied) tensor stored once, under its first name."""
+    seen, state = set(), {}
+    for name, tensor in module.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        state[name] = tensor.detach().contiguous().cpu()
+    return state
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Copy `state` in; missing names are allowed only where the model ties them to a stored one."""
+    own = module.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise CheckpointError(f"{where}: unexpected tensor(s) {', '.join(unexpected[:5])} for this model")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise CheckpointError(f"{where}: tensor {name} has shape {tuple(tensor.shape)}, "
+                                  f"the model expects {tuple(own[name].shape)}")
+    stored = set(unique_state(module))
+    missing = sorted(stored - set(state))
+    if missing:
+        raise CheckpointError(f"{where}: missing tensor(s) {', '.join(missing[:5])}")
+    module.load_state_dict(state, strict=False)
+
+
+def save(model: torch.nn.Module, tokenizer, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write model (and tokenizer, if given) into `out_dir`; other files there are left alone."""
+    from lmlab import __version__
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # The manifest goes first and comes back last: a crash in between leaves no valid model here.
+    (out / MANIFEST).unlink(missing_ok=True)
+    config = {"family": family_of(model), "lmlab_version": __version__, **config_to_dict(model.config)}
+    if extra:
+        config["extra"] = extra
+    write_bytes_atomic(out / CONFIG, json.dumps(config, indent=2).encode())
+    tmp = out / f"{WEIGHTS}.tmp-{os.getpid()}"
+    save_file(unique_state(model), str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / WEIGHTS)
+    files = [CONFIG, WEIGHTS]
+    if tokenizer is not None:
+        before = set(os.listdir(out))
+        tokenizer.save(out)
+        files += sorted((set(os.listdir(out)) - before) | tokenizer_files(out))
+    write_manifest(out, sorted(set(files)))
+    return out
+
+
+def tokenizer_files(directory: Path) -> set[str]:
+    names = {"tokenizer.json", "vocab.json", "merges.txt", "vocab.txt"}
+    return {n for n in names if (directory / n).exists()}
+
+
+def read_config(directory: Path) -> dict:
+    path = directory / CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or "family" not in config:
+        raise CheckpointError(f"{path}: no \"family\" field; not an lmlab config")
+    return config
+
+
+def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool = True):
+    """(model, tokenizer) from an lmlab model dir; tokenizer is None when the dir has none."""
+    directory = Path(model_dir)
+    read_manifest(directory, verify=verify)
+    config = read_config(directory)
+    family = config.pop("family")
+    config.pop("lmlab_version", None)
+    config.pop("extra", None)
+    where = str(directory / CONFIG)
+    try:
+        model = build_from_config(family, config, where=where)
+    except LmlabError as e:
+        # Unknown families and bad field values do not know which file they came from.
+        message = str(e) if where in str(e) else f"{where}: {e}"
+        raise CheckpointError(message) from None
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{directory / WEIGHTS}: not a readable safetensors file ({e})") from None
+    load_state(model, state, str(directory / WEIGHTS))
+    model.to(device).eval()
+    return model, load_tokenizer(directory)

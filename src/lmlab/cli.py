@@ -1,0 +1,228 @@
+"""The `lmlab` command: one subcommand -> one plain function. `lmlab CMD --help` documents each.
+
+Errors meant for users (LmlabError) are printed as one line, without a traceback, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lmlab.errors import ConfigError, LmlabError
+
+
+def cmd_demo(args) -> int:
+    from lmlab.demo import run_demo
+
+    run_demo(out=args.out, minutes=args.minutes, device=args.device)
+    return 0
+
+
+# --- pretrain ---------------------------------------------------------------------------------
+# name -> (type, default, help). Defaults are applied after --config, so the file can set any.
+PRETRAIN_FLAGS = {
+    "model": (str, "gpt2", "model family (gpt, gpt2)"),
+    "preset": (str, "tiny", "preset of the family, e.g. tiny, gpt2-124m"),
+    "data": (str, "builtin:ptb", "builtin:NAME (see `lmlab data list`), a .txt file, a folder of .txt, "
+                                 "or JSONL with {\"text\": ...}"),
+    "valid": (str, None, "a separate validation source (default: the corpus's own split)"),
+    "out": (str, None, "run dir to write (a model dir when done); required"),
+    "tokenizer": (str, None, "tokenizer kind: words, chars or byte_bpe (default: the corpus's own)"),
+    "vocab_size": (int, None, "byte_bpe vocabulary size (default 8192) or words cap"),
+    "steps": (int, 1000, "optimizer steps"),
+    "batch_size": (int, 32, "global batch: sequences per optimizer step over all processes"),
+    "micro_batch_size": (int, None, "sequences per forward per process (gradient accumulation)"),
+    "seq_len": (int, 128, "tokens per training sequence"),
+    "lr": (float, 3e-4, "peak learning rate"),
+    "min_lr_ratio": (float, 0.1, "final lr as a fraction of the peak"),
+    "warmup": (int, 100, "linear warmup steps"),
+    "schedule": (str, "cosine", "cosine, linear or constant decay after warmup"),
+    "weight_decay": (float, 0.1, "AdamW weight decay (matrices only)"),
+    "grad_clip": (float, 1.0, "clip the global gradient norm (0 = off)"),
+    "seed": (int, 0, "seed for weights, data order and dropout"),
+    "log_every": (int, 10, "write metrics.jsonl every N steps"),
+    "eval_every": (int, 200, "validation loss every N steps (0 = at the end only)"),
+    "eval_batches": (int, 20, "validation batches per evaluation"),
+    "save_every": (int, 500, "atomic checkpoint every N steps (0 = at the end only)"),
+    "keep_checkpoints": (int, 2, "checkpoints kept (at least 2)"),
+    "max_bad_steps": (int, 5, "non-finite steps in a row before the run stops"),
+    "device": (str, "auto", "auto, cpu, cuda, cuda:N or mps"),
+}
+PRETRAIN_SWITCHES = {"resume": "continue from the newest valid checkpoint in --out",
+                     "compile": "torch.compile the model",
+                     "no_progress": "no progress bar"}
+
+
+def add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain a model from scratch",
+                       description="Pretrain a model; the run dir gets metrics.jsonl, plots/, checkpoints/ "
+                                   "and the final model. Works the same under torchrun (DDP).")
+    for name, (kind, default, text) in PRETRAIN_FLAGS.items():
+        shown = f" (default: {default})" if default is not None else ""
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text + shown)
+    for name, text in PRETRAIN_SWITCHES.items():
+        p.add_argument("--" + name.replace("_", "-"), action="store_true", default=None, help=text)
+    p.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE",
+                   help="override a model config field, e.g. --set d_model=128 (repeatable)")
+    p.add_argument("--config", type=Path, help="YAML file of the same options (flags given win)")
+    p.set_defaults(func=cmd_pretrain)
+
+
+def parse_overrides(items: list[str] | None, where: str = "--set") -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{where}: expected FIELD=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def read_run_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of option: value")
+    known = set(PRETRAIN_FLAGS) | set(PRETRAIN_SWITCHES) | {"set"}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if "set" in values and not isinstance(values["set"], dict):
+        raise ConfigError(f"{path}: 'set' must be a mapping of model config fields")
+    return values
+
+
+def cmd_pretrain(args) -> int:
+    from lmlab.train.pretrain import pretrain
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("func", "config", "command")}
+    values = read_run_yaml(args.config) if args.config else {}
+    overrides = dict(values.pop("set", {}) or {})
+    overrides.update(parse_overrides(given.pop("set", None)))
+    values.update(given)
+    for name, (_, default, _) in PRETRAIN_FLAGS.items():
+        values.setdefault(name, default)
+    if not values["out"]:
+        raise ConfigError("pretrain needs --out DIR (or out: in --config)")
+    values["progress"] = not values.pop("no_progress", False)
+    pretrain(overrides=overrides, **values)
+    return 0
+
+
+# --- generate, evaluate, convert -----------------------------------------------------------------
+def add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="sample text from a model dir",
+                       description="Generate a continuation of --prompt; tokens are printed as they come.")
+    p.add_argument("model_dir", help="an lmlab model dir (a run dir works)")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate (default 50)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
+    p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1.0)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL penalty, 1.0 = off")
+    p.add_argument("--num-return-sequences", type=int, default=1, help="continuations to sample")
+    p.add_argument("--stop", action="append", help="stop once the text contains this string (repeatable)")
+    p.add_argument("--no-stop-at-eos", action="store_true", help="keep going past end-of-text")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args) -> int:
+    from lmlab.generate.cli import generate_command
+
+    generate_command(args.model_dir, args.prompt, max_new_tokens=args.max_new_tokens,
+                     do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                     num_return_sequences=args.num_return_sequences, stop=args.stop,
+                     stop_at_eos=not args.no_stop_at_eos, seed=args.seed, device=args.device)
+    return 0
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="perplexity / bits per character on a corpus",
+                       description="Evaluate a model dir on a corpus and print JSON.")
+    p.add_argument("model_dir")
+    p.add_argument("--data", default="builtin:ptb", help="builtin:NAME, .txt, folder or JSONL")
+    p.add_argument("--split", default="valid", help="train, valid or test (default valid)")
+    p.add_argument("--protocol", default="fixed", choices=["fixed", "sliding"],
+                   help="fixed: non-overlapping windows; sliding: windows advanced by --stride")
+    p.add_argument("--window", type=int, help="window length (default: the model's context)")
+    p.add_argument("--stride", type=int, help="sliding stride (default: window/2)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward (default 8)")
+    p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from lmlab.eval.cli import evaluate_command
+
+    result = evaluate_command(args.model_dir, args.data, split=args.split, protocol=args.protocol,
+                              stride=args.stride, window=args.window, batch_size=args.batch_size,
+                              device=args.device, max_tokens=args.max_tokens)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert between Hugging Face and lmlab model dirs",
+                       description="--from-hf HF_DIR --out DIR, or --to-hf DIR --out HF_DIR.")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--from-hf", metavar="HF_DIR", help="a Hugging Face model dir (gpt2, openai-gpt)")
+    group.add_argument("--to-hf", metavar="DIR", help="an lmlab model dir")
+    p.add_argument("--out", required=True, help="where to write the converted model")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args) -> int:
+    from lmlab.checkpoints.convert.cli import convert_command
+
+    return convert_command(args.from_hf, args.to_hf, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lmlab import __version__
+    from lmlab.data.cli import add_arguments as add_data
+
+    parser = argparse.ArgumentParser(prog="lmlab", description="Pretrain, fine-tune, evaluate and sample "
+                                     "the 2017-2019 lineage of language models.")
+    parser.add_argument("--version", action="version", version=f"lmlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    demo = sub.add_parser("demo", help="the main job: pretrain a small GPT-2 on PTB, evaluate, sample",
+                          description="Pretrain a small GPT-2 on builtin:ptb for a few minutes, report "
+                                      "validation perplexity next to a unigram baseline, sample text.")
+    demo.add_argument("--out", default="runs/demo", help="run dir (default runs/demo)")
+    demo.add_argument("--minutes", type=float, default=5.0, help="training time budget (default 5)")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    demo.set_defaults(func=cmd_demo)
+    add_data(sub)
+    add_pretrain(sub)
+    add_generate(sub)
+    add_evaluate(sub)
+    add_convert(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LmlabError as e:
+        print(f"lmlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

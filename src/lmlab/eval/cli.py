@@ -1,0 +1,100 @@
+"""`lmlab evaluate DIR --data SOURCE`: perplexity of a saved model on a corpus split, as a dict.
+
+The lead's argparse in `lmlab/cli.py` calls `evaluate_command` and prints `json.dumps` of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lmlab.errors import ConfigError, DataError, TokenizerError
+from lmlab.eval.perplexity import perplexity
+
+PROTOCOLS = ("fixed", "sliding")
+SPLITS = ("train", "valid", "test", "all")
+
+
+def _check_args(protocol: str, split: str, stride, window, batch_size, max_tokens) -> None:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if window is not None and window < 1:
+        raise ConfigError(f"--window must be >= 1, got {window}")
+    if stride is not None and stride < 1:
+        raise ConfigError(f"--stride must be >= 1, got {stride}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if max_tokens is not None and max_tokens < 2:
+        raise ConfigError(f"--max-tokens must be >= 2 (one token is scored from another), got {max_tokens}")
+
+
+def _token_stream(model, tokenizer, model_dir: str, data: str, split: str) -> torch.Tensor:
+    """The ids to score: a token shard (.bin) as is, any text source tokenized (and cached).
+
+    split "all" reads every document of a local source (no held-out tail is cut off).
+    """
+    from lmlab.data.prepare import check_vocab, prepare_tokens
+    from lmlab.data.shards import open_shard
+
+    vocab = model.config.vocab_size
+    if str(data).endswith(".bin"):
+        shard = open_shard(data)
+        if shard.vocab_size > vocab:
+            raise DataError(f"{data}: shard vocab size {shard.vocab_size} is larger than the model's {vocab}")
+        return torch.from_numpy(shard.tokens.astype("int64"))
+    if tokenizer is None:
+        raise TokenizerError(f"{model_dir} has no tokenizer.json, so text data {data} cannot be tokenized; "
+                             "pass a token shard (.bin) instead")
+    check_vocab(tokenizer.vocab_size, vocab)
+    if split == "all":
+        from lmlab.data.corpora import is_builtin
+
+        if is_builtin(data):
+            raise ConfigError(f"split 'all' is for local data; {data} has its own splits")
+        # A local source given as its own validation source: its valid split is every document.
+        shard = prepare_tokens(data, tokenizer, valid=data, splits=("valid",))["valid"]
+    else:
+        shard = prepare_tokens(data, tokenizer, splits=(split,))[split]
+    return torch.from_numpy(shard.tokens.astype("int64"))
+
+
+def evaluate_command(model_dir: str, data: str, split: str = "valid", protocol: str = "fixed",
+                     stride: int | None = None, window: int | None = None, batch_size: int = 8,
+                     device: str = "cpu", max_tokens: int | None = None) -> dict:
+    """Perplexity of the model in `model_dir` on `split` of `data`; returns a JSON-able dict.
+
+    `data` is `builtin:NAME`, a .txt file, a folder of .txt files, a .jsonl file, or a token
+    shard (.bin, scored as is). window defaults to the model's max_seq_len; "sliding" uses
+    stride (default window // 2). Keys: model_dir, data, split, loss, ppl, tokens, protocol,
+    window, stride, and with a tokenizer characters, bits_per_character and bits_per_byte of
+    the scored text, plus bpc (= loss / ln 2) for a character tokenizer.
+    """
+    from lmlab.checkpoints.io import load
+
+    _check_args(protocol, split, stride, window, batch_size, max_tokens)
+    model, tokenizer = load(model_dir, device=device)
+    context = model.config.max_seq_len
+    window = context if window is None else window
+    if window > context:
+        raise ConfigError(f"--window {window} is longer than the model's context (max_seq_len={context})")
+    if stride is not None and stride > window:
+        raise ConfigError(f"--stride {stride} is larger than the window {window}")
+    if protocol == "fixed":
+        if stride is not None and stride != window:
+            raise ConfigError(f"--stride applies to the sliding protocol; fixed windows advance by "
+                              f"the window ({window})")
+        stride = None
+    else:
+        stride = max(1, window // 2) if stride is None else stride
+
+    ids = _token_stream(model, tokenizer, model_dir, data, split)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if ids.numel() < 2:
+        raise DataError(f"{data}: the {split} split holds {ids.numel()} token(s); at least 2 are needed")
+    result = perplexity(model, ids, window, stride, batch_size, tokenizer=tokenizer,
+                        per_char=tokenizer is not None, progress=True)
+    return {"model_dir": str(Path(model_dir)), "data": str(data), "split": split, **result}

@@ -1,0 +1,67 @@
+"""`lmlab generate`: load a model dir, encode the prompt, print tokens as they are sampled."""
+
+from __future__ import annotations
+
+import sys
+
+from lmlab.checkpoints.io import load
+from lmlab.errors import TokenizerError
+from lmlab.generate.loop import generate, stream
+
+
+class TextStreamer:
+    """Turns a growing list of ids into printable text without splitting a character: the text of a
+    byte-level token can end inside a UTF-8 sequence, so a trailing U+FFFD is held back."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.shown = 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        stable = len(text.rstrip("\ufffd"))
+        piece = text[self.shown:stable]
+        self.shown = max(self.shown, stable)
+        return piece
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        piece, self.shown = text[self.shown:], len(text)
+        return piece
+
+
+def generate_command(model_dir: str, prompt: str, max_new_tokens: int = 50, do_sample: bool = True,
+                     temperature: float = 1.0, top_k: int = 40, top_p: float = 1.0,
+                     repetition_penalty: float = 1.0, num_return_sequences: int = 1,
+                     stop: list[str] | None = None, stop_at_eos: bool = True, seed: int = 0,
+                     device: str = "cpu", out=sys.stdout) -> list[str]:
+    model, tokenizer = load(model_dir, device=device)
+    if tokenizer is None:
+        raise TokenizerError(f"{model_dir}: no tokenizer.json; generate needs text in and out")
+    ids = tokenizer.encode(prompt)
+    options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                   top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
+                   eos_token_id=tokenizer.eos_token_id if stop_at_eos else None,
+                   stop_strings=stop, tokenizer=tokenizer if stop else None)
+    eos = options["eos_token_id"]
+    if num_return_sequences == 1:
+        streamer = TextStreamer(tokenizer)
+        out.write(prompt)
+        for token in stream(model, [ids], **options):
+            t = int(token[0])
+            if eos is not None and t == eos:
+                break
+            out.write(streamer.push(t))
+            out.flush()
+        out.write(streamer.flush() + "\n")
+        return [prompt + tokenizer.decode(streamer.ids)]
+    rows = generate(model, [ids], num_return_sequences=num_return_sequences, **options)
+    texts = []
+    for i, row in enumerate(rows[:, len(ids):].tolist()):
+        if eos is not None and eos in row:
+            row = row[:row.index(eos)]
+        texts.append(prompt + tokenizer.decode(row))
+        out.write(f"--- {i + 1} ---\n{texts[-1]}\n")
+    return texts

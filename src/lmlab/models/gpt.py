@@ -1,0 +1,155 @@
+"""GPT (Radford et al. 2018) and GPT-2 (Radford et al. 2019): one decoder, two families.
+
+GPT, §3.1 and §4.1: a 12-layer transformer decoder, learned position embeddings, post-LN blocks
+(`x = LN(x + Attn(x)); x = LN(x + MLP(x))`), GELU, output layer tied to the token embedding.
+GPT-2, §2.3: LayerNorm moved to the input of each sub-block (pre-LN), a final LayerNorm after the
+last block, residual projections initialised with std 0.02/sqrt(2·n_layers), context 1024.
+
+Known deviations: none in the forward pass. With an `attention_mask` and no `position_ids`,
+positions are counted over the unmasked tokens only, so a left-padded row gives the same logits as
+the same row unpadded (the original code has no padding at all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lmlab.errors import LmlabError
+from lmlab.models.config import check_positive, check_probability, require
+from lmlab.models.output import ModelOutput
+from lmlab.nn.attention import KVCache, SelfAttention, attention_mask_4d
+from lmlab.nn.layers import FeedForward, init_normal_, scaled_residual_std
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 50257
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    d_ff: int = 3072
+    max_seq_len: int = 1024
+    dropout: float = 0.1
+    pre_ln: bool = True  # GPT-2 layout; GPT (2018) is post-LN
+    layer_norm_eps: float = 1e-5
+    activation: str = "gelu_tanh"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        check_positive(self, "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
+        check_probability(self, "dropout")
+        require(self.d_model % self.n_heads == 0,
+                f"config field d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        require(self.activation in ("gelu_tanh", "gelu", "relu"),
+                f"config field activation must be gelu_tanh, gelu or relu, got {self.activation!r}")
+
+
+class Block(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.pre_ln = c.pre_ln
+        self.ln_1 = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps)
+        self.attn = SelfAttention(c.d_model, c.n_heads, c.dropout)
+        self.ln_2 = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps)
+        self.mlp = FeedForward(c.d_model, c.d_ff, c.activation, c.dropout)
+
+    def forward(self, x, mask, cache, layer):
+        if self.pre_ln:  # GPT-2
+            x = x + self.attn(self.ln_1(x), mask, True, cache, layer)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, mask, True, cache, layer))  # GPT
+        return self.ln_2(x + self.mlp(x))
+
+
+class GPT(nn.Module):
+    """Token + position embeddings, n_layers blocks, (final LN for GPT-2), tied LM head."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.wte = nn.Embedding(c.vocab_size, c.d_model)
+        self.wpe = nn.Embedding(c.max_seq_len, c.d_model)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layers))
+        self.ln_f = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.pre_ln else nn.Identity()
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied (GPT §3.1, GPT-2 inherits it)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.apply(lambda m: init_normal_(m, self.config.init_std))
+        if self.config.pre_ln:
+            std = scaled_residual_std(self.config.init_std, self.config.n_layers)
+            for block in self.blocks:
+                nn.init.normal_(block.attn.c_proj.weight, std=std)
+                nn.init.normal_(block.mlp.c_proj.weight, std=std)
+
+    def new_cache(self, batch: int, max_len: int | None = None, dtype=None, device=None) -> KVCache:
+        c = self.config
+        return KVCache(c.n_layers, batch, c.n_heads, max_len or c.max_seq_len, c.d_model // c.n_heads,
+                       dtype or self.wte.weight.dtype, device or self.wte.weight.device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, mems=None, cache: KVCache | None = None,
+                position_ids: torch.Tensor | None = None, output_hidden_states: bool = False,
+                logits_to_keep: int = 0) -> ModelOutput:
+        """input_ids (B, T). With a cache, attention_mask covers the cached prefix too (B, past+T).
+
+        logits_to_keep > 0 computes logits for the last that many positions only (generation).
+        """
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.max_seq_len:
+            raise LmlabError(f"sequence of {past + T} positions is longer than the model's context "
+                             f"(max_seq_len={self.config.max_seq_len})")
+        if position_ids is None:
+            if attention_mask is not None:
+                # Count real tokens only, so left padding does not shift positions.
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]
+            else:
+                position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
+        x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, D)
+        if token_type_ids is not None:  # both papers' code embed segment ids with the token table
+            x = x + self.wte(token_type_ids)
+        x = self.drop(x)
+
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask_4d(attention_mask, T, past + T, causal=True, device=x.device)
+        states = []
+        for i, block in enumerate(self.blocks):
+            if output_hidden_states:
+                states.append(x)
+            x = block(x, mask, cache, i)
+        x = self.ln_f(x)
+        if output_hidden_states:
+            states.append(x)
+        if cache is not None:
+            cache.advance(T)
+        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
+        return ModelOutput(logits=logits, hidden=x, cache=cache,
+                           hidden_states=tuple(states) if output_hidden_states else None)
+
+
+_GPT = dict(pre_ln=False, max_seq_len=512, vocab_size=40478)
+# d_ff = 4·d_model as in both papers (and as the HF openai-gpt layout requires).
+_TINY = dict(vocab_size=256, d_model=48, n_layers=2, n_heads=4, d_ff=192, max_seq_len=128, dropout=0.0)
+
+# Family -> preset -> config fields. The registry builds GPTConfig(**fields, **overrides).
+PRESETS = {
+    "gpt": {
+        "tiny": {**_TINY, "pre_ln": False},
+        "gpt": {**_GPT, "d_model": 768, "n_layers": 12, "n_heads": 12, "d_ff": 3072},
+    },
+    "gpt2": {
+        "tiny": {**_TINY, "pre_ln": True},
+        "gpt2-124m": dict(d_model=768, n_layers=12, n_heads=12, d_ff=3072),
+        "gpt2-355m": dict(d_model=1024, n_layers=24, n_heads=16, d_ff=4096),
+        "gpt2-774m": dict(d_model=1280, n_layers=36, n_heads=20, d_ff=5120),
+        "gpt2-1558m": dict(d_model=1600, n_layers=48, n_heads=25, d_ff=6400),
+    },
+}

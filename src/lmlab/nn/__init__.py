@@ -1,0 +1,1 @@
+"""Shared building blocks: each file one job (attention, layers)."""

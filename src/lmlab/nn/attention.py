@@ -1,0 +1,100 @@
+"""Multi-head self-attention on `scaled_dot_product_attention`, with masks and a preallocated KV cache.
+
+The cache is allocated once for the whole generation (B × H × max_len × head_dim per layer), so a
+decoding step writes one position in place instead of concatenating the whole prefix again.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.errors import GenerationError
+
+
+class KVCache:
+    """Keys and values of every layer for positions [0, length), preallocated up to `max_len`."""
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        shape = (n_layers, batch, n_heads, max_len, head_dim)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0  # positions already stored (same for every layer once a forward ends)
+        self.max_len = max_len
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, hd) after the cached prefix; return the keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise GenerationError(f"KV cache holds {self.max_len} positions; {end} were asked for")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (beam search, dropping finished rows)."""
+        self.k = self.k[:, index]
+        self.v = self.v[:, index]
+
+
+def attention_mask_4d(key_padding: torch.Tensor | None, q_len: int, k_len: int, causal: bool,
+                      device: torch.device) -> torch.Tensor | None:
+    """Boolean mask (B|1, 1, q_len, k_len), True = may attend; None when nothing is masked.
+
+    Queries are the last `q_len` of the `k_len` positions. A query that would see no key at all
+    (a left pad attending only to pads) is allowed its own position, so SDPA never returns NaN.
+    """
+    if key_padding is None and not causal:
+        return None
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    allowed = (k_pos <= q_pos) if causal else torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    allowed = allowed[None, None]  # (1, 1, q, k)
+    if key_padding is not None:
+        allowed = allowed & key_padding[:, None, None, :k_len].bool()
+        allowed = allowed | (k_pos == q_pos)[None, None]
+    return allowed
+
+
+class SelfAttention(nn.Module):
+    """Fused-QKV multi-head attention. `c_attn` projects to q, k, v at once; `c_proj` mixes heads."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.c_attn = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.c_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.attn_dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = True,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.c_attn(x).split(D, dim=2)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)  # (B, H, past + T, hd)
+        dropout = self.attn_dropout if self.training else 0.0
+        if mask is None:
+            # Without padding, a full causal square uses the fast is_causal path; a single decoding
+            # step sees every cached key, so it needs no mask either.
+            is_causal = causal and T > 1
+            if is_causal and k.shape[2] != T:
+                mask = attention_mask_4d(None, T, k.shape[2], True, x.device)
+                is_causal = False
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                               is_causal=is_causal)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        return self.resid_dropout(self.c_proj(y))

@@ -1,0 +1,1 @@
+"""Pretraining losses, one file per objective."""

@@ -1,0 +1,1 @@
+"""The training loop, optimizer groups and schedules, checkpoint state, distributed helpers."""

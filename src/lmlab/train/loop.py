@@ -1,0 +1,172 @@
+"""The training loop every objective uses: plain code, read top to bottom.
+
+One optimizer step = `batch_size` sequences over all ranks, cut into micro-batches for gradient
+accumulation. Each step: forward/backward per micro-batch, clip, guard, AdamW step, schedule.
+Checkpoints are atomic and carry everything needed to resume bitwise-exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from lmlab.checkpoints.io import save
+from lmlab.errors import LmlabError
+from lmlab.objectives.clm import clm_loss
+from lmlab.train.config import TrainConfig
+from lmlab.train.distributed import Dist, any_rank, barrier, mean_over_ranks
+from lmlab.train.metrics import MetricsLog, plot_losses
+from lmlab.train.optim import make_optimizer
+from lmlab.train.schedule import lr_at
+from lmlab.train.state import (
+    latest_valid,
+    load_checkpoint,
+    remove_stale,
+    rotate,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+class TrainingError(LmlabError):
+    """The run cannot go on (non-finite steps in a row, a batch that does not split)."""
+
+
+@dataclass
+class RunResult:
+    steps: int
+    tokens: int
+    loss: float
+    val_loss: float | None
+    tokens_per_s: float
+    skipped: int
+    wall_s: float
+    resumed_from: int | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def split_batch(cfg: TrainConfig, d: Dist) -> tuple[int, int]:
+    """(rows per rank, accumulation steps) for the global batch."""
+    if cfg.batch_size % d.world_size:
+        raise TrainingError(f"--batch-size {cfg.batch_size} does not split over {d.world_size} processes")
+    per_rank = cfg.batch_size // d.world_size
+    micro = cfg.micro_batch_size or per_rank
+    if per_rank % micro:
+        raise TrainingError(f"per-process batch {per_rank} is not a multiple of --micro-batch-size {micro}")
+    return per_rank, per_rank // micro
+
+
+def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Path, batches,
+          evaluate: Callable[[torch.nn.Module], float] | None = None,
+          objective: Callable = clm_loss, resume: bool = False, dist: Dist = Dist()) -> RunResult:
+    """Train `model` in place for cfg.steps optimizer steps; the final weights go to `run_dir`.
+
+    `batches` yields this rank's share of each global batch as a tuple of tensors and has
+    state_dict()/load_state_dict() (its position goes into checkpoints). `evaluate(model)` returns
+    a validation loss. `objective(model, batch) -> loss` defaults to causal LM.
+    """
+    run_dir = Path(run_dir)
+    device = next(model.parameters()).device
+    per_rank, accum = split_batch(cfg, dist)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
+    start, tokens, skipped, bad_run, resumed, ckpt = 0, 0, 0, 0, None, None
+    if dist.is_main:
+        remove_stale(run_dir)
+    barrier(dist)
+    if resume and (ckpt := latest_valid(run_dir)) is not None:
+        state = load_checkpoint(ckpt, model, optimizer)
+        set_rng_state(state["rng"])
+        batches.load_state_dict(state["sampler"])
+        start = resumed = state["step"]
+        tokens, skipped, bad_run = state["tokens"], state["skipped"], state["bad_run"]
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=resumed) if dist.is_main else None
+
+    net = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch_iter = iter(batches)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (dist.is_main and cfg.progress),
+               desc="train", unit="step", dynamic_ncols=True)
+    loss_value, val_loss = float("nan"), None
+    t_start = t_last = time.perf_counter()
+    tokens_at_last = tokens
+    model.train()
+    for step in range(start, cfg.steps):
+        lr = lr_at(step, cfg.lr, cfg.steps, cfg.warmup, cfg.schedule, cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = [t.to(device, non_blocking=True) for t in next(batch_iter)]
+        loss_sum = torch.zeros((), device=device)
+        for i in range(accum):
+            micro = [t[i * (per_rank // accum):(i + 1) * (per_rank // accum)] for t in batch]
+            sync = contextlib.nullcontext() if (i == accum - 1 or not dist.enabled) else net.no_sync()
+            with sync, autocast:
+                loss = objective(net, micro) / accum
+            loss.backward()
+            loss_sum += loss.detach()
+        loss_value = float(mean_over_ranks(loss_sum, dist))
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        # The guard: a non-finite loss or gradient never reaches the weights.
+        if any_rank(not (math.isfinite(loss_value) and bool(torch.isfinite(norm))), dist, device):
+            optimizer.zero_grad(set_to_none=True)
+            skipped, bad_run = skipped + 1, bad_run + 1
+            if bad_run >= cfg.max_bad_steps:
+                bar.close()
+                raise TrainingError(f"stopped at step {step + 1}: {bad_run} non-finite losses or gradients "
+                                    f"in a row (lower --lr or check the data)")
+        else:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            bad_run = 0
+        tokens += cfg.batch_size * batch[0].shape[1]
+        done = step + 1
+        bar.update(1)
+        if dist.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
+            now = time.perf_counter()
+            speed = (tokens - tokens_at_last) / max(now - t_last, 1e-9)
+            t_last, tokens_at_last = now, tokens
+            log.write({"step": done, "loss": loss_value, "lr": lr, "tokens": tokens,
+                       "tokens_per_s": round(speed, 1), "grad_norm": float(norm), "skipped": skipped})
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
+        if evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
+            val_loss = evaluate(model)
+            model.train()
+            if dist.is_main:
+                log.write({"step": done, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
+        if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+            if dist.is_main:
+                save_checkpoint(run_dir, done, model, tokenizer, optimizer,
+                                {"tokens": tokens, "skipped": skipped, "bad_run": bad_run,
+                                 "sampler": batches.state_dict(), "config": asdict(cfg)})
+                rotate(run_dir, cfg.keep_checkpoints, protect=ckpt)  # never the one resumed from
+            barrier(dist)
+        if dist.is_main and done % cfg.log_every == 0:
+            t_last = time.perf_counter()  # tokens/s counts training, not evaluation or saving
+    bar.close()
+    wall = time.perf_counter() - t_start
+    if dist.is_main:
+        save(model, tokenizer, run_dir)
+        plot_losses(log.read(), run_dir / "plots" / "loss.png", title=run_dir.name)
+    barrier(dist)
+    trained = cfg.steps - start
+    return RunResult(cfg.steps, tokens, loss_value, val_loss,
+                     trained * cfg.batch_size * cfg.seq_len / max(wall, 1e-9), skipped, wall, resumed)

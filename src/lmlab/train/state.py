@@ -1,0 +1,147 @@
+"""Training checkpoints: `checkpoints/step-N/` = model dir + optimizer.safetensors + trainer_state.json.
+
+Written into `step-N.tmp-PID/`, fsynced, MANIFEST.json last, then renamed (DESIGN.md, Reliability).
+Everything is safetensors or JSON; RNG states are stored as plain integer lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmlab.checkpoints.atomic import MANIFEST, commit_dir, read_manifest, write_bytes_atomic, write_manifest
+from lmlab.checkpoints.io import load_state, save
+from lmlab.errors import CheckpointError
+
+OPTIMIZER = "optimizer.safetensors"
+TRAINER_STATE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _fault(stage: str) -> None:
+    # Test hook: the reliability tests kill the process at each stage of a checkpoint write.
+    if os.environ.get("LMLAB_TEST_CRASH_AT") == stage:
+        os._exit(137)
+
+
+def rng_state() -> dict:
+    py = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [py[0], list(py[1]), py[2]],
+             "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    sd = optimizer.state_dict()
+    tensors = {f"state.{idx}.{key}": torch.as_tensor(v).detach().cpu().contiguous()
+               for idx, entry in sd["state"].items() for key, v in entry.items()}
+    return tensors, sd["param_groups"]
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    state: dict[int, dict] = {}
+    for name, tensor in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, trainer_state: dict) -> Path:
+    """Write checkpoints/step-N atomically; CheckpointError if a weight is not finite."""
+    if not all_finite(model):
+        raise CheckpointError(f"refusing to write checkpoint step-{step}: the model has non-finite weights")
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f"step-{step}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(model, tokenizer, tmp)
+    (tmp / MANIFEST).unlink()
+    _fault("weights")
+    tensors, groups = optimizer_tensors(optimizer)
+    save_file(tensors, str(tmp / OPTIMIZER))
+    _fault("optimizer")
+    state = {**trainer_state, "step": step, "optimizer_groups": groups, "rng": rng_state()}
+    write_bytes_atomic(tmp / TRAINER_STATE, json.dumps(state).encode())
+    _fault("state")
+    write_manifest(tmp, [p.name for p in tmp.iterdir() if p.name != MANIFEST])
+    _fault("manifest")
+    commit_dir(tmp, final)
+    _fault("committed")
+    return final
+
+
+def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Committed step-N folders with a manifest, oldest first (contents verified at load)."""
+    root = run_dir / "checkpoints"
+    found = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _STEP_DIR.match(p.name)
+            if m and (p / MANIFEST).exists():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def remove_stale(run_dir: Path) -> None:
+    """Temp folders of writes that never committed, and step folders without a manifest."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        unfinished = _STEP_DIR.match(p.name) and not (p / MANIFEST).exists()
+        if ".tmp-" in p.name or ".old-" in p.name or unfinished:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def rotate(run_dir: Path, keep: int, protect: Path | None = None) -> None:
+    """Delete all but the newest `keep` checkpoints, never the one this run resumed from."""
+    for _, path in checkpoints(run_dir)[:-keep]:
+        if protect is None or path.resolve() != protect.resolve():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def latest_valid(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose files all match its manifest; broken ones are skipped."""
+    for _, path in reversed(checkpoints(run_dir)):
+        try:
+            read_manifest(path)
+            return path
+        except CheckpointError:
+            continue
+    return None
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    """Restore model and optimizer in place; return trainer_state (RNG restored by the caller)."""
+    read_manifest(path)
+    load_state(model, load_file(str(path / "model.safetensors")), str(path))
+    state = json.loads((path / TRAINER_STATE).read_text())
+    load_optimizer(optimizer, load_file(str(path / OPTIMIZER)), state["optimizer_groups"])
+    return state
