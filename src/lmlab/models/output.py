@@ -14,6 +14,7 @@ class ModelOutput:
     hidden_states: tuple[torch.Tensor, ...] | None = None  # every layer, when asked for
     cache: object | None = None  # decoders: the KV cache, advanced past this call's tokens
     mems: list[torch.Tensor] | None = None  # Transformer-XL memory
+    pooled: torch.Tensor | None = None  # BERT pooler output, (B, D)
     nsp_logits: torch.Tensor | None = None  # BERT pretraining
     start_logits: torch.Tensor | None = None  # span QA
     end_logits: torch.Tensor | None = None
