@@ -38,4 +38,9 @@ def load_tokenizer(directory: str | Path):
         from lmlab.tokenizers.words import WordTokenizer
 
         return WordTokenizer.load(directory)
-    raise TokenizerError(f"{path}: unknown tokenizer kind {kind!r}; expected byte_bpe, chars or words")
+    if kind == "wordpiece":
+        from lmlab.tokenizers.wordpiece import WordPieceTokenizer
+
+        return WordPieceTokenizer.load(directory)
+    raise TokenizerError(f"{path}: unknown tokenizer kind {kind!r}; expected byte_bpe, chars, words "
+                         f"or wordpiece")
