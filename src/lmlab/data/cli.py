@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmlab.data.corpora import list_corpora
+from lmlab.data.corpora import list_corpora, list_task_data
 
 
 def add_arguments(subparsers) -> argparse.ArgumentParser:
@@ -13,17 +13,17 @@ def add_arguments(subparsers) -> argparse.ArgumentParser:
     data = subparsers.add_parser("data", help="built-in corpora", description="Built-in corpora.")
     sub = data.add_subparsers(dest="data_command", metavar="{list}")
     sub.required = True
-    ls = sub.add_parser("list", help="list built-in corpora: name, size, source, available",
-                        description="List the built-in corpora (use them as --data builtin:NAME).")
+    ls = sub.add_parser("list", help="list built-in corpora and task data: name, size, source, available",
+                        description="List the built-in corpora (use them as --data builtin:NAME) and task "
+                                    "data (lmlab finetune --train/--dev builtin:NAME).")
     ls.set_defaults(func=data_list)
     return data
 
 
-def format_table(rows: list[dict]) -> str:
-    """A plain-text table of `list_corpora()` rows."""
-    header = ["name", "size", "source", "available", "tokenizer", "note"]
-    cells = [[r["name"], r["size"], r["source"], "yes" if r["available"] else "no", r["tokenizer"], r["note"]]
-             for r in rows]
+def format_table(rows: list[dict], header: tuple[str, ...] = ("name", "size", "source", "available",
+                                                              "tokenizer", "note")) -> str:
+    """A plain-text table of `list_corpora()` (or `list_task_data()`) rows."""
+    cells = [[("yes" if r[h] else "no") if h == "available" else r[h] for h in header] for r in rows]
     widths = [max(len(str(c[i])) for c in [header, *cells]) for i in range(len(header))]
     lines = ["  ".join(str(c[i]).ljust(widths[i]) for i in range(len(header))).rstrip()
              for c in [header, *cells]]
@@ -31,6 +31,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def data_list(args: argparse.Namespace | None = None) -> int:
-    """`lmlab data list`: print the built-in corpora table."""
+    """`lmlab data list`: print the built-in corpora table, then the task data table."""
     print(format_table(list_corpora()))
+    print("\ntask data (lmlab finetune --train/--dev builtin:NAME):")
+    print(format_table(list_task_data(), ("name", "task", "size", "source", "available", "note")))
     return 0

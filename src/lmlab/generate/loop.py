@@ -3,6 +3,10 @@
 The prompt is run once through the model, filling a preallocated KV cache; each new token then
 costs one position. Prompts of different lengths are left-padded, and the attention mask keeps the
 pads invisible (the model counts positions over real tokens, so padding changes nothing).
+
+Models that carry memory instead of a cache (Transformer-XL: they have `init_mems`) consume the
+prompt in segments of `config.tgt_len`, each continuing the memory of the one before, then one token
+per step with the memory. They have no padding support, so prompts must have equal lengths.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
         raise GenerationError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
                               f"model's context ({context}); ask for at most {context - T} new tokens")
     _check_vocab(ids, model.config.vocab_size)
+    if _uses_mems(model) and mask is not None and not bool(mask.all()):
+        raise GenerationError("this model has no padding support: prompts of different lengths (or an "
+                              "attention_mask with zeros) cannot be batched; generate them one at a time")
     generator = None
     if do_sample:
         generator = torch.Generator(device=device)
@@ -95,11 +102,7 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
 def _decode(model, ids, mask, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
             eos_token_id, generator, stop_strings, tokenizer, pad):
     B, T = ids.shape
-    full_mask = None
-    if mask is not None:
-        full_mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)
-    cache = model.new_cache(B, T + max_new_tokens)
-    logits = model(ids, attention_mask=mask, cache=cache, logits_to_keep=1).logits[:, -1]
+    logits, advance = (_memory_steps if _uses_mems(model) else _cache_steps)(model, ids, mask, max_new_tokens)
     seen = None
     if repetition_penalty != 1.0:
         # Count, then compare: scattering booleans would let a pad (written False) overwrite a real
@@ -127,8 +130,44 @@ def _decode(model, ids, mask, max_new_tokens, do_sample, temperature, top_k, top
             return
         if seen is not None:
             seen.scatter_(1, token[:, None], True)
-        step_mask = None if full_mask is None else full_mask[:, :T + step + 1]
-        logits = model(token[:, None], attention_mask=step_mask, cache=cache, logits_to_keep=1).logits[:, -1]
+        logits = advance(token)
+
+
+def _uses_mems(model) -> bool:
+    return hasattr(model, "init_mems")
+
+
+def _cache_steps(model, ids, mask, max_new_tokens):
+    """Prompt through a preallocated KV cache: (last logits (B, V), step: token (B,) -> logits)."""
+    B, T = ids.shape
+    full_mask = None
+    if mask is not None:
+        full_mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)
+    cache = model.new_cache(B, T + max_new_tokens)
+    logits = model(ids, attention_mask=mask, cache=cache, logits_to_keep=1).logits[:, -1]
+
+    def step(token):
+        step_mask = None if full_mask is None else full_mask[:, :cache.length + 1]
+        return model(token[:, None], attention_mask=step_mask, cache=cache, logits_to_keep=1).logits[:, -1]
+
+    return logits, step
+
+
+def _memory_steps(model, ids, mask, max_new_tokens):
+    """Prompt in segments of tgt_len carrying the memory (Transformer-XL §3.2), then one token a step."""
+    mems = model.init_mems(ids.shape[0])
+    segment = model.config.tgt_len
+    for start in range(0, ids.shape[1], segment):
+        out = model(ids[:, start:start + segment], mems=mems, logits_to_keep=1)
+        mems = out.mems
+    state = {"mems": mems}
+
+    def step(token):
+        out = model(token[:, None], mems=state["mems"], logits_to_keep=1)
+        state["mems"] = out.mems
+        return out.logits[:, -1]
+
+    return out.logits[:, -1], step
 
 
 def _hit_stop_string(token, finished, produced, stop_strings, tokenizer) -> torch.Tensor:

@@ -18,3 +18,4 @@ class ModelOutput:
     nsp_logits: torch.Tensor | None = None  # BERT pretraining
     start_logits: torch.Tensor | None = None  # span QA
     end_logits: torch.Tensor | None = None
+    lm_logits: torch.Tensor | None = None  # task models: the backbone's LM logits (GPT's auxiliary loss)

@@ -6,7 +6,7 @@ import dataclasses
 from typing import NamedTuple
 
 from lmlab.errors import ConfigError
-from lmlab.models import gpt
+from lmlab.models import bert, gpt, transformer_xl
 from lmlab.models.config import config_from_dict
 
 
@@ -19,6 +19,8 @@ class Family(NamedTuple):
 FAMILIES: dict[str, Family] = {
     "gpt": Family(gpt.GPTConfig, gpt.GPT, gpt.PRESETS["gpt"]),
     "gpt2": Family(gpt.GPTConfig, gpt.GPT, gpt.PRESETS["gpt2"]),
+    "bert": Family(bert.BertConfig, bert.Bert, bert.PRESETS),
+    "transfo-xl": Family(transformer_xl.TransfoXLConfig, transformer_xl.TransfoXL, transformer_xl.PRESETS),
 }
 
 

@@ -48,6 +48,9 @@ def attention_mask_4d(key_padding: torch.Tensor | None, q_len: int, k_len: int, 
 
     Queries are the last `q_len` of the `k_len` positions. A query that would see no key at all
     (a left pad attending only to pads) is allowed its own position, so SDPA never returns NaN.
+    Causal: every pad query is allowed its own position. Bidirectional (BERT): a pad query sees the
+    real keys like every other query, as in the reference encoders; only a row without any real
+    key falls back to its own position.
     """
     if key_padding is None and not causal:
         return None
@@ -57,7 +60,8 @@ def attention_mask_4d(key_padding: torch.Tensor | None, q_len: int, k_len: int, 
     allowed = allowed[None, None]  # (1, 1, q, k)
     if key_padding is not None:
         allowed = allowed & key_padding[:, None, None, :k_len].bool()
-        allowed = allowed | (k_pos == q_pos)[None, None]
+        own = (k_pos == q_pos)[None, None]
+        allowed = allowed | (own if causal else own & ~allowed.any(-1, keepdim=True))
     return allowed
 
 

@@ -45,6 +45,7 @@ class RunResult:
     tokens: int
     loss: float
     val_loss: float | None
+    val_metrics: dict
     tokens_per_s: float
     skipped: int
     wall_s: float
@@ -55,6 +56,23 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+# A batch is a tuple/list of tensors (x, y) or a dict of named tensors (task batches).
+def to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return [t.to(device, non_blocking=True) for t in batch]
+
+
+def rows(batch, start: int, end: int):
+    if isinstance(batch, dict):
+        return {k: v[start:end] for k, v in batch.items()}
+    return [t[start:end] for t in batch]
+
+
+def first_tensor(batch) -> torch.Tensor:
+    return next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
 
 
 def split_batch(cfg: TrainConfig, d: Dist) -> tuple[int, int]:
@@ -106,7 +124,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
     batch_iter = iter(batches)
     bar = tqdm(total=cfg.steps, initial=start, disable=not (dist.is_main and cfg.progress),
                desc="train", unit="step", dynamic_ncols=True)
-    loss_value, val_loss = float("nan"), None
+    loss_value, val_loss, val_metrics = float("nan"), None, {}
     t_start = t_last = time.perf_counter()
     tokens_at_last = tokens
     model.train()
@@ -114,10 +132,10 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
         lr = lr_at(step, cfg.lr, cfg.steps, cfg.warmup, cfg.schedule, cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = [t.to(device, non_blocking=True) for t in next(batch_iter)]
+        batch = to_device(next(batch_iter), device)
         loss_sum = torch.zeros((), device=device)
         for i in range(accum):
-            micro = [t[i * (per_rank // accum):(i + 1) * (per_rank // accum)] for t in batch]
+            micro = rows(batch, i * (per_rank // accum), (i + 1) * (per_rank // accum))
             sync = contextlib.nullcontext() if (i == accum - 1 or not dist.enabled) else net.no_sync()
             with sync, autocast:
                 loss = objective(net, micro) / accum
@@ -137,7 +155,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             bad_run = 0
-        tokens += cfg.batch_size * batch[0].shape[1]
+        tokens += cfg.batch_size * first_tensor(batch).shape[1]
         done = step + 1
         bar.update(1)
         if dist.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
@@ -148,10 +166,15 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
                        "tokens_per_s": round(speed, 1), "grad_norm": float(norm), "skipped": skipped})
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
         if evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
-            val_loss = evaluate(model)
+            result = evaluate(model)
             model.train()
+            # A float is a validation loss; a dict (fine-tuning) holds named dev metrics.
+            metrics = result if isinstance(result, dict) else {"loss": result}
+            if "loss" in metrics and "ppl" not in metrics and not isinstance(result, dict):
+                metrics["ppl"] = math.exp(min(metrics["loss"], 50))
+            val_loss, val_metrics = metrics.get("loss"), metrics
             if dist.is_main:
-                log.write({"step": done, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
+                log.write({"step": done, **{f"val_{k}": v for k, v in metrics.items()}})
         if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
             if dist.is_main:
                 save_checkpoint(run_dir, done, model, tokenizer, optimizer,
@@ -168,5 +191,6 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
         plot_losses(log.read(), run_dir / "plots" / "loss.png", title=run_dir.name)
     barrier(dist)
     trained = cfg.steps - start
-    return RunResult(cfg.steps, tokens, loss_value, val_loss,
-                     trained * cfg.batch_size * cfg.seq_len / max(wall, 1e-9), skipped, wall, resumed)
+    return RunResult(steps=cfg.steps, tokens=tokens, loss=loss_value, val_loss=val_loss,
+                     val_metrics=val_metrics, skipped=skipped, wall_s=wall, resumed_from=resumed,
+                     tokens_per_s=trained * cfg.batch_size * cfg.seq_len / max(wall, 1e-9))

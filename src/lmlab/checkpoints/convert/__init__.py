@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
-from lmlab.checkpoints.convert import hf_gpt
+from lmlab.checkpoints.convert import hf_bert, hf_gpt, hf_transfo_xl
 from lmlab.errors import ConversionError
 from lmlab.models.registry import family_of
 
@@ -29,15 +29,20 @@ from lmlab.models.registry import family_of
 FROM_HF = {
     "gpt2": hf_gpt.gpt2_from_hf,
     "openai-gpt": hf_gpt.openai_gpt_from_hf,
+    "bert": hf_bert.bert_from_hf,
+    "transfo-xl": hf_transfo_xl.transfo_xl_from_hf,
 }
 # lmlab family -> layout writer: (model, tokenizer) -> (HF config dict, HF-named state dict).
 TO_HF = {
     "gpt2": hf_gpt.gpt2_to_hf,
     "gpt": hf_gpt.openai_gpt_to_hf,
+    "bert": hf_bert.bert_to_hf,
+    "transfo-xl": hf_transfo_xl.transfo_xl_to_hf,
 }
 # lmlab tokenizer kind -> writer of the files transformers reads for it: (tokenizer, dir, config).
 TOKENIZER_TO_HF = {
     "byte_bpe": hf_gpt.write_byte_bpe_tokenizer,
+    "wordpiece": hf_bert.write_wordpiece_tokenizer,
 }
 
 CONFIG = "config.json"
