@@ -156,9 +156,9 @@ def test_to_hf_writes_a_tokenizer_transformers_reads(tmp_path, byte_tokenizer, m
 
 # ---- errors -------------------------------------------------------------------------------------
 def test_other_architecture_is_rejected_with_its_model_type(tmp_path):
-    transformers.BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                            intermediate_size=64).save_pretrained(tmp_path)
-    with pytest.raises(ConversionError, match=r"config.json: model_type 'bert' is not supported; "
+    transformers.RobertaConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                               intermediate_size=64).save_pretrained(tmp_path)
+    with pytest.raises(ConversionError, match=r"config.json: model_type 'roberta' is not supported; "
                                               r"expected one of gpt2, openai-gpt"):
         lmlab.from_hf(tmp_path)
 
