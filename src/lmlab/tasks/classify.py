@@ -1,0 +1,338 @@
+"""Single-text and text-pair classification (and regression): tasks "classify" and "pair".
+
+Inputs. Decoders (GPT §3.3, Fig. 1): `<start> text <extract>`; pairs `<start> a <delim> b
+<extract>`; with pair_mode "similarity" both orders `<start> a <delim> b <extract>` and `<start> b
+<delim> a <extract>`, whose extract states are added before the linear layer (GPT's similarity
+input, symmetric in a and b). Encoders (BERT §4.1): `[CLS] a [SEP] (b [SEP])` with segment ids,
+read at the pooled [CLS] state. Head: dropout + one linear layer; cross-entropy over the labels,
+or mean squared error on one output for regression (STS-B style).
+
+Files. JSONL: one object per line, `{"text": ..., "text_b": ..., "label": ...}` (text_b for
+pairs). GLUE TSV: a header row, tab-separated fields, no quoting. The columns (JSON fields or TSV
+header names) can be named with text_column / text_b_column / label_column; by default a TSV
+header is recognised as one of the GLUE layouts:
+    SST-2  sentence, label                        RTE, WNLI  sentence1, sentence2, label
+    MRPC   #1 String, #2 String, Quality          QQP        question1, question2, is_duplicate
+    MNLI   sentence1, sentence2, gold_label       QNLI       question, sentence, label
+    STS-B  sentence1, sentence2, score (regression)
+`builtin:rotten-tomatoes` is built-in classify data (lmlab.data.corpora.TASK_DATA).
+
+Labels are strings (JSON numbers are written as they print); the training file's labels, sorted
+(numerically when all are integers), are the classes. Regression is detected when every training
+label is a number and one is not an integer (STS-B's "3.800"), or forced by options["regression"].
+A dev/test label the training data does not have is an error naming file, line and label.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.data.corpora import TASK_DATA, _decode, is_builtin, read_task_data
+from lmlab.errors import DataError
+from lmlab.models.output import ModelOutput
+from lmlab.tasks.base import TaskSpec, pad_2d, pad_3d, run_model, sequence_state
+from lmlab.tasks.metrics import classification_metrics, regression_metrics
+
+# Header names tried in order when a column is not given (GLUE layouts, see the docstring).
+TEXT_COLUMNS = ("sentence1", "#1 String", "question1", "question", "sentence", "text")
+TEXT_B_COLUMNS = ("sentence2", "#2 String", "question2", "sentence", "text_b")
+LABEL_COLUMNS = ("gold_label", "label", "Quality", "is_duplicate", "score")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    text_b: str | None
+    label: str | None
+    where: str  # "file:line", for messages
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read(source: str, split: str, options: dict) -> list[Example]:
+    """Examples of `source` (JSONL, GLUE TSV or builtin:NAME; split picks a built-in's part).
+
+    options: task ("classify" or "pair"), text_column, text_b_column, label_column (None = default).
+    """
+    task = options.get("task", "classify")
+    if is_builtin(source):
+        data = TASK_DATA.get(source.split(":", 1)[1])
+        if data is not None and (data.task != "classify" or task == "pair"):
+            raise DataError(f"{source} is {data.task} data (single texts), not {task} data")
+        part = "train" if split == "train" else "dev"
+        records = read_task_data(source, part)
+        return [Example(r["text"], None, r["label"], f"{source}[{part}]:{i + 1}")
+                for i, r in enumerate(records)]
+    path = Path(source).expanduser()
+    try:
+        text = _decode(path.read_bytes(), str(path))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    jsonl = path.suffix in (".jsonl", ".json") or (path.suffix != ".tsv" and text.lstrip().startswith("{"))
+    examples = _read_jsonl(path, text, options) if jsonl else _read_tsv(path, text, options)
+    if not examples:
+        raise DataError(f"{path}: no examples")
+    if task == "pair":
+        for ex in examples:
+            if ex.text_b is None:
+                raise DataError(f"{ex.where}: a pair task needs a second text (text_b)")
+    return examples
+
+
+def _json_label(value, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise DataError(f"{where}: label must be a string or a number, got {type(value).__name__}")
+
+
+def _read_jsonl(path: Path, text: str, options: dict) -> list[Example]:
+    text_key = options.get("text_column") or "text"
+    b_key = options.get("text_b_column") or "text_b"
+    label_key = options.get("label_column") or "label"
+    examples = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        for key, required in ((text_key, True), (label_key, True)):
+            if required and key not in record:
+                raise DataError(f"{where}: missing field {key!r}")
+        if not isinstance(record[text_key], str):
+            raise DataError(f"{where}: field {text_key!r} must be a string")
+        b = record.get(b_key)
+        if b is not None and not isinstance(b, str):
+            raise DataError(f"{where}: field {b_key!r} must be a string")
+        examples.append(Example(record[text_key], b, _json_label(record[label_key], where), where))
+    return examples
+
+
+def _column(header: list[str], given, candidates: tuple[str, ...], taken: set, where: str) -> int | None:
+    if given is not None:
+        if given in header:
+            return header.index(given)
+        raise DataError(f"{where}: no column {given!r} in the header (columns: {', '.join(header)})")
+    for name in candidates:
+        if name in header and header.index(name) not in taken:
+            return header.index(name)
+    return None
+
+
+def _read_tsv(path: Path, text: str, options: dict) -> list[Example]:
+    lines = text.split("\n")
+    header = lines[0].rstrip("\r").split("\t")
+    head_where = f"{path}:1"
+    text_col = _column(header, options.get("text_column"), TEXT_COLUMNS, set(), head_where)
+    if text_col is None:
+        raise DataError(f"{head_where}: cannot tell the text column from the header "
+                        f"({', '.join(header)}); pass --text-column")
+    b_col = _column(header, options.get("text_b_column"), TEXT_B_COLUMNS if options.get("task") == "pair"
+                    else (), {text_col}, head_where)
+    label_col = _column(header, options.get("label_column"), LABEL_COLUMNS, {text_col, b_col}, head_where)
+    if label_col is None:
+        raise DataError(f"{head_where}: no label column in the header ({', '.join(header)}); "
+                        f"pass --label-column")
+    need = max(c for c in (text_col, b_col, label_col) if c is not None) + 1
+    examples = []
+    for lineno, line in enumerate(lines[1:], 2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < need:
+            raise DataError(f"{path}:{lineno}: {len(fields)} tab-separated fields, expected {len(header)} "
+                            f"as in the header")
+        b = fields[b_col] if b_col is not None else None
+        examples.append(Example(fields[text_col], b, fields[label_col], f"{path}:{lineno}"))
+    return examples
+
+
+def label_set(examples: list[Example], options: dict) -> tuple[tuple[str, ...], bool]:
+    """(labels, regression) from the training examples."""
+    regression = options.get("regression")
+    numbers = []
+    for ex in examples:
+        try:
+            numbers.append(float(ex.label))
+        except (TypeError, ValueError):
+            if regression:
+                raise DataError(f"{ex.where}: regression label {ex.label!r} is not a number") from None
+            numbers = None
+            break
+    if regression is None:
+        regression = numbers is not None and any(x != int(x) for x in numbers if np.isfinite(x))
+    if regression:
+        return (), True
+    labels = sorted({ex.label for ex in examples})
+    if all(lab.lstrip("-").isdigit() for lab in labels):
+        labels.sort(key=int)
+    if len(labels) < 2:
+        raise DataError(f"{examples[0].where.rsplit(':', 1)[0]}: the training data has a single label "
+                        f"{labels[0]!r}; a classifier needs at least two")
+    return tuple(labels), False
+
+
+# ---------------------------------------------------------------- features
+
+
+def _target(ex: Example, spec: TaskSpec):
+    if spec.regression:
+        try:
+            return float(ex.label)
+        except (TypeError, ValueError):
+            raise DataError(f"{ex.where}: regression label {ex.label!r} is not a number") from None
+    if ex.label not in spec.labels:
+        raise DataError(f"{ex.where}: label {ex.label!r} does not occur in the training data "
+                        f"(labels: {', '.join(spec.labels)})")
+    return spec.labels.index(ex.label)
+
+
+def truncate_longest_first(a: list[int], b: list[int] | None, budget: int):
+    """Cut tokens off the end of the longer text (a on ties) until len(a) + len(b) <= budget."""
+    a, b = list(a), None if b is None else list(b)
+    while len(a) + (len(b) if b is not None else 0) > budget:
+        if b is not None and len(b) > len(a):
+            b.pop()
+        else:
+            a.pop()
+    return a, b
+
+
+def too_long_error(where: str, n: int, limit: int, more: int) -> DataError:
+    extra = f" ({more} more examples are too long)" if more else ""
+    return DataError(f"{where}: the input is {n} tokens with the task tokens, longer than the limit of "
+                     f"{limit} (--max-len, at most the model's position table){extra}; pass --truncate "
+                     f"to cut the texts longest-first")
+
+
+def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    batch = getattr(tokenizer, "encode_batch", None)
+    return batch(texts) if batch is not None else [tokenizer.encode(t) for t in texts]
+
+
+def decoder_input(a: list[int], b: list[int] | None, spec: TaskSpec) -> list[int]:
+    """GPT's transformation: <start> a <extract>, or <start> a <delim> b <extract>."""
+    if b is None:
+        return [spec.start_id, *a, spec.extract_id]
+    return [spec.start_id, *a, spec.delim_id, *b, spec.extract_id]
+
+
+def encode_pairs(pairs: list[tuple[str, str | None]], wheres: list[str], tokenizer, spec: TaskSpec,
+                 truncate: bool) -> list[dict]:
+    """{"input_ids" (+ "token_type_ids" for encoders)} per (a, b) pair; too long -> error or cut."""
+    limit, out, too_long = spec.max_len, [], []
+    if spec.arch == "encoder":
+        for (a, b), where in zip(pairs, wheres, strict=True):
+            enc = tokenizer.encode_pair(a, b, max_length=None, truncation=None)
+            if len(enc["input_ids"]) > limit:
+                too_long.append((where, len(enc["input_ids"])))
+                enc = tokenizer.encode_pair(a, b, max_length=limit, truncation="longest_first")
+            out.append({"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]})
+    else:
+        ids_a = encode_texts(tokenizer, [a for a, _ in pairs])
+        ids_b = iter(encode_texts(tokenizer, [b for _, b in pairs if b is not None]))
+        for (_, b), where, x in zip(pairs, wheres, ids_a, strict=True):
+            y = None if b is None else next(ids_b)
+            specials = 2 if y is None else 3
+            n = len(x) + (len(y) if y is not None else 0) + specials
+            if n > limit:
+                too_long.append((where, n))
+                x, y = truncate_longest_first(x, y, limit - specials)
+            out.append({"input_ids": decoder_input(x, y, spec)})
+    if too_long and not truncate:
+        raise too_long_error(too_long[0][0], too_long[0][1], limit, len(too_long) - 1)
+    return out
+
+
+def featurize(examples: list[Example], tokenizer, spec: TaskSpec, truncate: bool = False) -> list[dict]:
+    """One feature dict per example: input_ids (a list, or two lists for a similarity pair),
+    token_type_ids (encoders), label (class index or float)."""
+    targets = [_target(ex, spec) for ex in examples]
+    wheres = [ex.where for ex in examples]
+    pairs = [(ex.text, ex.text_b if spec.name == "pair" else None) for ex in examples]
+    feats = encode_pairs(pairs, wheres, tokenizer, spec, truncate)
+    if spec.name == "pair" and spec.pair_mode == "similarity" and spec.arch == "decoder":
+        swapped = encode_pairs([(b, a) for a, b in pairs], wheres, tokenizer, spec, truncate)
+        feats = [{"input_ids": [f["input_ids"], s["input_ids"]]} for f, s in zip(feats, swapped, strict=True)]
+    for f, t in zip(feats, targets, strict=True):
+        f["label"] = t
+    return feats
+
+
+def collate(features: list[dict], spec: TaskSpec) -> dict[str, torch.Tensor]:
+    """Right-padded tensors: input_ids, attention_mask, (token_type_ids | extract_index), labels."""
+    ids = [f["input_ids"] for f in features]
+    nested = isinstance(ids[0][0], list)
+    pad = pad_3d if nested else pad_2d
+    batch = {"input_ids": pad(ids, spec.pad_id),
+             "attention_mask": pad([[[1] * len(r) for r in g] for g in ids] if nested
+                                   else [[1] * len(r) for r in ids], 0)}
+    if spec.arch == "encoder":
+        batch["token_type_ids"] = pad_2d([f["token_type_ids"] for f in features], 0)
+    else:
+        batch["extract_index"] = batch["attention_mask"].sum(-1) - 1  # the last real token
+    labels = [f["label"] for f in features]
+    batch["labels"] = torch.tensor(labels, dtype=torch.float32 if spec.regression else torch.long)
+    return batch
+
+
+# ---------------------------------------------------------------- head, loss, evaluation
+
+
+class SequenceHead(nn.Module):
+    """Dropout + linear on the extract / pooled state (a similarity pair: the two orders added)."""
+
+    def __init__(self, d_model: int, spec: TaskSpec):
+        super().__init__()
+        self.spec = spec
+        self.drop = nn.Dropout(spec.dropout)
+        self.linear = nn.Linear(d_model, spec.n_outputs)
+        nn.init.normal_(self.linear.weight, std=0.02)  # GPT and BERT: N(0, 0.02), zero bias
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, out: ModelOutput, batch: dict) -> ModelOutput:
+        h = sequence_state(out, batch, self.spec)  # (B', D)
+        ids = batch["input_ids"]
+        if ids.dim() == 3:  # (B, 2, T): GPT's similarity input, h_(a,b) + h_(b,a)
+            h = h.view(ids.shape[0], ids.shape[1], -1).sum(1)
+        return ModelOutput(logits=self.linear(self.drop(h)))  # (B, n_labels) or (B, 1)
+
+
+def build_head(backbone: nn.Module, spec: TaskSpec) -> nn.Module:
+    return SequenceHead(backbone.config.d_model, spec)
+
+
+def loss(out: ModelOutput, batch: dict, spec: TaskSpec) -> torch.Tensor:
+    logits = out.logits.float()
+    if spec.regression:
+        return F.mse_loss(logits.squeeze(-1), batch["labels"].float())
+    return F.cross_entropy(logits, batch["labels"])
+
+
+def evaluate(model: nn.Module, features: list[dict], spec: TaskSpec, batch_size: int = 64) -> dict:
+    """Dev metrics: accuracy, macro_f1, mcc (+ f1 for two classes), or pearson/spearman/mse; loss."""
+    preds, golds, total = [], [], 0.0
+    for out, batch in run_model(model, features, lambda f: collate(f, spec), batch_size):
+        total += float(loss(out, batch, spec)) * len(batch["labels"])
+        logits = out.logits.float()
+        preds.append(logits.squeeze(-1) if spec.regression else logits.argmax(-1))
+        golds.append(batch["labels"])
+    pred, gold = torch.cat(preds).cpu().numpy(), torch.cat(golds).cpu().numpy()
+    metrics = regression_metrics(pred, gold) if spec.regression else \
+        classification_metrics(pred, gold, len(spec.labels))
+    return {**metrics, "loss": total / max(1, len(features)), "n": len(features)}

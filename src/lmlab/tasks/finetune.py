@@ -1,0 +1,199 @@
+"""`lmlab finetune` and `lmlab evaluate --task`: a saved model + task data -> a fine-tuned TaskModel.
+
+Recipe (GPT §4.1, BERT §4): AdamW (weight decay 0.01 on matrices, betas 0.9/0.999), a linear
+warmup over `warmup_ratio` of the steps then a linear decay to 0, gradient clipping at 1.0,
+dropout 0.1 on the head input, 3 epochs of batch 32; GPT's lr is 6.25e-5 and λ = 0.5, BERT
+fine-tunes with lr in {2, 3, 5}e-5 (pass --lr). The loop, checkpoints and exact resume are
+lmlab.train.loop's: the run dir gets metrics.jsonl (val_* = dev metrics at each evaluation),
+checkpoints/step-N/, the final TaskModel and report.json (final dev metrics).
+
+Data order: each epoch is a permutation of the training features drawn from (seed, epoch); a
+batch is the next `batch_size` of them and the epoch's remainder (< batch_size) is skipped, so a
+step always has a full batch. The sampler state is (epoch, index): resuming continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmlab.checkpoints.atomic import write_bytes_atomic
+from lmlab.checkpoints.io import load
+from lmlab.errors import ConfigError
+from lmlab.models.registry import build_from_config, config_fields, family_of
+from lmlab.tasks.base import TaskModel, TaskSpec, add_task_tokens, arch_of, lm_aux_loss
+from lmlab.tasks.registry import build_task_model, task_module
+from lmlab.train.config import TrainConfig
+from lmlab.train.loop import resolve_device
+from lmlab.train.loop import train as run_training
+
+GPT_LR = 6.25e-5  # GPT §4.1
+REPORT = "report.json"
+
+
+class EpochBatches:
+    """Shuffled full batches of `features`, epoch after epoch, collated; state (epoch, index)."""
+
+    def __init__(self, features: list, batch_size: int, seed: int, collate):
+        self.features, self.batch_size, self.seed, self.collate = features, batch_size, seed, collate
+        self.epoch, self.index = 0, 0
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.features))
+
+    def __iter__(self):
+        while True:
+            order = self.order(self.epoch)
+            while self.index + self.batch_size <= len(order):
+                chosen = order[self.index:self.index + self.batch_size]
+                self.index += self.batch_size
+                yield self.collate([self.features[i] for i in chosen])
+            self.epoch, self.index = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def make_objective(module, spec: TaskSpec):
+    """loss = task loss + λ·L_LM (GPT §3.2, eq. 5; decoders only, λ = spec.lm_coef)."""
+
+    def objective(net, batch):
+        out = net(**batch)
+        loss = module.loss(out, batch, spec)
+        if spec.arch == "decoder" and spec.lm_coef > 0:
+            loss = loss + spec.lm_coef * lm_aux_loss(out, batch)
+        return loss
+
+    return objective
+
+
+def _backbone(model_dir, from_scratch: bool, seed: int):
+    """(backbone, tokenizer, family) from a model dir; a TaskModel dir gives its backbone."""
+    model, tokenizer = load(model_dir)
+    if isinstance(model, TaskModel):
+        model = model.backbone
+    if tokenizer is None:
+        raise ConfigError(f"{model_dir}: the model dir has no tokenizer; fine-tuning needs one")
+    family = family_of(model)
+    torch.manual_seed(seed)
+    if from_scratch:  # the same architecture, random weights: the transfer baseline
+        model = build_from_config(family, config_fields(model))
+    return model, tokenizer, family
+
+
+def _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef) -> None:
+    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--max-len", max_len)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not 0 <= warmup_ratio < 1:
+        raise ConfigError(f"--warmup-ratio must be in [0, 1), got {warmup_ratio}")
+    if not lr > 0:
+        raise ConfigError(f"--lr must be > 0, got {lr}")
+    if not lm_coef >= 0:
+        raise ConfigError(f"--lm-coef must be >= 0, got {lm_coef}")
+
+
+def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | Path, *,
+             epochs: int = 3, lr: float = GPT_LR, batch_size: int = 32, max_len: int = 128,
+             warmup_ratio: float = 0.1, lm_coef: float = 0.5, seed: int = 0, from_scratch: bool = False,
+             truncate: bool = False, resume: bool = False, device: str = "auto",
+             pair_mode: str = "concat", regression: bool | None = None, dropout: float = 0.1,
+             weight_decay: float = 0.01, text_column: str | None = None, text_b_column: str | None = None,
+             label_column: str | None = None, steps: int | None = None, eval_every: int | None = None,
+             save_every: int | None = None, log_every: int = 10, eval_batch_size: int = 64,
+             progress: bool = True, word_column: int | None = None, tag_scheme: str = "auto",
+             doc_stride: int = 128, max_query_len: int = 64, null_threshold: float = 0.0,
+             version_2: bool | None = None) -> dict:
+    """Fine-tune the model in `model_dir` on `task`; returns (and writes) the report dict.
+
+    steps (default epochs × full batches per epoch), eval_every and save_every (default: once an
+    epoch) are in optimizer steps.
+    """
+    _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef)
+    module = task_module(task)
+    options = {"task": task, "text_column": text_column, "text_b_column": text_b_column,
+               "label_column": label_column, "regression": regression, "word_column": word_column,
+               "tag_scheme": tag_scheme, "doc_stride": doc_stride, "max_query_len": max_query_len,
+               "null_threshold": null_threshold, "version_2": version_2}
+    train_ex = module.read(str(train), "train", options)
+    dev_ex = module.read(str(dev), "dev", options)
+    labels, is_regression = module.label_set(train_ex, options)
+
+    backbone, tokenizer, family = _backbone(model_dir, from_scratch, seed)
+    arch = arch_of(family)
+    ids = add_task_tokens(backbone, tokenizer) if arch == "decoder" else {}
+    pad = getattr(tokenizer, "pad_token_id", None) if arch == "encoder" else tokenizer.eos_token_id
+    spec = TaskSpec(name=task, labels=labels, regression=is_regression, lm_coef=lm_coef, pair_mode=pair_mode,
+                    max_len=min(max_len, backbone.config.max_seq_len), arch=arch, pad_id=pad or 0,
+                    dropout=dropout, extra=_spec_extra(module, train_ex, options), **ids)
+    # Features before training: a too-long text or an unseen dev label stops the run at once.
+    train_f = module.featurize(train_ex, tokenizer, spec, truncate)
+    dev_f = module.featurize(dev_ex, tokenizer, spec, truncate)
+    model = build_task_model(backbone, spec).to(resolve_device(device))
+
+    bs = min(batch_size, len(train_f))
+    per_epoch = len(train_f) // bs
+    total = steps or epochs * per_epoch
+    cfg = TrainConfig(steps=total, batch_size=bs, seq_len=spec.max_len, lr=lr, min_lr_ratio=0.0,
+                      warmup=round(warmup_ratio * total), schedule="linear", weight_decay=weight_decay,
+                      beta1=0.9, beta2=0.999, grad_clip=1.0, seed=seed,
+                      log_every=max(1, min(log_every, total)),
+                      eval_every=per_epoch if eval_every is None else eval_every, eval_batches=1,
+                      save_every=per_epoch if save_every is None else save_every, device=device,
+                      progress=progress)
+    batches = EpochBatches(train_f, bs, seed, lambda f: module.collate(f, spec))
+    result = run_training(model, tokenizer, cfg, out, batches,
+                   evaluate=lambda m: module.evaluate(m, dev_f, spec, eval_batch_size),
+                   objective=make_objective(module, spec), resume=resume)
+    report = {"task": task, "model": str(model_dir), "family": family, "from_scratch": from_scratch,
+              "train": str(train), "dev": str(dev), "n_train": len(train_f), "n_dev": len(dev_f),
+              "labels": list(labels), "regression": is_regression, "lm_coef": lm_coef,
+              "pair_mode": pair_mode, "epochs": epochs, "steps": total, "batch_size": bs, "lr": lr,
+              "warmup_steps": cfg.warmup, "seed": seed, "train_loss": result.loss,
+              "dev_metrics": result.val_metrics, "wall_s": round(result.wall_s, 1)}
+    write_bytes_atomic(Path(out) / REPORT, json.dumps(report, indent=2).encode())
+    return report
+
+
+def _spec_extra(module, train_ex, options: dict) -> dict:
+    """The task's own saved options (TaskSpec.extra): tag_scheme (tag), windowing and answer options (qa)."""
+    make = getattr(module, "spec_extra", None)
+    return make(train_ex, options) if make is not None else {}
+
+
+def evaluate_task(model_dir: str | Path, task: str, data: str, split: str = "dev", batch_size: int = 64,
+                  device: str = "cpu", truncate: bool = False, text_column: str | None = None,
+                  text_b_column: str | None = None, label_column: str | None = None,
+                  word_column: int | None = None, null_threshold: float | None = None) -> dict:
+    """Metrics of the fine-tuned model in `model_dir` on `data` (a built-in's `split` part)."""
+    model, tokenizer = load(model_dir, device=resolve_device(device))
+    if not isinstance(model, TaskModel):
+        raise ConfigError(f"{model_dir} is not a fine-tuned model (its config.json has no \"task\"); "
+                          f"run lmlab finetune first")
+    spec = model.spec
+    if task != spec.name:
+        raise ConfigError(f"{model_dir} was fine-tuned for task {spec.name!r}, not {task!r}")
+    module = task_module(spec.name)
+    if null_threshold is not None:  # qa v2.0: score the same model with another no-answer threshold
+        spec = dataclasses.replace(spec, extra={**spec.extra, "null_threshold": float(null_threshold)})
+    options = {"task": spec.name, "text_column": text_column, "text_b_column": text_b_column,
+               "label_column": label_column, "regression": spec.regression, "word_column": word_column}
+    features = module.featurize(module.read(str(data), split, options), tokenizer, spec, truncate)
+    return module.evaluate(model, features, spec, batch_size)
+
+
+def summary(report: dict) -> str:
+    metrics = report["dev_metrics"]
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                      if isinstance(v, float) and math.isfinite(v) and k != "loss")
+    return (f"fine-tuned {report['task']} for {report['steps']} steps ({report['n_train']} examples, "
+            f"lm_coef {report['lm_coef']}{', from scratch' if report['from_scratch'] else ''}): "
+            f"dev {shown}; {report['wall_s']} s")
