@@ -8,7 +8,7 @@ from lmlab.models.registry import build
 
 
 def from_hf(hf_dir, device="cpu"):
-    """(model, tokenizer) from a Hugging Face model dir (gpt2, openai-gpt layouts)."""
+    """(model, tokenizer) from a Hugging Face model dir (gpt2, openai-gpt, bert, transfo-xl layouts)."""
     from lmlab.checkpoints.convert import from_hf as _from_hf
 
     return _from_hf(hf_dir, device=device)

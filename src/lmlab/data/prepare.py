@@ -59,9 +59,9 @@ def default_tokenizer_kind(source: str) -> str:
 
 def build_tokenizer_for(source: str, kind: str | None = None, vocab_size: int | None = None,
                         valid: str | None = None):
-    """Train a tokenizer of `kind` ("words", "chars", "byte_bpe"; default: the corpus's own)
-    on the train split of `source`. `vocab_size` caps words (default: every word) and sets
-    byte_bpe's size (default 8192); characters take every character seen."""
+    """Train a tokenizer of `kind` ("words", "chars", "byte_bpe", "wordpiece"; default: the
+    corpus's own) on the train split of `source`. `vocab_size` caps words (default: every word)
+    and sets the byte_bpe and wordpiece sizes (default 8192); characters take every character seen."""
     kind = kind or default_tokenizer_kind(source)
     docs = read_corpus(source, "train", valid=valid)
     if kind == "words":
@@ -76,7 +76,11 @@ def build_tokenizer_for(source: str, kind: str | None = None, vocab_size: int | 
         from lmlab.tokenizers.byte_bpe import ByteBPETokenizer
 
         return ByteBPETokenizer.train(docs, vocab_size or DEFAULT_BPE_VOCAB)
-    raise DataError(f"unknown tokenizer kind {kind!r}; expected words, chars or byte_bpe")
+    if kind == "wordpiece":
+        from lmlab.tokenizers.wordpiece import WordPieceTokenizer
+
+        return WordPieceTokenizer.train(docs, vocab_size or DEFAULT_BPE_VOCAB)
+    raise DataError(f"unknown tokenizer kind {kind!r}; expected words, chars, byte_bpe or wordpiece")
 
 
 def tokenizer_digest(tokenizer) -> str:

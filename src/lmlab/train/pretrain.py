@@ -16,6 +16,8 @@ from lmlab.data.prepare import build_tokenizer_for, check_vocab, prepare_tokens
 from lmlab.data.sampler import RandomWindowSampler, SequentialWindows
 from lmlab.errors import ConfigError
 from lmlab.models.registry import family_spec, make_config
+from lmlab.objectives.clm import clm_loss
+from lmlab.objectives.mlm_nsp import mlm_nsp_loss
 from lmlab.tokenizers import load_tokenizer
 from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Dist, barrier, init_distributed, shutdown
@@ -62,11 +64,77 @@ def make_evaluator(shard, seq_len: int, batch_size: int, max_batches: int, d: Di
     return evaluate
 
 
+def lm_data(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, **_):
+    """Causal LM: random windows of the token stream, validation loss on fixed windows."""
+    if d.is_main:
+        shards = prepare_tokens(data, tok, valid=valid, seq_len=cfg.seq_len, progress=cfg.progress)
+    barrier(d)
+    if not d.is_main:
+        shards = prepare_tokens(data, tok, valid=valid, seq_len=cfg.seq_len, progress=False)
+    per_rank = cfg.batch_size // d.world_size if cfg.batch_size % d.world_size == 0 else cfg.batch_size
+    batches = RandomWindowSampler(shards["train"], cfg.seq_len, cfg.batch_size, cfg.seed,
+                                  d.rank, d.world_size)
+    return batches, make_evaluator(shards["valid"], cfg.seq_len, max(1, per_rank), cfg.eval_batches, d)
+
+
+def pair_data(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, masking: str | None = None,
+              dupe_factor: int | None = None):
+    """BERT: masked sentence pairs (lmlab.data.pairs); MLM/NSP metrics on a fixed set of pairs."""
+    from lmlab.data.pairs import DUPE_FACTOR, PairSampler, load_pairs
+    from lmlab.objectives.mlm_nsp import MaskingSpec
+
+    spec = MaskingSpec.from_tokenizer(tok)
+    splits = {}
+    for main in (True, False):  # rank 0 tokenizes first, the others then read its cache
+        if d.is_main == main:
+            splits = {s: load_pairs(data, s, tok, valid=valid, progress=cfg.progress and main)
+                      for s in ("train", "valid")}
+        barrier(d)
+    ids = (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
+    batches = PairSampler(splits["train"], cfg.seq_len, cfg.batch_size, spec, *ids, seed=cfg.seed,
+                          rank=d.rank, world_size=d.world_size, masking=masking or "dynamic",
+                          dupe_factor=dupe_factor or DUPE_FACTOR)
+    per_rank = cfg.batch_size // d.world_size
+    fixed = PairSampler(splits["valid"], cfg.seq_len, per_rank * cfg.eval_batches * d.world_size, spec, *ids,
+                        seed=cfg.seed, rank=d.rank, world_size=d.world_size).batch(0)
+    return batches, make_pair_evaluator(fixed, per_rank, d)
+
+
+def make_pair_evaluator(fixed: dict, batch_size: int, d: Dist):
+    """{"loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc"} over this rank's rows of `fixed`,
+    summed over all ranks."""
+    from lmlab.objectives.mlm_nsp import metrics_from_sums, mlm_nsp_sums
+
+    @torch.no_grad()
+    def evaluate(model) -> dict:
+        model.eval()
+        device = next(model.parameters()).device
+        sums = 0
+        for i in range(0, len(fixed["input_ids"]), batch_size):
+            sums = sums + mlm_nsp_sums(model, {k: v[i : i + batch_size].to(device) for k, v in fixed.items()})
+        if d.enabled:
+            torch.distributed.all_reduce(sums)
+        return metrics_from_sums(sums.cpu())
+
+    return evaluate
+
+
+# family -> (builder of the training batches and the evaluator, objective); other families are
+# causal LMs. A builder takes (data, tokenizer, TrainConfig, Dist, valid, masking, dupe_factor).
+PRETRAINING = {"bert": (pair_data, mlm_nsp_loss)}
+DEFAULT_TOKENIZER = {"bert": "wordpiece"}
+
+
 def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | None = None,
              tokenizer: str | None = None, vocab_size: int | None = None, valid: str | None = None,
-             resume: bool = False, **train_values) -> RunResult:
+             resume: bool = False, masking: str | None = None, dupe_factor: int | None = None,
+             **train_values) -> RunResult:
     cfg = train_config(train_values)
     family_spec(model)
+    build_data, objective = PRETRAINING.get(model, (lm_data, clm_loss))
+    if model not in PRETRAINING and (masking is not None or dupe_factor is not None):
+        raise ConfigError(f"--masking and --dupe-factor are for masked LM pretraining (bert), not {model}")
+    tokenizer = tokenizer or DEFAULT_TOKENIZER.get(model)
     device = resolve_device(cfg.device)
     d = init_distributed(device.type)
     try:
@@ -76,11 +144,7 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
         run_dir = Path(out)
         run_dir.mkdir(parents=True, exist_ok=True)
         tok = run_tokenizer(run_dir, data, tokenizer, vocab_size, d)
-        if d.is_main:
-            shards = prepare_tokens(data, tok, valid=valid, seq_len=cfg.seq_len, progress=cfg.progress)
-        barrier(d)
-        if not d.is_main:
-            shards = prepare_tokens(data, tok, valid=valid, seq_len=cfg.seq_len, progress=False)
+        batches, evaluate = build_data(data, tok, cfg, d, valid, masking=masking, dupe_factor=dupe_factor)
         config = make_config(model, preset, **{"vocab_size": tok.vocab_size, **(overrides or {})})
         check_vocab(tok.vocab_size, config.vocab_size)
         if cfg.seq_len > config.max_seq_len:
@@ -90,11 +154,8 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
         net = family_spec(model).model(config)
         net.family = model
         net.to(device)
-        per_rank = cfg.batch_size // d.world_size if cfg.batch_size % d.world_size == 0 else cfg.batch_size
-        batches = RandomWindowSampler(shards["train"], cfg.seq_len, cfg.batch_size, cfg.seed,
-                                      d.rank, d.world_size)
-        evaluate = make_evaluator(shards["valid"], cfg.seq_len, max(1, per_rank), cfg.eval_batches, d)
-        result = train(net, tok, cfg, run_dir, batches, evaluate=evaluate, resume=resume, dist=d)
+        result = train(net, tok, cfg, run_dir, batches, evaluate=evaluate, objective=objective,
+                       resume=resume, dist=d)
         if d.is_main:
             print(summary(result))
         return result
@@ -104,6 +165,10 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
 
 def summary(r: RunResult) -> str:
     val = f", val loss {r.val_loss:.4f} (ppl {math.exp(min(r.val_loss, 50)):.2f})" if r.val_loss else ""
+    if "mlm_acc" in r.val_metrics:  # masked LM: a perplexity of MLM + NSP loss means nothing
+        m = r.val_metrics
+        val = (f", val MLM loss {m['mlm_loss']:.4f} (acc {m['mlm_acc']:.3f}), "
+               f"NSP loss {m['nsp_loss']:.4f} (acc {m['nsp_acc']:.3f})")
     resumed = f" (resumed from step {r.resumed_from})" if r.resumed_from else ""
     return (f"trained {r.steps} steps{resumed}, {r.tokens:,} tokens, loss {r.loss:.4f}{val}, "
             f"{r.tokens_per_s:,.0f} tokens/s, {r.skipped} skipped steps, {r.wall_s:.1f} s")
