@@ -257,24 +257,80 @@ def add_evaluate(sub) -> None:
     p.add_argument("model_dir")
     p.add_argument("--data", default="builtin:ptb", help="builtin:NAME, .txt, folder or JSONL")
     p.add_argument("--split", default="valid", help="train, valid or test (default valid)")
-    p.add_argument("--protocol", default="fixed", choices=["fixed", "sliding"],
-                   help="fixed: non-overlapping windows; sliding: windows advanced by --stride")
+    p.add_argument("--protocol", default="fixed", choices=["fixed", "sliding", "memory"],
+                   help="fixed: non-overlapping windows; sliding: windows advanced by --stride; memory "
+                        "(transfo-xl): consecutive segments carrying the memory, every token once")
     p.add_argument("--window", type=int, help="window length (default: the model's context)")
     p.add_argument("--stride", type=int, help="sliding stride (default: window/2)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward (default 8)")
     p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--task", choices=TASK_CHOICES,
+    p.add_argument("--task", choices=TASK_CHOICES + ZEROSHOT_CHOICES,
                    help="score a fine-tuned model on --data (JSONL / GLUE TSV / builtin:NAME, whose "
-                        "--split train or valid part is used)")
+                        "--split train or valid part is used); or, with a plain causal LM, a GPT-2 "
+                        "zero-shot task: lambada, cloze, summarize, translate (--data FILE)")
+    p.add_argument("--detokenizer", default="none", choices=["none", "ptb", "wikitext"],
+                   help="perplexity: undo PTB / WikiText tokenization before a byte-level tokenizer "
+                        "(GPT-2 §3.1); adds word_ppl (default none)")
     add_task_columns(p)
     add_tag_qa_options(p, evaluate=True)
+    add_zeroshot_options(p)
+    add_memory_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+MEMORY_OPTIONS = ("tgt_len", "mem_len", "clamp_len", "same_length", "eval_preset")
+
+
+def add_memory_options(p) -> None:
+    """Eval-only settings of models with memory (transfo-xl), lmlab.eval.memory."""
+    from lmlab.eval.memory import EVAL_PRESETS
+
+    p.add_argument("--tgt-len", type=int, help="transfo-xl: segment length (default: the model's)")
+    p.add_argument("--mem-len", type=int, help="transfo-xl: positions of memory per layer (default: the "
+                                               "model's; 0 = none)")
+    p.add_argument("--clamp-len", type=int, help="transfo-xl: distances beyond it share one embedding "
+                                                 "(0 = no clamp; default: the model's)")
+    p.add_argument("--same-length", action=argparse.BooleanOptionalAction, default=None,
+                   help="transfo-xl: every query sees exactly --mem-len keys (default: the model's)")
+    p.add_argument("--eval-preset", choices=sorted(EVAL_PRESETS),
+                   help="transfo-xl: the paper's evaluation settings (tgt/mem/clamp/same_length) for "
+                        "that model; flags given win")
+
+
+ZEROSHOT_CHOICES = ["lambada", "cloze", "summarize", "translate"]  # lmlab.eval.zeroshot.ZEROSHOT_TASKS
+
+
+def add_zeroshot_options(p) -> None:
+    """Options of the zero-shot tasks of `lmlab evaluate --task` (lmlab.eval.zeroshot)."""
+    p.add_argument("--stop-word-filter", action="store_true",
+                   help="lambada: greedy prediction may not start with a stop word (GPT-2 §3.3)")
+    p.add_argument("--max-examples", type=int, help="zero-shot: score only the first N examples")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="summarize / translate: tokens to generate (default 100 / 64)")
+    p.add_argument("--top-k", type=int, default=2, help="summarize: top-k sampling (default 2, GPT-2's)")
+    p.add_argument("--seed", type=int, default=0, help="summarize: sampling seed (default 0)")
+    p.add_argument("--shots", type=int, default=5,
+                   help="translate: example pairs in the prompt (default 5), the first ones of --data "
+                        "(then not scored) or of --context-file")
+    p.add_argument("--context-file", help="translate: TSV of example pairs for the prompt")
+    p.add_argument("--references", help="translate: target sentences aligned with --data (one per line); "
+                                        "without it --data is a TSV source<TAB>target")
 
 
 def cmd_evaluate(args) -> int:
     from lmlab.eval.cli import evaluate_command
 
+    if args.task in ZEROSHOT_CHOICES:
+        from lmlab.eval.zeroshot import zeroshot_command
+
+        result = zeroshot_command(args.model_dir, args.task, args.data, device=args.device,
+                                  batch_size=args.batch_size, max_examples=args.max_examples,
+                                  stop_word_filter=args.stop_word_filter, max_new_tokens=args.max_new_tokens,
+                                  top_k=args.top_k, seed=args.seed, shots=args.shots,
+                                  context_file=args.context_file, references=args.references)
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
     if args.task:
         from lmlab.tasks.finetune import evaluate_task
 
@@ -288,7 +344,8 @@ def cmd_evaluate(args) -> int:
 
     result = evaluate_command(args.model_dir, args.data, split=args.split, protocol=args.protocol,
                               stride=args.stride, window=args.window, batch_size=args.batch_size,
-                              device=args.device, max_tokens=args.max_tokens)
+                              device=args.device, max_tokens=args.max_tokens, detokenize=args.detokenizer,
+                              **{name: getattr(args, name) for name in MEMORY_OPTIONS})
     print(json.dumps(result, indent=2))
     return 0
 
@@ -297,7 +354,8 @@ def add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert between Hugging Face and lmlab model dirs",
                        description="--from-hf HF_DIR --out DIR, or --to-hf DIR --out HF_DIR.")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--from-hf", metavar="HF_DIR", help="a Hugging Face model dir (gpt2, openai-gpt)")
+    group.add_argument("--from-hf", metavar="HF_DIR",
+                       help="a Hugging Face model dir (gpt2, openai-gpt, bert, transfo-xl) or builtin:minilm")
     group.add_argument("--to-hf", metavar="DIR", help="an lmlab model dir")
     p.add_argument("--out", required=True, help="where to write the converted model")
     p.set_defaults(func=cmd_convert)
@@ -340,6 +398,34 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="per-token loss, entropy and rank of a causal LM on a text, as a PNG",
+                       description="Score every token of --text with DIR and draw loss, predictive entropy "
+                                   "and rank of the true token as three heat strips (Al-Rfou et al. 2018, "
+                                   "Fig. 6); the numbers go to --json (default: the PNG path with .json).")
+    p.add_argument("model_dir", help="an lmlab causal LM dir (gpt, gpt2, transfo-xl) with its tokenizer")
+    p.add_argument("--text", required=True, help="the text to inspect")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--json", help="JSON file for the numbers (default: --out with the suffix .json)")
+    p.add_argument("--bits", action="store_true", help="loss and entropy in bits (default nats)")
+    p.add_argument("--stride", type=int, help="sliding-window stride for texts longer than the context "
+                                              "(default: half the context)")
+    p.add_argument("--per-strip", type=int, default=40, help="tokens per heat strip (default 40)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args) -> int:
+    from lmlab.eval.inspect import inspect_command
+
+    result = inspect_command(args.model_dir, args.text, args.out, json_path=args.json,
+                             unit="bits" if args.bits else "nats", stride=args.stride,
+                             per_strip=args.per_strip, device=args.device)
+    print(f"{len(result['tokens'])} tokens, mean loss {result['mean_loss']:.4f} {result['unit']}; "
+          f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmlab import __version__
     from lmlab.data.cli import add_arguments as add_data
@@ -363,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate(sub)
     add_convert(sub)
     add_embed(sub)
+    add_inspect(sub)
     return parser
 
 

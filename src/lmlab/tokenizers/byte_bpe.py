@@ -15,13 +15,20 @@ are matched atomically in text, as GPT2TokenizerFast does.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmlab.errors import TokenizerError
+from lmlab.tokenizers.common import (
+    check_special,
+    read_json,
+    string_list,
+    surrogate_at,
+    text_error,
+    write_text,
+)
 
 EOT = "<|endoftext|>"
 VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
@@ -146,7 +153,7 @@ class ByteBPETokenizer:
         try:
             return self._tk.encode(text, add_special_tokens=False).ids
         except TypeError:
-            raise _text_error(text) from None
+            raise text_error(text) from None
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Encode many texts in parallel (Rust threads)."""
@@ -155,8 +162,8 @@ class ByteBPETokenizer:
         try:
             return [e.ids for e in batch(texts, add_special_tokens=False)]
         except TypeError:
-            bad = next(t for t in texts if not isinstance(t, str) or _surrogate_at(t) is not None)
-            raise _text_error(bad) from None
+            bad = next(t for t in texts if not isinstance(t, str) or surrogate_at(t) is not None)
+            raise text_error(bad) from None
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The raw bytes of `ids`; join these when streaming so no character is split."""
@@ -189,7 +196,7 @@ class ByteBPETokenizer:
         """Register `tokens` as special (matched whole in text); new ones get the next free ids."""
         tokens = list(tokens)
         for tok in tokens:  # check all first: a bad one must leave the tokenizer unchanged
-            _check_special(tok)
+            check_special(tok)
         ids = [self._add_special(tok) for tok in tokens]
         self._rebuild()
         return ids
@@ -200,23 +207,21 @@ class ByteBPETokenizer:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         ordered = dict(sorted(self._vocab.items(), key=lambda kv: kv[1]))
-        _write_text(d / VOCAB_FILE, json.dumps(ordered, ensure_ascii=False))
-        _write_text(d / MERGES_FILE, "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self._merges))
+        write_text(d / VOCAB_FILE, json.dumps(ordered, ensure_ascii=False))
+        write_text(d / MERGES_FILE, "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self._merges))
 
     def save(self, directory: str | Path) -> None:
         self.save_gpt2_files(directory)
         spec = {"kind": self.kind, "vocab_file": VOCAB_FILE, "merges_file": MERGES_FILE,
                 "special_tokens": self._special, "eos_token": EOT if self.eos_token_id is not None else None}
-        _write_text(Path(directory) / "tokenizer.json", json.dumps(spec, ensure_ascii=False, indent=1))
+        write_text(Path(directory) / "tokenizer.json", json.dumps(spec, ensure_ascii=False, indent=1))
 
     @classmethod
     def load(cls, directory: str | Path) -> ByteBPETokenizer:
         d = Path(directory)
-        spec = _read_json(d / "tokenizer.json")
-        specials = spec.get("special_tokens") if isinstance(spec, dict) else None
-        if not isinstance(specials, list) or not all(isinstance(t, str) and t for t in specials):
-            raise TokenizerError(f"{d / 'tokenizer.json'}: 'special_tokens' must be a list of "
-                                 f"non-empty strings")
+        spec = read_json(d / "tokenizer.json")
+        specials = string_list(spec.get("special_tokens") if isinstance(spec, dict) else None,
+                               "special_tokens", d / "tokenizer.json")
         # File names are fixed, never taken from the JSON: no path outside the folder is read.
         vocab = _read_vocab(d / VOCAB_FILE)
         merges = _read_merges(d / MERGES_FILE, vocab, VOCAB_FILE)
@@ -231,7 +236,7 @@ class ByteBPETokenizer:
 
     # ---- internals ----------------------------------------------------------------------------
     def _add_special(self, tok: str) -> int:
-        _check_special(tok)
+        check_special(tok)
         if tok not in self._vocab:
             self._vocab[tok] = max(self._vocab.values(), default=-1) + 1
         if tok not in self._special:
@@ -260,44 +265,8 @@ class ByteBPETokenizer:
         self._tk = tk
 
 
-def _check_special(tok) -> None:
-    if not isinstance(tok, str) or not tok or tok.isspace():
-        raise TokenizerError(f"special token {tok!r} must be a non-empty, non-blank string")
-
-
-def _surrogate_at(text: str) -> int | None:
-    try:
-        text.encode("utf-8")
-        return None
-    except UnicodeEncodeError as e:
-        return e.start
-
-
-def _text_error(text) -> Exception:
-    if not isinstance(text, str):
-        return TypeError(f"encode expects str, got {type(text).__name__}")
-    pos = _surrogate_at(text)
-    return TokenizerError(f"text is not valid Unicode: lone surrogate {text[pos]!r} at position {pos} "
-                          f"has no UTF-8 form")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # never leave a half-written file
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path}: not a readable JSON file ({e})") from None
-
-
 def _read_vocab(path: Path) -> dict[str, int]:
-    vocab = _read_json(path)
+    vocab = read_json(path)
     if not isinstance(vocab, dict) or not all(
         isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in vocab.values()
     ):
@@ -330,7 +299,7 @@ def _read_merges(path: Path, vocab: dict[str, int], vocab_name: str) -> list[tup
 
 def _from_hf_json(cls, path: Path):
     """A Hugging Face tokenizer.json holding exactly GPT-2's byte-level BPE, else None."""
-    spec = _read_json(path)
+    spec = read_json(path)
     spec = spec if isinstance(spec, dict) else {}
     model, pre = spec.get("model"), spec.get("pre_tokenizer")
     gpt2_style = (

@@ -24,13 +24,21 @@ treat as end of text.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from lmlab.errors import TokenizerError
+from lmlab.tokenizers.common import (
+    ListVocab,
+    read_json,
+    read_kind,
+    string_list,
+    surrogate_at,
+    text_error,
+    write_text,
+)
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIALS = (PAD, UNK, CLS, SEP, MASK)  # the order of a trained vocabulary's first ids
@@ -39,10 +47,11 @@ MAX_WORD_CHARS = 100  # longer words become [UNK] (BERT's max_input_chars_per_wo
 TRUNCATIONS = ("longest_first", "only_first", "only_second", None)
 
 
-class WordPieceTokenizer:
+class WordPieceTokenizer(ListVocab):
     """BERT WordPiece. ids are line numbers of `vocab.txt`; `eos_token_id` is the id of [SEP]."""
 
     kind = "wordpiece"
+    one_line_specials = True  # vocab.txt holds one token per line
 
     def __init__(self, tokens: Sequence[str], lowercase: bool = True, strip_accents: bool | None = None,
                  tokenize_chinese_chars: bool = True, special_tokens: Sequence[str] = SPECIALS,
@@ -109,7 +118,7 @@ class WordPieceTokenizer:
         `tokenizer.json` holding a WordPiece model (newer transformers save only that file).
         """
         d = Path(directory)
-        spec = _read_json(d / "tokenizer.json") if (d / "tokenizer.json").is_file() else None
+        spec = read_json(d / "tokenizer.json") if (d / "tokenizer.json").is_file() else None
         if isinstance(spec, dict) and spec.get("kind") == cls.kind:
             return cls.load(d)
         if (d / VOCAB_FILE).is_file():
@@ -121,10 +130,7 @@ class WordPieceTokenizer:
         return None
 
     # ---- the interface ------------------------------------------------------------------------
-    @property
-    def vocab_size(self) -> int:
-        return len(self._tokens)
-
+    # (vocab_size, special_tokens, token_to_id, id_to_token, add_special_tokens: ListVocab)
     @property
     def eos_token_id(self) -> int:
         """The id of [SEP], which ends every BERT input (BERT has no separate end-of-text token)."""
@@ -149,10 +155,6 @@ class WordPieceTokenizer:
     @property
     def mask_token_id(self) -> int:
         return self._ids[MASK]
-
-    @property
-    def special_tokens(self) -> list[str]:
-        return list(self._special)
 
     def encode(self, text: str) -> list[int]:
         """WordPiece ids of `text`, without [CLS]/[SEP]."""
@@ -225,43 +227,16 @@ class WordPieceTokenizer:
         The same text as BertTokenizerFast.decode: a space before . , ! ? is dropped. Lower-casing,
         stripped accents and [UNK] cannot be undone.
         """
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # tensors and arrays too
-        n = len(self._tokens)
-        if ids and not (0 <= min(ids) and max(ids) < n):
-            bad = next(i for i in ids if not 0 <= i < n)
-            raise TokenizerError(f"token id {bad} is not in the vocabulary (size {n})")
+        ids = self._checked_ids(ids)
         drop = set(self._special) if skip_special_tokens else {PAD}
         return self._decoder.decode([t for t in map(self._tokens.__getitem__, ids) if t not in drop])
-
-    def token_to_id(self, token: str) -> int | None:
-        return self._ids.get(token)
-
-    def id_to_token(self, token_id: int) -> str:
-        if not 0 <= token_id < len(self._tokens):
-            raise TokenizerError(f"token id {token_id} is not in the vocabulary (size {self.vocab_size})")
-        return self._tokens[token_id]
-
-    def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
-        """Register `tokens` as special (matched whole in text); new ones get the next free ids."""
-        tokens = list(tokens)
-        for tok in tokens:  # check all first: a bad one must leave the tokenizer unchanged
-            if not isinstance(tok, str) or not tok or tok.isspace() or "\n" in tok:
-                raise TokenizerError(f"special token {tok!r} must be a non-empty string without newlines")
-        for tok in tokens:
-            if tok not in self._ids:
-                self._ids[tok] = len(self._tokens)
-                self._tokens.append(tok)
-            if tok not in self._special:
-                self._special.append(tok)
-        self._rebuild()
-        return [self._ids[t] for t in tokens]
 
     # ---- files --------------------------------------------------------------------------------
     def save_vocab_file(self, directory: str | Path) -> None:
         """Write only BERT's vocab.txt (one token per line, id = line number)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        _write_text(d / VOCAB_FILE, "".join(t + "\n" for t in self._tokens))
+        write_text(d / VOCAB_FILE, "".join(t + "\n" for t in self._tokens))
 
     def save(self, directory: str | Path) -> None:
         self.save_vocab_file(directory)
@@ -269,18 +244,14 @@ class WordPieceTokenizer:
                 "tokenize_chinese_chars": self.tokenize_chinese_chars, "vocab_file": VOCAB_FILE,
                 "pad_token": PAD, "unk_token": UNK, "cls_token": CLS, "sep_token": SEP, "mask_token": MASK,
                 "special_tokens": self._special}
-        _write_text(Path(directory) / "tokenizer.json", json.dumps(spec, ensure_ascii=False, indent=1))
+        write_text(Path(directory) / "tokenizer.json", json.dumps(spec, ensure_ascii=False, indent=1))
 
     @classmethod
     def load(cls, directory: str | Path) -> WordPieceTokenizer:
         d = Path(directory)
         path = d / "tokenizer.json"
-        spec = _read_json(path)
-        if not isinstance(spec, dict) or spec.get("kind") != cls.kind:
-            raise TokenizerError(f"{path}: expected a JSON object with \"kind\": \"{cls.kind}\"")
-        specials = spec.get("special_tokens", list(SPECIALS))
-        if not isinstance(specials, list) or not all(isinstance(t, str) and t for t in specials):
-            raise TokenizerError(f"{path}: 'special_tokens' must be a list of non-empty strings")
+        spec = read_kind(path, cls.kind)
+        specials = string_list(spec.get("special_tokens", list(SPECIALS)), "special_tokens", path)
         for field, token in (("pad_token", PAD), ("unk_token", UNK), ("cls_token", CLS),
                              ("sep_token", SEP), ("mask_token", MASK)):
             if spec.get(field, token) != token:
@@ -313,14 +284,14 @@ class WordPieceTokenizer:
         try:
             return self._tk.encode(text, add_special_tokens=False)
         except TypeError:
-            raise _text_error(text) from None
+            raise text_error(text) from None
 
     def _encode_batch(self, texts: list[str]) -> list:
         try:
             return self._tk.encode_batch(texts, add_special_tokens=False)
         except TypeError:
-            bad = next((t for t in texts if not isinstance(t, str) or _surrogate_at(t) is not None), None)
-            raise _text_error(bad) from None
+            bad = next((t for t in texts if not isinstance(t, str) or surrogate_at(t) is not None), None)
+            raise text_error(bad) from None
 
     def _assemble(self, a, b, max_length: int | None, truncation: str | None) -> dict:
         """[CLS] a [SEP] (b [SEP]) from two encodings, truncated to `max_length` ids."""
@@ -381,37 +352,6 @@ def _normalizer(lowercase: bool, strip_accents: bool | None, tokenize_chinese_ch
                                       strip_accents=strip_accents, lowercase=lowercase)
 
 
-def _surrogate_at(text: str) -> int | None:
-    try:
-        text.encode("utf-8")
-        return None
-    except UnicodeEncodeError as e:
-        return e.start
-
-
-def _text_error(text) -> Exception:
-    if not isinstance(text, str):
-        return TypeError(f"encode expects str, got {type(text).__name__}")
-    pos = _surrogate_at(text)
-    return TokenizerError(f"text is not valid Unicode: lone surrogate {text[pos]!r} at position {pos} "
-                          f"has no UTF-8 form")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # never leave a half-written file
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path}: not a readable JSON file ({e})") from None
-
-
 def _read_vocab_file(path: Path) -> list[str]:
     """BERT's vocab.txt: one token per line, id = line number (a final newline ends the list)."""
     try:
@@ -435,7 +375,7 @@ def _read_vocab_file(path: Path) -> list[str]:
 
 def _hf_options(path: Path) -> dict:
     """Casing options of a Hugging Face tokenizer_config.json, named as WordPieceTokenizer names them."""
-    spec = _read_json(path)
+    spec = read_json(path)
     if not isinstance(spec, dict):
         raise TokenizerError(f"{path}: expected a JSON object")
     options = {}

@@ -12,30 +12,26 @@ words with single spaces and turns `<eos>` back into "\\n", so for in-vocabulary
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lmlab.errors import TokenizerError
+from lmlab.tokenizers.common import ListVocab, read_spec, specials_regex, unique_ids, write_spec
 
 UNK, EOS = "<unk>", "<eos>"
 
 
-class WordTokenizer:
+class WordTokenizer(ListVocab):
     """Words <-> ids; `<unk>` = 0, `<eos>` = 1 (one per newline)."""
 
     kind = "words"
+    one_line_specials = True  # a newline is <eos>
 
     def __init__(self, tokens: Sequence[str], special_tokens: Sequence[str] = (UNK, EOS),
                  source: str = "vocabulary"):
         self._tokens = list(tokens)
-        self._ids = {t: i for i, t in enumerate(self._tokens)}
-        if len(self._ids) != len(self._tokens):
-            dup = next(t for t in self._tokens if self._tokens.count(t) > 1)
-            raise TokenizerError(f"{source}: token {dup!r} appears twice in the vocabulary")
+        self._ids = unique_ids(self._tokens, source)
         self._special = list(special_tokens)
         for t in (UNK, EOS, *self._special):  # both are needed: encode emits them
             if t not in self._ids:
@@ -43,7 +39,7 @@ class WordTokenizer:
         for t in self._tokens:
             if t not in self._special and (not t or len(t.split()) != 1 or t.strip() != t):
                 raise TokenizerError(f"{source}: vocabulary entry {t!r} is not a single word")
-        self._compile()
+        self._rebuild()
 
     @classmethod
     def train(cls, texts: Iterable[str], max_size: int | None = None, min_count: int = 1) -> WordTokenizer:
@@ -63,10 +59,7 @@ class WordTokenizer:
         return cls([UNK, EOS, *words])
 
     # ---- the interface ------------------------------------------------------------------------
-    @property
-    def vocab_size(self) -> int:
-        return len(self._tokens)
-
+    # (vocab_size, special_tokens, token_to_id, id_to_token, add_special_tokens: ListVocab)
     @property
     def eos_token_id(self) -> int:
         return self._ids[EOS]
@@ -74,10 +67,6 @@ class WordTokenizer:
     @property
     def unk_token_id(self) -> int:
         return self._ids[UNK]
-
-    @property
-    def special_tokens(self) -> list[str]:
-        return list(self._special)
 
     def encode(self, text: str) -> list[int]:
         ids, unk, eos, get = [], self._ids[UNK], self._ids[EOS], self._ids.get
@@ -93,13 +82,9 @@ class WordTokenizer:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # tensors and arrays too
-        n, eos = len(self._tokens), self._ids[EOS]
-        if ids and not (0 <= min(ids) and max(ids) < n):
-            bad = next(i for i in ids if not 0 <= i < n)
-            raise TokenizerError(f"token id {bad} is not in the vocabulary (size {n})")
+        eos = self._ids[EOS]
         out, line_start = [], True
-        for i in ids:
+        for i in self._checked_ids(ids):
             if i == eos:
                 out.append("\n")
                 line_start = True
@@ -108,62 +93,19 @@ class WordTokenizer:
                 line_start = False
         return "".join(out)
 
-    def token_to_id(self, token: str) -> int | None:
-        return self._ids.get(token)
-
-    def id_to_token(self, token_id: int) -> str:
-        if not 0 <= token_id < len(self._tokens):
-            raise TokenizerError(f"token id {token_id} is not in the vocabulary (size {self.vocab_size})")
-        return self._tokens[token_id]
-
-    def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
-        """Register `tokens` as special (matched whole in text); new ones get the next free ids."""
-        tokens = list(tokens)
-        for tok in tokens:  # check all first: a bad one must leave the tokenizer unchanged
-            if not isinstance(tok, str) or not tok or tok.isspace() or "\n" in tok:
-                raise TokenizerError(f"special token {tok!r} must be a non-empty string without newlines")
-        out = []
-        for tok in tokens:
-            if tok not in self._ids:
-                self._ids[tok] = len(self._tokens)
-                self._tokens.append(tok)
-            if tok not in self._special:
-                self._special.append(tok)
-            out.append(self._ids[tok])
-        self._compile()
-        return out
-
     # ---- files --------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        spec = {"kind": self.kind, "tokens": self._tokens, "special_tokens": self._special}
-        tmp = d / f"tokenizer.json.tmp-{os.getpid()}"  # never leave a half-written file
-        tmp.write_text(json.dumps(spec, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(tmp, d / "tokenizer.json")
+        write_spec(directory, self.kind, self._tokens, self._special)
 
     @classmethod
     def load(cls, directory: str | Path) -> WordTokenizer:
         path = Path(directory) / "tokenizer.json"
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TokenizerError(f"{path}: file not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TokenizerError(f"{path}: not a readable JSON file ({e})") from None
-        if not isinstance(spec, dict) or spec.get("kind") != cls.kind:
-            raise TokenizerError(f"{path}: expected a JSON object with \"kind\": \"{cls.kind}\"")
-        for field in ("tokens", "special_tokens"):
-            value = spec.get(field)
-            if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
-                raise TokenizerError(f"{path}: '{field}' must be a list of non-empty strings")
-        return cls(spec["tokens"], spec["special_tokens"], source=str(path))
+        tokens, specials = read_spec(path, cls.kind)
+        return cls(tokens, specials, source=str(path))
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size}, special_tokens={self._special})"
 
-    def _compile(self) -> None:
-        # Longest first, so a special that contains another one wins.
-        alts = sorted(self._special, key=len, reverse=True)
-        pattern = re.compile("(" + "|".join(map(re.escape, alts)) + ")") if alts else None
+    def _rebuild(self) -> None:
+        pattern = specials_regex(self._special)
         self._split = pattern.split if pattern else (lambda text: [text])

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
+from lmlab.checkpoints.builtin import builtin_weights_dir, is_builtin
 from lmlab.checkpoints.convert import hf_bert, hf_gpt, hf_transfo_xl
 from lmlab.errors import ConversionError
 from lmlab.models.registry import family_of
@@ -51,8 +52,9 @@ BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 
 
 def from_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
-    """(model, tokenizer) from a Hugging Face model dir; tokenizer is None when the dir has none."""
-    directory = Path(hf_dir)
+    """(model, tokenizer) from a Hugging Face model dir, or `builtin:NAME` weights from a package;
+    tokenizer is None when the dir has none."""
+    directory = builtin_weights_dir(hf_dir) if is_builtin(hf_dir) else Path(hf_dir)
     config = read_hf_config(directory)
     model_type = config.get("model_type")
     if model_type not in FROM_HF:

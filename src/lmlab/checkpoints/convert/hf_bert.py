@@ -36,8 +36,8 @@ from typing import NamedTuple
 import torch
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
-from lmlab.errors import ConversionError, LmlabError
-from lmlab.models.registry import build_from_config
+from lmlab.checkpoints.convert.common import added_tokens_decoder, build, check_names, copy_into, lookup
+from lmlab.errors import ConversionError
 from lmlab.tokenizers.wordpiece import WordPieceTokenizer
 
 PRETRAINING, MASKED_LM, ENCODER = "BertForPreTraining", "BertForMaskedLM", "BertModel"
@@ -130,10 +130,10 @@ def bert_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], dict]):
         d_ff=config.get("intermediate_size", 3072), max_seq_len=config.get("max_position_embeddings", 512),
         dropout=config.get("hidden_dropout_prob", 0.1), type_vocab_size=config.get("type_vocab_size", 2),
         layer_norm_eps=config.get("layer_norm_eps", 1e-12), init_std=config.get("initializer_range", 0.02),
-        activation=_lookup(ACT_FROM, config.get("hidden_act", "gelu"), "hidden_act", where),
+        activation=lookup(ACT_FROM, config.get("hidden_act", "gelu"), "hidden_act", where),
         pad_token_id=config.get("pad_token_id", 0), heads=heads, pooler="pooler.dense.weight" in state,
     )
-    model = _build(fields, where)
+    model = build("bert", fields, where)
     _load(model, state, hf_dir)
     if task:
         rows = int(task[f"{TASK_HEADS[architecture]}.weight"].shape[0])
@@ -201,21 +201,6 @@ def _id2label(config: dict, rows: int, architecture: str, where: str) -> dict[in
     return labels
 
 
-def _lookup(table: dict[str, str], value, field: str, where: str) -> str:
-    if not isinstance(value, str) or value not in table:
-        raise ConversionError(f"{where}: {field}={value!r} is not supported; "
-                              f"expected one of {', '.join(table)}")
-    return table[value]
-
-
-def _build(fields: dict, where: str):
-    try:
-        return build_from_config("bert", fields, where=where)
-    except LmlabError as e:  # a bad value in config.json (wrong type, hidden_size % heads ...)
-        message = str(e)
-        raise ConversionError(message if message.startswith(where) else f"{where}: {message}") from None
-
-
 def _load(model, state: dict[str, torch.Tensor], hf_dir: Path) -> None:
     """Copy HF tensors into `model` by the explicit map of `hf_names`, asserting every shape."""
     c = model.config
@@ -225,12 +210,7 @@ def _load(model, state: dict[str, torch.Tensor], hf_dir: Path) -> None:
                if n in state}
     if "cls.predictions.bias" not in state and "cls.predictions.decoder.bias" in decoder:
         state["cls.predictions.bias"] = decoder["cls.predictions.decoder.bias"]
-    wanted = {n for parts in names.values() for n in parts}
-    unexpected, missing = sorted(set(state) - wanted), sorted(wanted - set(state))
-    if unexpected:
-        raise ConversionError(f"{where}: unexpected tensor(s) {', '.join(unexpected[:5])} for this layout")
-    if missing:
-        raise ConversionError(f"{where}: missing tensor(s) {', '.join(missing[:5])}")
+    check_names(state, {n for parts in names.values() for n in parts}, where)
     own = model.state_dict()
     converted = {}
     for ours, theirs in names.items():
@@ -245,9 +225,7 @@ def _load(model, state: dict[str, torch.Tensor], hf_dir: Path) -> None:
     if head is not None and (head.shape != embed.shape or not torch.equal(head, embed)):
         raise ConversionError(f"{where}: cls.predictions.decoder.weight differs from the word embedding; "
                               f"lmlab ties them, an untied MLM decoder is not supported")
-    with torch.no_grad():
-        for name, tensor in converted.items():
-            own[name].copy_(tensor)  # state_dict tensors share storage with the parameters
+    copy_into(own, converted)
 
 
 # ---- to HF ------------------------------------------------------------------------------------
@@ -266,8 +244,8 @@ def bert_to_hf(model, tokenizer) -> tuple[dict, dict[str, torch.Tensor]]:
         "model_type": "bert", "architectures": [architecture], "vocab_size": c.vocab_size,
         "hidden_size": c.d_model, "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads,
         "intermediate_size": c.d_ff, "max_position_embeddings": c.max_seq_len,
-        "type_vocab_size": c.type_vocab_size, "hidden_act": _lookup(ACT_TO, c.activation, "activation",
-                                                                    "Hugging Face bert layout"),
+        "type_vocab_size": c.type_vocab_size, "hidden_act": lookup(ACT_TO, c.activation, "activation",
+                                                                   "Hugging Face bert layout"),
         "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout,
         "layer_norm_eps": c.layer_norm_eps, "initializer_range": c.init_std, "pad_token_id": c.pad_token_id,
         "position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False,
@@ -304,12 +282,9 @@ def write_wordpiece_tokenizer(tokenizer: WordPieceTokenizer, out: Path, config: 
     # A stale HF tokenizer.json would be preferred over vocab.txt by the fast tokenizer.
     (out / "tokenizer.json").unlink(missing_ok=True)
     tokenizer.save_vocab_file(out)
-    specials = {str(tokenizer.token_to_id(t)): {"content": t, "special": True, "normalized": False,
-                                                "lstrip": False, "rstrip": False, "single_word": False}
-                for t in tokenizer.special_tokens}
     spec = {"tokenizer_class": "BertTokenizer", "model_max_length": config["max_position_embeddings"],
             "do_lower_case": tokenizer.lowercase, "strip_accents": tokenizer.strip_accents,
             "tokenize_chinese_chars": tokenizer.tokenize_chinese_chars, "do_basic_tokenize": True,
             "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-            "mask_token": "[MASK]", "added_tokens_decoder": specials}
+            "mask_token": "[MASK]", "added_tokens_decoder": added_tokens_decoder(tokenizer)}
     write_bytes_atomic(out / "tokenizer_config.json", json.dumps(spec, indent=2, ensure_ascii=False).encode())

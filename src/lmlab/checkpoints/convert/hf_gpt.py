@@ -27,8 +27,15 @@ from pathlib import Path
 import torch
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
-from lmlab.errors import ConversionError, LmlabError
-from lmlab.models.registry import build_from_config
+from lmlab.checkpoints.convert.common import (
+    added_tokens_decoder,
+    build,
+    check_architectures,
+    check_names,
+    copy_into,
+    lookup,
+)
+from lmlab.errors import ConversionError
 from lmlab.tokenizers.byte_bpe import EOT, ByteBPETokenizer
 
 BLOCK_PARTS = tuple(f"{module}.{p}" for module in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2",
@@ -65,7 +72,7 @@ def hf_names(n_layers: int, openai: bool) -> dict[str, str]:
 # ---- from HF ----------------------------------------------------------------------------------
 def gpt2_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], dict]):
     where = f"{hf_dir / 'config.json'}"
-    _check_heads(config, GPT2_HEADS, where)
+    check_architectures(config, GPT2_HEADS, where)
     for field, needed in GPT2_REQUIRED.items():
         if config.get(field, needed) != needed:
             raise ConversionError(f"{where}: {field}={config[field]!r} is not supported "
@@ -75,27 +82,27 @@ def gpt2_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], dict]):
         vocab_size=config.get("vocab_size", 50257), d_model=d, n_layers=config.get("n_layer", 12),
         n_heads=config.get("n_head", 12), d_ff=config.get("n_inner") or 4 * d,  # None means 4·d
         max_seq_len=config.get("n_positions", 1024), pre_ln=True,
-        activation=_lookup(GPT2_ACT_FROM, config.get("activation_function", "gelu_new"),
-                           "activation_function", where),
+        activation=lookup(GPT2_ACT_FROM, config.get("activation_function", "gelu_new"),
+                          "activation_function", where),
         **_common_fields(config),
     )
-    model = _build("gpt2", fields, where)
+    model = build("gpt2", fields, where)
     _load(model, read_weights(), hf_names(model.config.n_layers, openai=False), hf_dir)
     return model, ByteBPETokenizer.find_in_dir(hf_dir)
 
 
 def openai_gpt_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], dict]):
     where = f"{hf_dir / 'config.json'}"
-    _check_heads(config, OPENAI_HEADS, where)
+    check_architectures(config, OPENAI_HEADS, where)
     d = _width(config, where)
     fields = dict(
         vocab_size=config.get("vocab_size", 40478), d_model=d, n_layers=config.get("n_layer", 12),
         n_heads=config.get("n_head", 12), d_ff=4 * d,  # fixed in HF's OpenAIGPT MLP
         max_seq_len=config.get("n_positions", 512), pre_ln=False,
-        activation=_lookup(OPENAI_ACT_FROM, config.get("afn", "gelu"), "afn", where),
+        activation=lookup(OPENAI_ACT_FROM, config.get("afn", "gelu"), "afn", where),
         **_common_fields(config),
     )
-    model = _build("gpt", fields, where)
+    model = build("gpt", fields, where)
     _load(model, read_weights(), hf_names(model.config.n_layers, openai=True), hf_dir)
     return model, _openai_dir_tokenizer(hf_dir)
 
@@ -112,42 +119,13 @@ def _common_fields(config: dict) -> dict:
                 init_std=config.get("initializer_range", 0.02))
 
 
-def _check_heads(config: dict, supported: tuple[str, ...], where: str) -> None:
-    archs = config.get("architectures") or ()
-    for arch in [archs] if isinstance(archs, str) else archs:
-        if arch not in supported:
-            raise ConversionError(f"{where}: architecture {arch!r} is not supported; "
-                                  f"expected one of {', '.join(supported)}")
-
-
-def _lookup(table: dict[str, str], value, field: str, where: str) -> str:
-    if not isinstance(value, str) or value not in table:
-        raise ConversionError(f"{where}: {field}={value!r} is not supported; "
-                              f"expected one of {', '.join(table)}")
-    return table[value]
-
-
-def _build(family: str, fields: dict, where: str):
-    try:
-        return build_from_config(family, fields, where=where)
-    except LmlabError as e:  # a bad value in config.json (wrong type, d_model % n_heads ...)
-        message = str(e)
-        raise ConversionError(message if message.startswith(where) else f"{where}: {message}") from None
-
-
 def _load(model, hf_state: dict[str, torch.Tensor], names: dict[str, str], hf_dir: Path) -> None:
     """Copy HF tensors into `model` by the explicit map `names`, asserting every shape."""
     state = {k.removeprefix("transformer."): v for k, v in hf_state.items()}
     head = state.pop("lm_head.weight", None)
     state = {k: v for k, v in state.items() if not BUFFER.match(k)}
-    wanted = set(names.values())
-    unexpected = sorted(set(state) - wanted)
-    missing = sorted(wanted - set(state))
     where = f"{hf_dir} weights"
-    if unexpected:
-        raise ConversionError(f"{where}: unexpected tensor(s) {', '.join(unexpected[:5])} for this layout")
-    if missing:
-        raise ConversionError(f"{where}: missing tensor(s) {', '.join(missing[:5])}")
+    check_names(state, set(names.values()), where)
     own = model.state_dict()
     converted = {}
     for ours, theirs in names.items():
@@ -163,9 +141,7 @@ def _load(model, hf_state: dict[str, torch.Tensor], names: dict[str, str], hf_di
     if head is not None and (head.shape != embed.shape or not torch.equal(head, embed)):
         raise ConversionError(f"{where}: lm_head.weight differs from {names['wte.weight']}; lmlab ties "
                               f"them, an untied LM head is not supported")
-    with torch.no_grad():
-        for name, tensor in converted.items():
-            own[name].copy_(tensor)  # state_dict tensors share storage with the parameters
+    copy_into(own, converted)
 
 
 def _openai_dir_tokenizer(hf_dir: Path):
@@ -188,8 +164,8 @@ def gpt2_to_hf(model, tokenizer) -> tuple[dict, dict[str, torch.Tensor]]:
     config = {
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
         "n_positions": c.max_seq_len, "n_embd": c.d_model, "n_layer": c.n_layers, "n_head": c.n_heads,
-        "n_inner": c.d_ff, "activation_function": _lookup(GPT2_ACT_TO, c.activation, "activation",
-                                                                   "Hugging Face gpt2 layout"),
+        "n_inner": c.d_ff, "activation_function": lookup(GPT2_ACT_TO, c.activation, "activation",
+                                                                  "Hugging Face gpt2 layout"),
         "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False, "add_cross_attention": False, "use_cache": True,
         "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": None,
@@ -209,7 +185,7 @@ def openai_gpt_to_hf(model, tokenizer) -> tuple[dict, dict[str, torch.Tensor]]:
     config = {
         "model_type": "openai-gpt", "architectures": ["OpenAIGPTLMHeadModel"], "vocab_size": c.vocab_size,
         "n_positions": c.max_seq_len, "n_embd": c.d_model, "n_layer": c.n_layers, "n_head": c.n_heads,
-        "afn": _lookup(OPENAI_ACT_TO, c.activation, "activation", "Hugging Face openai-gpt layout"),
+        "afn": lookup(OPENAI_ACT_TO, c.activation, "activation", "Hugging Face openai-gpt layout"),
         "bos_token_id": None, "eos_token_id": eos, "pad_token_id": None,
         **_common_to_hf(model),
     }
@@ -241,10 +217,7 @@ def write_byte_bpe_tokenizer(tokenizer: ByteBPETokenizer, out: Path, config: dic
     (out / "tokenizer.json").unlink(missing_ok=True)
     tokenizer.save_gpt2_files(out)
     eos = EOT if tokenizer.eos_token_id is not None else None
-    specials = {str(tokenizer.token_to_id(t)): {"content": t, "special": True, "normalized": False,
-                                                "lstrip": False, "rstrip": False, "single_word": False}
-                for t in tokenizer.special_tokens}
     spec = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": config["n_positions"],
             "add_prefix_space": False, "bos_token": eos, "eos_token": eos, "unk_token": eos,
-            "added_tokens_decoder": specials}
+            "added_tokens_decoder": added_tokens_decoder(tokenizer)}
     write_bytes_atomic(out / "tokenizer_config.json", json.dumps(spec, indent=2, ensure_ascii=False).encode())

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from lmlab.errors import ConversionError, LmlabError
-from lmlab.models.registry import build_from_config
+from lmlab.checkpoints.convert.common import build, check_architectures, copy_into
+from lmlab.errors import ConversionError
 
 HEADS = ("TransfoXLLMHeadModel", "TransfoXLModel")
 ATTN = {"qkv_net": "qkv", "r_net": "r_net", "o_net": "o_net", "layer_norm": "layer_norm"}
@@ -85,7 +85,7 @@ def hf_aliases(model) -> dict[str, tuple[str, ...]]:
 # ---- from HF ----------------------------------------------------------------------------------
 def transfo_xl_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], dict]):
     where = f"{hf_dir / 'config.json'}"
-    _check_heads(config, where)
+    check_architectures(config, HEADS, where)
     if config.get("attn_type", 0) != 0:
         raise ConversionError(f"{where}: attn_type={config['attn_type']!r} is not supported "
                               f"(lmlab implements the paper's relative attention, attn_type 0)")
@@ -108,21 +108,9 @@ def transfo_xl_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], di
         dropatt=config.get("dropatt", 0.0), layer_norm_eps=config.get("layer_norm_epsilon", 1e-5),
         init_std=config.get("init_std", 0.02), proj_init_std=config.get("proj_init_std", 0.01),
     )
-    try:
-        model = build_from_config("transfo-xl", fields, where=where)
-    except LmlabError as e:  # a bad value in config.json (cutoffs beyond the vocabulary, ...)
-        message = str(e)
-        raise ConversionError(message if message.startswith(where) else f"{where}: {message}") from None
+    model = build("transfo-xl", fields, where)
     _load(model, read_weights(), f"{hf_dir} weights")
     return model, None
-
-
-def _check_heads(config: dict, where: str) -> None:
-    archs = config.get("architectures") or ()
-    for arch in [archs] if isinstance(archs, str) else archs:
-        if arch not in HEADS:
-            raise ConversionError(f"{where}: architecture {arch!r} is not supported; "
-                                  f"expected one of {', '.join(HEADS)}")
 
 
 def _load(model, hf_state: dict[str, torch.Tensor], where: str) -> None:
@@ -150,9 +138,7 @@ def _load(model, hf_state: dict[str, torch.Tensor], where: str) -> None:
                 raise ConversionError(f"{where}: {name} differs from {present[0]}, but config.json ties "
                                       f"them (tie_word_embeddings, tie_projs or untie_r=false)")
         converted[ours] = state[present[0]]
-    with torch.no_grad():
-        for name, tensor in converted.items():
-            own[name].copy_(tensor)  # state_dict tensors share storage with the parameters
+    copy_into(own, converted)
 
 
 # ---- to HF ------------------------------------------------------------------------------------

@@ -1,0 +1,64 @@
+"""Checks and steps that several layout modules (`hf_bert`, `hf_gpt`, `hf_transfo_xl`) share.
+
+Each layout keeps its own key map; these helpers only check config values and tensor names
+against it, build the model, and copy the converted tensors in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from lmlab.errors import ConversionError, LmlabError
+from lmlab.models.registry import build_from_config
+
+
+def check_architectures(config: dict, supported: tuple[str, ...], where: str) -> None:
+    """Every name in config.json's `architectures` (a list or one string) must be `supported`."""
+    archs = config.get("architectures") or ()
+    for arch in [archs] if isinstance(archs, str) else archs:
+        if arch not in supported:
+            raise ConversionError(f"{where}: architecture {arch!r} is not supported; "
+                                  f"expected one of {', '.join(supported)}")
+
+
+def lookup(table: dict[str, str], value, field: str, where: str) -> str:
+    """`table[value]`, or an error naming `field` and the values `table` knows."""
+    if not isinstance(value, str) or value not in table:
+        raise ConversionError(f"{where}: {field}={value!r} is not supported; "
+                              f"expected one of {', '.join(table)}")
+    return table[value]
+
+
+def build(family: str, fields: dict, where: str):
+    """The lmlab model of `family` from config fields, its errors reported at `where`."""
+    try:
+        return build_from_config(family, fields, where=where)
+    except LmlabError as e:  # a bad value in config.json (wrong type, d_model % n_heads, cutoffs ...)
+        message = str(e)
+        raise ConversionError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+def check_names(present: Iterable[str], wanted: set[str], where: str) -> None:
+    """The HF tensor names `present` must be exactly those the key map `wanted`."""
+    present = set(present)
+    unexpected, missing = sorted(present - wanted), sorted(wanted - present)
+    if unexpected:
+        raise ConversionError(f"{where}: unexpected tensor(s) {', '.join(unexpected[:5])} for this layout")
+    if missing:
+        raise ConversionError(f"{where}: missing tensor(s) {', '.join(missing[:5])}")
+
+
+def copy_into(own: dict[str, torch.Tensor], converted: dict[str, torch.Tensor]) -> None:
+    """Copy `converted` into `own`, a model's state_dict, once every tensor has been checked."""
+    with torch.no_grad():
+        for name, tensor in converted.items():
+            own[name].copy_(tensor)  # state_dict tensors share storage with the parameters
+
+
+def added_tokens_decoder(tokenizer) -> dict[str, dict]:
+    """tokenizer_config.json's `added_tokens_decoder`: the tokenizer's special tokens by id."""
+    return {str(tokenizer.token_to_id(t)): {"content": t, "special": True, "normalized": False,
+                                            "lstrip": False, "rstrip": False, "single_word": False}
+            for t in tokenizer.special_tokens}
