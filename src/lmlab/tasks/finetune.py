@@ -173,7 +173,14 @@ def evaluate_task(model_dir: str | Path, task: str, data: str, split: str = "dev
                   device: str = "cpu", truncate: bool = False, text_column: str | None = None,
                   text_b_column: str | None = None, label_column: str | None = None,
                   word_column: int | None = None, null_threshold: float | None = None) -> dict:
-    """Metrics of the fine-tuned model in `model_dir` on `data` (a built-in's `split` part)."""
+    """Metrics of the fine-tuned model in `model_dir` on `data` (a built-in's `split` part).
+
+    The zero-shot tasks (lambada, cloze, summarize, translate) score a plain causal LM instead:
+    they go to lmlab.eval.zeroshot.zeroshot_command with its defaults."""
+    from lmlab.eval.zeroshot import ZEROSHOT_TASKS, zeroshot_command
+
+    if task in ZEROSHOT_TASKS:
+        return zeroshot_command(model_dir, task, data, device=device, batch_size=batch_size)
     model, tokenizer = load(model_dir, device=resolve_device(device))
     if not isinstance(model, TaskModel):
         raise ConfigError(f"{model_dir} is not a fine-tuned model (its config.json has no \"task\"); "
