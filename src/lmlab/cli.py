@@ -24,7 +24,7 @@ def cmd_demo(args) -> int:
 # --- pretrain ---------------------------------------------------------------------------------
 # name -> (type, default, help). Defaults are applied after --config, so the file can set any.
 PRETRAIN_FLAGS = {
-    "model": (str, "gpt2", "model family (gpt, gpt2, bert)"),
+    "model": (str, "gpt2", "model family (gpt, gpt2, bert, transfo-xl)"),
     "preset": (str, "tiny", "preset of the family, e.g. tiny, gpt2-124m"),
     "data": (str, "builtin:ptb", "builtin:NAME (see `lmlab data list`), a .txt file, a folder of .txt, "
                                  "or JSONL with {\"text\": ...}"),
@@ -36,7 +36,7 @@ PRETRAIN_FLAGS = {
     "steps": (int, 1000, "optimizer steps"),
     "batch_size": (int, 32, "global batch: sequences per optimizer step over all processes"),
     "micro_batch_size": (int, None, "sequences per forward per process (gradient accumulation)"),
-    "seq_len": (int, 128, "tokens per training sequence"),
+    "seq_len": (int, 128, "tokens per training sequence (transfo-xl: the segment length tgt_len)"),
     "lr": (float, 3e-4, "peak learning rate"),
     "min_lr_ratio": (float, 0.1, "final lr as a fraction of the peak"),
     "warmup": (int, 100, "linear warmup steps"),
@@ -56,6 +56,8 @@ PRETRAIN_FLAGS = {
 }
 PRETRAIN_SWITCHES = {"resume": "continue from the newest valid checkpoint in --out",
                      "compile": "torch.compile the model",
+                     "fsdp": "under torchrun: shard weights, gradients and optimizer state with FSDP2 "
+                             "instead of DDP (docs/scaling.md)",
                      "no_progress": "no progress bar"}
 
 

@@ -5,14 +5,16 @@ The lead's argparse in `lmlab/cli.py` calls `evaluate_command` and prints `json.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
 from lmlab.errors import ConfigError, DataError, TokenizerError
-from lmlab.eval.perplexity import perplexity
+from lmlab.eval.detokenize import DETOKENIZERS, detokenizer, original_words
+from lmlab.eval.memory import check_protocol, default_window, evaluate_stream, resolve_settings
 
-PROTOCOLS = ("fixed", "sliding")
+PROTOCOLS = ("fixed", "sliding", "memory")
 SPLITS = ("train", "valid", "test", "all")
 
 
@@ -61,9 +63,36 @@ def _token_stream(model, tokenizer, model_dir: str, data: str, split: str) -> to
     return torch.from_numpy(shard.tokens.astype("int64"))
 
 
+def _detokenized_stream(tokenizer, model_dir: str, data: str, split: str, name: str):
+    """(ids, words of the original text): the documents of `split`, detokenized, then tokenized
+    (not cached: the cache holds the text as written)."""
+    from lmlab.data.corpora import is_builtin, read_corpus
+    from lmlab.data.prepare import encode_documents
+
+    if str(data).endswith(".bin"):
+        raise ConfigError(f"--detokenizer {name} works on text; {data} is a token shard")
+    if tokenizer is None:
+        raise TokenizerError(f"{model_dir} has no tokenizer.json, so text data {data} cannot be tokenized")
+    if getattr(tokenizer, "kind", None) == "words":
+        raise ConfigError(f"--detokenizer {name} is for byte-level (or character) tokenizers; a word "
+                          f"vocabulary needs the text tokenized as it was trained on")
+    if split == "all":
+        if is_builtin(data):
+            raise ConfigError(f"split 'all' is for local data; {data} has its own splits")
+        docs = read_corpus(data, "valid", valid=data)
+    else:
+        docs = read_corpus(data, split)
+    words = sum(original_words(d) for d in docs)
+    fn = detokenizer(name)
+    ids = encode_documents([fn(d) for d in docs], tokenizer, progress=True, desc=f"tokenize {split}")
+    return torch.from_numpy(ids.astype("int64")), words
+
+
 def evaluate_command(model_dir: str, data: str, split: str = "valid", protocol: str = "fixed",
                      stride: int | None = None, window: int | None = None, batch_size: int = 8,
-                     device: str = "cpu", max_tokens: int | None = None) -> dict:
+                     device: str = "cpu", max_tokens: int | None = None, detokenize: str = "none",
+                     tgt_len: int | None = None, mem_len: int | None = None, clamp_len: int | None = None,
+                     same_length: bool | None = None, eval_preset: str | None = None) -> dict:
     """Perplexity of the model in `model_dir` on `split` of `data`; returns a JSON-able dict.
 
     `data` is `builtin:NAME`, a .txt file, a folder of .txt files, a .jsonl file, or a token
@@ -71,13 +100,29 @@ def evaluate_command(model_dir: str, data: str, split: str = "valid", protocol: 
     stride (default window // 2). Keys: model_dir, data, split, loss, ppl, tokens, protocol,
     window, stride, and with a tokenizer characters, bits_per_character and bits_per_byte of
     the scored text, plus bpc (= loss / ln 2) for a character tokenizer.
+
+    `detokenize` (none, ptb, wikitext; GPT-2 §3.1) rewrites each document with the invertible
+    detokenizer of lmlab.eval.detokenize before tokenizing; the result then adds "detokenizer",
+    "words" (whitespace words + line ends of the original text) and, without max_tokens,
+    "word_ppl" = exp(total nats / words), the per-word perplexity the benchmarks publish.
+
+    Models with memory (transfo-xl) also take protocol "memory" (lmlab.eval.memory: consecutive
+    segments of tgt_len with mem_len of memory; batch_size = parallel streams) and the eval-only
+    settings tgt_len, mem_len, clamp_len, same_length, or a named `eval_preset` of the paper's
+    (flags win over the preset, the preset over the model's config). Their fixed / sliding windows
+    (default window tgt_len + mem_len) start from an empty memory each. The result then adds the
+    settings used.
     """
     from lmlab.checkpoints.io import load
 
     _check_args(protocol, split, stride, window, batch_size, max_tokens)
+    if detokenize not in DETOKENIZERS:
+        raise ConfigError(f"unknown detokenizer {detokenize!r}; expected one of {', '.join(DETOKENIZERS)}")
     model, tokenizer = load(model_dir, device=device)
+    check_protocol(model, protocol, window, stride)
+    settings = resolve_settings(model, eval_preset, tgt_len, mem_len, clamp_len, same_length)
     context = model.config.max_seq_len
-    window = context if window is None else window
+    window = default_window(model, settings) if window is None else window
     if window > context:
         raise ConfigError(f"--window {window} is longer than the model's context (max_seq_len={context})")
     if stride is not None and stride > window:
@@ -90,11 +135,25 @@ def evaluate_command(model_dir: str, data: str, split: str = "valid", protocol: 
     else:
         stride = max(1, window // 2) if stride is None else stride
 
-    ids = _token_stream(model, tokenizer, model_dir, data, split)
+    words = None
+    if detokenize == "none":
+        ids = _token_stream(model, tokenizer, model_dir, data, split)
+    else:
+        from lmlab.data.prepare import check_vocab
+
+        if tokenizer is not None:
+            check_vocab(tokenizer.vocab_size, model.config.vocab_size)
+        ids, words = _detokenized_stream(tokenizer, model_dir, data, split, detokenize)
     if max_tokens is not None:
         ids = ids[:max_tokens]
     if ids.numel() < 2:
         raise DataError(f"{data}: the {split} split holds {ids.numel()} token(s); at least 2 are needed")
-    result = perplexity(model, ids, window, stride, batch_size, tokenizer=tokenizer,
-                        per_char=tokenizer is not None, progress=True)
-    return {"model_dir": str(Path(model_dir)), "data": str(data), "split": split, **result}
+    result = evaluate_stream(model, ids, protocol, settings, window, stride, batch_size, tokenizer=tokenizer,
+                             per_char=tokenizer is not None, progress=True)
+    out = {"model_dir": str(Path(model_dir)), "data": str(data), "split": split, **result}
+    if words is not None:
+        out["detokenizer"] = detokenize
+        out["words"] = words
+        if max_tokens is None:
+            out["word_ppl"] = math.exp(result["loss"] * result["tokens"] / words)
+    return out

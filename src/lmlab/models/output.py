@@ -19,3 +19,4 @@ class ModelOutput:
     start_logits: torch.Tensor | None = None  # span QA
     end_logits: torch.Tensor | None = None
     lm_logits: torch.Tensor | None = None  # task models: the backbone's LM logits (GPT's auxiliary loss)
+    nll: torch.Tensor | None = None  # (B, T) per-token NLL in nats, when forward got targets

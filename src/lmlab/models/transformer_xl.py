@@ -12,7 +12,8 @@ use `cutoffs=()`: one plain table and an ordinary softmax.
 
 Outputs: `logits` are log-probabilities (log_softmax already applied, like the original code and the
 HF `prediction_scores`), with or without cutoffs; softmax / argmax / sampling treat them as logits.
-`model.nll(ids, targets, mems)` is the cheap training/eval path (no full-vocabulary tensor).
+`model.nll(ids, targets, mems)` (= `model(ids, mems=mems, targets=targets).nll`) is the cheap
+training/eval path (no full-vocabulary tensor).
 
 Memory API: `mems` is a list of n_layers tensors (B, M, d_model), batch first, oldest position
 first. `mems=None` (or `model.init_mems(B)`) means no history: M = 0, as in the paper's code. (HF's
@@ -243,13 +244,22 @@ class TransfoXL(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, mems=None, cache=None,
-                output_hidden_states: bool = False, logits_to_keep: int = 0) -> ModelOutput:
+                output_hidden_states: bool = False, logits_to_keep: int = 0,
+                targets: torch.Tensor | None = None) -> ModelOutput:
         """input_ids (B, T) continuing `mems` -> logits = log-probabilities (B, T, V), new mems.
 
-        logits_to_keep > 0 computes the log-probabilities of the last that many positions only."""
+        logits_to_keep > 0 computes the log-probabilities of the last that many positions only.
+        With `targets` (B, T) the output holds `nll` (B, T) instead of logits: the cheap path of the
+        adaptive softmax, through forward so that DDP and torch.compile wrappers see the call."""
         self._check_forward(input_ids, attention_mask, token_type_ids, cache)
+        if targets is not None:
+            self._check_targets(input_ids, targets)
         mems = self._check_mems(mems, input_ids.shape[0])
         x, new_mems, states = self.transformer(input_ids, mems, output_hidden_states)
+        if targets is not None:
+            B, T, D = x.shape
+            nll = self.softmax.nll(x.reshape(B * T, D), targets.reshape(B * T)).view(B, T)
+            return ModelOutput(hidden=x, hidden_states=states, mems=new_mems, nll=nll)
         logits = self.softmax.log_prob(x[:, -logits_to_keep:] if logits_to_keep else x)
         return ModelOutput(logits=logits, hidden=x, hidden_states=states, mems=new_mems)
 
@@ -267,16 +277,14 @@ class TransfoXL(nn.Module):
 
         The efficient path of the adaptive softmax (each tail cluster only for its targets);
         mean it for a training loss and feed the mems into the next segment."""
-        self._check_ids(input_ids)
+        out = self(input_ids, mems=mems, targets=targets)
+        return out.nll, out.mems
+
+    def _check_targets(self, ids: torch.Tensor, targets: torch.Tensor) -> None:
         self._check_ids(targets, "targets")
-        if targets.shape != input_ids.shape:
+        if targets.shape != ids.shape:
             raise LmlabError(f"targets have shape {tuple(targets.shape)}, input_ids "
-                             f"{tuple(input_ids.shape)}; they must match")
-        mems = self._check_mems(mems, input_ids.shape[0])
-        x, new_mems, _ = self.transformer(input_ids, mems)
-        B, T, D = x.shape
-        nll = self.softmax.nll(x.reshape(B * T, D), targets.reshape(B * T))
-        return nll.view(B, T), new_mems
+                             f"{tuple(ids.shape)}; they must match")
 
 
 _TINY = dict(vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_head=16, d_ff=64, tgt_len=16,

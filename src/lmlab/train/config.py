@@ -29,6 +29,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_bad_steps: int = 5  # non-finite steps in a row before the run stops
     compile: bool = False
+    fsdp: bool = False  # under torchrun: FSDP2 sharding instead of DDP (lmlab.train.fsdp)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     progress: bool = True
 

@@ -56,6 +56,15 @@ def any_rank(flag: bool, d: Dist, device: torch.device | str = "cpu") -> bool:
     return bool(t.item() > 0)
 
 
+def gather_rows(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Every rank's `t` (same shape on each) concatenated along dim 0 in rank order."""
+    if not d.enabled:
+        return t
+    parts = [torch.empty_like(t) for _ in range(d.world_size)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

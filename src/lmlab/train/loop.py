@@ -3,6 +3,17 @@
 One optimizer step = `batch_size` sequences over all ranks, cut into micro-batches for gradient
 accumulation. Each step: forward/backward per micro-batch, clip, guard, AdamW step, schedule.
 Checkpoints are atomic and carry everything needed to resume bitwise-exactly on CPU.
+
+An objective is `objective(model, batch) -> loss`. A *stateful* objective (one with a
+`state_dict` method, e.g. `lmlab.objectives.clm_memory.MemoryCLM`: Transformer-XL memory) carries
+state per row from step to step; the loop then
+- calls it as `objective(model, micro_batch, rows)`, rows = the slice of this process's batch
+  that the micro-batch holds (the same every step, so each slice continues its own state);
+- calls `objective.reset()` before a batch for which the sampler says `reset_state` (the streams
+  start over) and after a skipped (non-finite) step;
+- saves `objective.state_dict()` (tensors with rows first) into the checkpoint's
+  carried.safetensors, rows of all processes gathered in rank order, and on resume hands each
+  process its own rows back through `objective.load_state_dict()`.
 """
 
 from __future__ import annotations
@@ -21,12 +32,13 @@ from lmlab.checkpoints.io import save
 from lmlab.errors import LmlabError
 from lmlab.objectives.clm import clm_loss
 from lmlab.train.config import TrainConfig
-from lmlab.train.distributed import Dist, any_rank, barrier, mean_over_ranks
+from lmlab.train.distributed import Dist, any_rank, barrier, gather_rows, mean_over_ranks
 from lmlab.train.metrics import MetricsLog, plot_losses
 from lmlab.train.optim import make_optimizer
 from lmlab.train.schedule import lr_at
 from lmlab.train.state import (
     latest_valid,
+    load_carried,
     load_checkpoint,
     remove_stale,
     rotate,
@@ -75,6 +87,15 @@ def first_tensor(batch) -> torch.Tensor:
     return next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
 
 
+def own_rows(tensors: dict[str, torch.Tensor], mine: slice, batch_size: int, device) -> dict:
+    """This process's rows of carried state saved for the whole global batch."""
+    for name, t in tensors.items():
+        if t.shape[0] != batch_size:
+            raise TrainingError(f"the checkpoint's carried state {name} holds {t.shape[0]} rows but "
+                                f"--batch-size is {batch_size}; resume with the batch size it was saved with")
+    return {name: t[mine].to(device) for name, t in tensors.items()}
+
+
 def split_batch(cfg: TrainConfig, d: Dist) -> tuple[int, int]:
     """(rows per rank, accumulation steps) for the global batch."""
     if cfg.batch_size % d.world_size:
@@ -93,26 +114,36 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
 
     `batches` yields this rank's share of each global batch as a tuple of tensors and has
     state_dict()/load_state_dict() (its position goes into checkpoints). `evaluate(model)` returns
-    a validation loss. `objective(model, batch) -> loss` defaults to causal LM.
+    a validation loss. `objective(model, batch) -> loss` defaults to causal LM; a stateful
+    objective (see the module docstring) carries state across steps and into checkpoints.
     """
     run_dir = Path(run_dir)
     device = next(model.parameters()).device
     per_rank, accum = split_batch(cfg, dist)
+    stateful = callable(getattr(objective, "state_dict", None))
+    sharded, replica = cfg.fsdp and dist.enabled, None  # FSDP2 under torchrun (lmlab.train.fsdp)
+    if sharded:
+        from lmlab.train import fsdp
+
+        replica = fsdp.shard_model(model, dist)  # before the optimizer: parameters become shards
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
     start, tokens, skipped, bad_run, resumed, ckpt = 0, 0, 0, 0, None, None
     if dist.is_main:
         remove_stale(run_dir)
     barrier(dist)
     if resume and (ckpt := latest_valid(run_dir)) is not None:
-        state = load_checkpoint(ckpt, model, optimizer)
+        state = (fsdp.load_sharded_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer)
         set_rng_state(state["rng"])
         batches.load_state_dict(state["sampler"])
+        if stateful:
+            mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
+            objective.load_state_dict(own_rows(load_carried(ckpt), mine, cfg.batch_size, device))
         start = resumed = state["step"]
         tokens, skipped, bad_run = state["tokens"], state["skipped"], state["bad_run"]
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=resumed) if dist.is_main else None
 
     net = model
-    if dist.enabled:
+    if dist.enabled and not sharded:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -133,20 +164,29 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = to_device(next(batch_iter), device)
+        if stateful and getattr(batches, "reset_state", False):
+            objective.reset()  # the streams start over: no row continues its old history
         loss_sum = torch.zeros((), device=device)
         for i in range(accum):
-            micro = rows(batch, i * (per_rank // accum), (i + 1) * (per_rank // accum))
-            sync = contextlib.nullcontext() if (i == accum - 1 or not dist.enabled) else net.no_sync()
+            part = slice(i * (per_rank // accum), (i + 1) * (per_rank // accum))
+            micro = rows(batch, part.start, part.stop)
+            # FSDP2 has no no_sync: it reduce-scatters every micro-batch's gradients into the shards.
+            last = i == accum - 1 or not dist.enabled or sharded
+            sync = contextlib.nullcontext() if last else net.no_sync()
             with sync, autocast:
-                loss = objective(net, micro) / accum
+                loss = (objective(net, micro, part) if stateful else objective(net, micro)) / accum
             loss.backward()
             loss_sum += loss.detach()
         loss_value = float(mean_over_ranks(loss_sum, dist))
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if sharded:
+            norm = fsdp.full_norm(norm)
         # The guard: a non-finite loss or gradient never reaches the weights.
         if any_rank(not (math.isfinite(loss_value) and bool(torch.isfinite(norm))), dist, device):
             optimizer.zero_grad(set_to_none=True)
             skipped, bad_run = skipped + 1, bad_run + 1
+            if stateful:
+                objective.reset()  # the carried state of a non-finite step may be non-finite too
             if bad_run >= cfg.max_bad_steps:
                 bar.close()
                 raise TrainingError(f"stopped at step {step + 1}: {bad_run} non-finite losses or gradients "
@@ -176,18 +216,25 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
             if dist.is_main:
                 log.write({"step": done, **{f"val_{k}": v for k, v in metrics.items()}})
         if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+            # Every rank takes part in gathering the carried state; rank 0 writes it.
+            carried = ({k: gather_rows(v, dist) for k, v in objective.state_dict().items()}
+                       if stateful else None)
+            # FSDP: every rank takes part in gathering full weights and optimizer state too.
+            whole, whole_optimizer = (fsdp.gather(model, optimizer, replica, dist) if sharded
+                                      else (model, optimizer))
             if dist.is_main:
-                save_checkpoint(run_dir, done, model, tokenizer, optimizer,
+                save_checkpoint(run_dir, done, whole, tokenizer, whole_optimizer,
                                 {"tokens": tokens, "skipped": skipped, "bad_run": bad_run,
-                                 "sampler": batches.state_dict(), "config": asdict(cfg)})
+                                 "sampler": batches.state_dict(), "config": asdict(cfg)}, carried)
                 rotate(run_dir, cfg.keep_checkpoints, protect=ckpt)  # never the one resumed from
             barrier(dist)
         if dist.is_main and done % cfg.log_every == 0:
             t_last = time.perf_counter()  # tokens/s counts training, not evaluation or saving
     bar.close()
     wall = time.perf_counter() - t_start
+    whole = fsdp.gather(model, None, replica, dist)[0] if sharded else model
     if dist.is_main:
-        save(model, tokenizer, run_dir)
+        save(whole, tokenizer, run_dir)
         plot_losses(log.read(), run_dir / "plots" / "loss.png", title=run_dir.name)
     barrier(dist)
     trained = cfg.steps - start

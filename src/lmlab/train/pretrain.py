@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 
 from lmlab.data.prepare import build_tokenizer_for, check_vocab, prepare_tokens
-from lmlab.data.sampler import RandomWindowSampler, SequentialWindows
+from lmlab.data.sampler import ContiguousStreams, RandomWindowSampler, SequentialWindows
 from lmlab.errors import ConfigError
 from lmlab.models.registry import family_spec, make_config
 from lmlab.objectives.clm import clm_loss
+from lmlab.objectives.clm_memory import MemoryCLM
 from lmlab.objectives.mlm_nsp import mlm_nsp_loss
 from lmlab.tokenizers import load_tokenizer
 from lmlab.train.config import TrainConfig
@@ -119,9 +120,51 @@ def make_pair_evaluator(fixed: dict, batch_size: int, d: Dist):
     return evaluate
 
 
+def stream_data(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, masking: str | None = None,
+                dupe_factor: int | None = None):
+    """Transformer-XL: the corpus as batch_size contiguous streams read seq_len (= tgt_len) tokens a
+    step, so the memory a row leaves is the history of the segment it reads next (§3.2);
+    validation loss with the memory protocol."""
+    if masking is not None or dupe_factor is not None:
+        raise ConfigError("--masking and --dupe-factor are for masked LM pretraining (bert), not transfo-xl")
+    if d.is_main:
+        shards = prepare_tokens(data, tok, valid=valid, seq_len=cfg.seq_len, progress=cfg.progress)
+    barrier(d)
+    if not d.is_main:
+        shards = prepare_tokens(data, tok, valid=valid, seq_len=cfg.seq_len, progress=False)
+    batches = ContiguousStreams(shards["train"], cfg.seq_len, cfg.batch_size, d.rank, d.world_size)
+    return batches, make_memory_evaluator(shards["valid"], cfg)
+
+
+def make_memory_evaluator(shard, cfg: TrainConfig):
+    """Memory-protocol loss (the model's own tgt_len / mem_len) over the first eval_batches x
+    batch_size x seq_len validation tokens, read as batch_size streams. Every rank computes the
+    same number (no reduction), the one a single process would."""
+    from lmlab.eval.memory import memory_perplexity
+
+    tokens = getattr(shard, "tokens", shard)
+    ids = torch.from_numpy(tokens[:cfg.eval_batches * cfg.batch_size * cfg.seq_len + 1].astype("int64"))
+
+    def evaluate(model) -> float:
+        return memory_perplexity(model, ids, streams=cfg.batch_size)["loss"]
+
+    return evaluate
+
+
+def segment_overrides(model: str, overrides: dict, seq_len: int) -> dict:
+    """transfo-xl: --seq-len is the segment length tgt_len (training, and later generation)."""
+    if model != "transfo-xl":
+        return overrides
+    if overrides.get("tgt_len", seq_len) != seq_len:
+        raise ConfigError(f"for transfo-xl --seq-len is the segment length tgt_len: --set tgt_len="
+                          f"{overrides['tgt_len']} disagrees with --seq-len {seq_len}; give one value")
+    return {**overrides, "tgt_len": seq_len}
+
+
 # family -> (builder of the training batches and the evaluator, objective); other families are
 # causal LMs. A builder takes (data, tokenizer, TrainConfig, Dist, valid, masking, dupe_factor).
-PRETRAINING = {"bert": (pair_data, mlm_nsp_loss)}
+# An objective that is a class carries state across steps (lmlab.train.loop): one new per run.
+PRETRAINING = {"bert": (pair_data, mlm_nsp_loss), "transfo-xl": (stream_data, MemoryCLM)}
 DEFAULT_TOKENIZER = {"bert": "wordpiece"}
 
 
@@ -132,6 +175,9 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
     cfg = train_config(train_values)
     family_spec(model)
     build_data, objective = PRETRAINING.get(model, (lm_data, clm_loss))
+    if isinstance(objective, type):
+        objective = objective()  # stateful: its state belongs to this run
+    overrides = segment_overrides(model, overrides or {}, cfg.seq_len)
     if model not in PRETRAINING and (masking is not None or dupe_factor is not None):
         raise ConfigError(f"--masking and --dupe-factor are for masked LM pretraining (bert), not {model}")
     tokenizer = tokenizer or DEFAULT_TOKENIZER.get(model)
@@ -145,7 +191,7 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
         run_dir.mkdir(parents=True, exist_ok=True)
         tok = run_tokenizer(run_dir, data, tokenizer, vocab_size, d)
         batches, evaluate = build_data(data, tok, cfg, d, valid, masking=masking, dupe_factor=dupe_factor)
-        config = make_config(model, preset, **{"vocab_size": tok.vocab_size, **(overrides or {})})
+        config = make_config(model, preset, **{"vocab_size": tok.vocab_size, **overrides})
         check_vocab(tok.vocab_size, config.vocab_size)
         if cfg.seq_len > config.max_seq_len:
             raise ConfigError(f"--seq-len {cfg.seq_len} is longer than the model's max_seq_len "

@@ -1,4 +1,5 @@
-"""Training checkpoints: `checkpoints/step-N/` = model dir + optimizer.safetensors + trainer_state.json.
+"""Training checkpoints: `checkpoints/step-N/` = model dir + optimizer.safetensors + trainer_state.json
+(+ carried.safetensors: state an objective carries from step to step, e.g. Transformer-XL memory).
 
 Written into `step-N.tmp-PID/`, fsynced, MANIFEST.json last, then renamed (DESIGN.md, Reliability).
 Everything is safetensors or JSON; RNG states are stored as plain integer lists.
@@ -23,6 +24,7 @@ from lmlab.errors import CheckpointError
 
 OPTIMIZER = "optimizer.safetensors"
 TRAINER_STATE = "trainer_state.json"
+CARRIED = "carried.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -72,10 +74,15 @@ def all_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, trainer_state: dict) -> Path:
-    """Write checkpoints/step-N atomically; CheckpointError if a weight is not finite."""
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, trainer_state: dict,
+                    carried: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoints/step-N atomically; CheckpointError if a weight is not finite.
+
+    `carried` (tensor name -> tensor, may be empty) goes to carried.safetensors when given."""
     if not all_finite(model):
         raise CheckpointError(f"refusing to write checkpoint step-{step}: the model has non-finite weights")
+    if carried is not None and not all(bool(torch.isfinite(t).all()) for t in carried.values()):
+        raise CheckpointError(f"refusing to write checkpoint step-{step}: the carried state is not finite")
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
@@ -86,6 +93,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, train
     _fault("weights")
     tensors, groups = optimizer_tensors(optimizer)
     save_file(tensors, str(tmp / OPTIMIZER))
+    if carried is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in carried.items()}, str(tmp / CARRIED))
     _fault("optimizer")
     state = {**trainer_state, "step": step, "optimizer_groups": groups, "rng": rng_state()}
     write_bytes_atomic(tmp / TRAINER_STATE, json.dumps(state).encode())
@@ -145,3 +154,12 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
     state = json.loads((path / TRAINER_STATE).read_text())
     load_optimizer(optimizer, load_file(str(path / OPTIMIZER)), state["optimizer_groups"])
     return state
+
+
+def load_carried(path: Path) -> dict[str, torch.Tensor]:
+    """The carried state saved in checkpoint `path` (verified by load_checkpoint first)."""
+    file = path / CARRIED
+    if not file.is_file():
+        raise CheckpointError(f"{path} has no {CARRIED}: the run that wrote it carried no state, so "
+                              "this objective (e.g. Transformer-XL memory) cannot resume from it")
+    return load_file(str(file))
