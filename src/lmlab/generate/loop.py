@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from lmlab.errors import GenerationError
+from lmlab.generate import compiled
 from lmlab.generate.sampling import apply_repetition_penalty, check_sampling_args, next_tokens
 
 
@@ -56,10 +57,13 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
            top_k: int | None = None, top_p: float = 1.0, repetition_penalty: float = 1.0,
            eos_token_id: int | None = None, seed: int | None = 0, attention_mask=None,
            num_return_sequences: int = 1, stop_strings: Sequence[str] | None = None, tokenizer=None,
-           pad_token_id: int | None = None) -> Iterator[torch.Tensor]:
+           pad_token_id: int | None = None, compile: bool = False) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), until max_new_tokens or all rows have stopped.
 
     Rows that stopped (end-of-text or a stop string) yield the pad id from then on.
+    compile=True (GPT / GPT-2): fixed-shape decoding steps, on CUDA compiled and replayed as one CUDA
+    graph per token (lmlab.generate.compiled); the same tokens, and the same code path uncompiled on
+    CPU. Other models ignore it.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty,
                         num_return_sequences)
@@ -94,15 +98,19 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
     model.eval()
     try:
         yield from _decode(model, ids, mask, max_new_tokens, do_sample, temperature, top_k, top_p,
-                           repetition_penalty, eos_token_id, generator, stop_strings, tokenizer, pad)
+                           repetition_penalty, eos_token_id, generator, stop_strings, tokenizer, pad,
+                           compile)
     finally:
         model.train(was_training)
 
 
 def _decode(model, ids, mask, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-            eos_token_id, generator, stop_strings, tokenizer, pad):
+            eos_token_id, generator, stop_strings, tokenizer, pad, compile=False):
     B, T = ids.shape
-    logits, advance = (_memory_steps if _uses_mems(model) else _cache_steps)(model, ids, mask, max_new_tokens)
+    steps = _memory_steps if _uses_mems(model) else _cache_steps
+    if compile and compiled.supports(model):
+        steps = compiled.static_cache_steps
+    logits, advance = steps(model, ids, mask, max_new_tokens)
     seen = None
     if repetition_penalty != 1.0:
         # Count, then compare: scattering booleans would let a pad (written False) overwrite a real
@@ -144,11 +152,17 @@ def _cache_steps(model, ids, mask, max_new_tokens):
     if mask is not None:
         full_mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)
     cache = model.new_cache(B, T + max_new_tokens)
-    logits = model(ids, attention_mask=mask, cache=cache, logits_to_keep=1).logits[:, -1]
+    # inference_mode (stricter than no_grad) skips autograd's view and version bookkeeping on every
+    # op of every step. Only the model call runs in it: the cache is a normal tensor written in
+    # place, and the logits leave as inputs of out-of-place ops, so what the loop yields is normal.
+    with torch.inference_mode():
+        logits = model(ids, attention_mask=mask, cache=cache, logits_to_keep=1).logits[:, -1]
 
     def step(token):
         step_mask = None if full_mask is None else full_mask[:, :cache.length + 1]
-        return model(token[:, None], attention_mask=step_mask, cache=cache, logits_to_keep=1).logits[:, -1]
+        with torch.inference_mode():
+            out = model(token[:, None], attention_mask=step_mask, cache=cache, logits_to_keep=1)
+        return out.logits[:, -1]
 
     return logits, step
 
