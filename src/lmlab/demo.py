@@ -84,5 +84,7 @@ def run_demo(out: str = "runs/demo", minutes: float = 5.0, device: str = "auto")
               "uniform_ppl": tokenizer.vocab_size, "samples": samples, "device": str(dev)}
     write_bytes_atomic(run_dir / "report.json", json.dumps(report, indent=2).encode())
     print(f"\nrun dir {run_dir}: metrics.jsonl, plots/loss.png, report.json, checkpoints/")
-    print(f"try: lmlab generate {run_dir} --prompt \"the market\"   |   lmlab evaluate {run_dir}")
+    # PTB's <eos> ends a sentence; --no-stop-at-eos keeps sampling across sentence ends.
+    print(f"try: lmlab generate {run_dir} --prompt \"the market\" --no-stop-at-eos   |   "
+          f"lmlab evaluate {run_dir}")
     return report

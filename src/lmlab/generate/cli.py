@@ -13,10 +13,12 @@ class TextStreamer:
     """Turns a growing list of ids into printable text without splitting a character: the text of a
     byte-level token can end inside a UTF-8 sequence, so a trailing U+FFFD is held back."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, prompt_ids: list[int] | None = None):
+        # Decoding prompt + new ids (not the new ids alone) keeps the separators a tokenizer puts
+        # between tokens, e.g. the space before a word of a word-level vocabulary.
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.shown = 0
+        self.ids: list[int] = list(prompt_ids or [])
+        self.shown = len(tokenizer.decode(self.ids)) if self.ids else 0
 
     def push(self, token: int) -> str:
         self.ids.append(token)
@@ -47,7 +49,7 @@ def generate_command(model_dir: str, prompt: str, max_new_tokens: int = 50, do_s
                    stop_strings=stop, tokenizer=tokenizer if stop else None)
     eos = options["eos_token_id"]
     if num_return_sequences == 1:
-        streamer = TextStreamer(tokenizer)
+        streamer = TextStreamer(tokenizer, ids)
         out.write(prompt)
         for token in stream(model, [ids], **options):
             t = int(token[0])
@@ -56,12 +58,12 @@ def generate_command(model_dir: str, prompt: str, max_new_tokens: int = 50, do_s
             out.write(streamer.push(t))
             out.flush()
         out.write(streamer.flush() + "\n")
-        return [prompt + tokenizer.decode(streamer.ids)]
+        return [prompt + tokenizer.decode(streamer.ids)[len(tokenizer.decode(ids)):]]
     rows = generate(model, [ids], num_return_sequences=num_return_sequences, **options)
     texts = []
     for i, row in enumerate(rows[:, len(ids):].tolist()):
         if eos is not None and eos in row:
             row = row[:row.index(eos)]
-        texts.append(prompt + tokenizer.decode(row))
+        texts.append(prompt + tokenizer.decode(ids + row)[len(tokenizer.decode(ids)):])
         out.write(f"--- {i + 1} ---\n{texts[-1]}\n")
     return texts

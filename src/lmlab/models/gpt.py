@@ -106,16 +106,18 @@ class GPT(nn.Module):
         if past + T > self.config.max_seq_len:
             raise LmlabError(f"sequence of {past + T} positions is longer than the model's context "
                              f"(max_seq_len={self.config.max_seq_len})")
-        if position_ids is None:
-            if attention_mask is not None:
+        if position_ids is None and attention_mask is None:
+            positions = self.wpe.weight[past:past + T]  # (T, D): rows past..past+T-1, no lookup op
+        else:
+            if position_ids is None:
                 # Count real tokens only, so left padding does not shift positions.
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]
-            else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
-        x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, D)
+            positions = self.wpe(position_ids)  # (B|1, T, D)
+        x = self.wte(input_ids) + positions  # (B, T, D)
         if token_type_ids is not None:  # both papers' code embed segment ids with the token table
             x = x + self.wte(token_type_ids)
-        x = self.drop(x)
+        if self.training:  # dropout is the identity in eval: skip the module call on every token
+            x = self.drop(x)
 
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):

@@ -21,17 +21,26 @@ class KVCache:
         shape = (n_layers, batch, n_heads, max_len, head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
+        self._split_layers()
         self.length = 0  # positions already stored (same for every layer once a forward ends)
         self.max_len = max_len
+
+    def _split_layers(self) -> None:
+        # Per-layer views, made once: a decoding step then costs two narrow + copy_ per layer
+        # instead of four multi-dimensional index expressions (Python work on every token).
+        # select, not unbind: autograd refuses in-place writes into views of a multi-output op.
+        self._k = [self.k.select(0, i) for i in range(self.k.shape[0])]
+        self._v = [self.v.select(0, i) for i in range(self.v.shape[0])]
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, H, T, hd) after the cached prefix; return the keys/values so far."""
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
             raise GenerationError(f"KV cache holds {self.max_len} positions; {end} were asked for")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        keys, values = self._k[layer], self._v[layer]  # (B, H, max_len, hd)
+        keys.narrow(2, start, end - start).copy_(k)
+        values.narrow(2, start, end - start).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -40,6 +49,7 @@ class KVCache:
         """Keep batch rows `index` (beam search, dropping finished rows)."""
         self.k = self.k[:, index]
         self.v = self.v[:, index]
+        self._split_layers()
 
 
 def attention_mask_4d(key_padding: torch.Tensor | None, q_len: int, k_len: int, causal: bool,
@@ -82,10 +92,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = True,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, D = x.shape
-        q, k, v = self.c_attn(x).split(D, dim=2)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_heads, self.head_dim)  # q | k | v, each head-major
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, H, T, hd)
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, H, past + T, hd)
         dropout = self.attn_dropout if self.training else 0.0
@@ -100,5 +108,5 @@ class SelfAttention(nn.Module):
                                                is_causal=is_causal)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
-        return self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+        return self.resid_dropout(y) if self.training else y  # eval: skip the no-op module call

@@ -1,0 +1,237 @@
+"""Shared pieces of the side-by-side benchmarks: same weights, interleaved timing, peak memory, output.
+
+Timing. Both sides run in one process on the same weights. After `warmup` untimed runs of each,
+`repeats` timed runs alternate between the sides, and the order flips every repeat (A B, B A, ...),
+so a slow patch of a shared, busy machine hits both sides instead of one. We report the median.
+
+Peak memory. torch's CPU allocator is plain malloc, so tracemalloc does not see tensors. Instead
+every (case, side) runs once more in a fresh child process (multiprocessing "spawn"), started with
+MALLOC_MMAP_THRESHOLD_=65536 so that glibc serves every block of 64 KiB or more with its own
+mmap and returns it to the kernel on free: resident memory then follows live tensors instead of
+keeping freed heap. The child runs the benchmark's setup (load the model, maybe a short warm-up
+for lazy imports and kernel caches), runs `gc.collect()`, resets the kernel's peak-RSS
+counter (`echo 5 > /proc/self/clear_refs`, Linux >= 4.0), reads VmRSS as the baseline, runs the
+measured work once and reads VmHWM. "peak MB" is VmHWM - baseline: the most resident memory the work
+added on top of what was already there (activations, KV cache, logits, gradients, optimizer
+state, allocator slack), measured the same way for both sides. Where clear_refs cannot be
+written, the peak includes loading the model; the results then say `"peak_includes_load": true`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is built locally; never download
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIDES = ("lmlab", "hf")
+MMAP_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"
+
+# name -> GPT2Config fields. Dropout is off on both sides: the training numbers then compare the
+# same arithmetic, and the first-step losses can be checked for equality.
+CONFIGS = {
+    "small": dict(n_layer=4, n_embd=256, n_head=4),
+    "gpt2-124m": dict(n_layer=12, n_embd=768, n_head=12),
+}
+COMMON = dict(vocab_size=50257, n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+              bos_token_id=None, eos_token_id=None, pad_token_id=None)
+
+
+# ---- models ----------------------------------------------------------------------------------
+def make_hf_dir(name: str, directory: Path, seed: int = 0) -> Path:
+    """A randomly initialised HF GPT2LMHeadModel of CONFIGS[name], saved with save_pretrained."""
+    import transformers
+
+    path = directory / name
+    if not (path / "config.json").is_file():
+        torch.manual_seed(seed)
+        config = transformers.GPT2Config(**COMMON, **CONFIGS[name])
+        transformers.GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+def load_side(side: str, hf_dir: Path):
+    """The model of one side, fp32 on CPU, loaded from the same HF dir (hence the same weights)."""
+    if side == "lmlab":
+        import lmlab
+
+        model, _ = lmlab.from_hf(hf_dir)
+        return model
+    import transformers
+
+    return transformers.GPT2LMHeadModel.from_pretrained(hf_dir, dtype=torch.float32)
+
+
+def hf_attention(model) -> str:
+    return str(getattr(model.config, "_attn_implementation", "?"))
+
+
+# ---- timing ----------------------------------------------------------------------------------
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Wall seconds of `repeats` calls of every run, alternating sides, order flipped every repeat.
+
+    Pass a dict as `cpu` to also get each call's process CPU seconds: on a shared machine the wall
+    time includes the time the process waited for a core, the CPU time does not.
+    """
+    names = list(runs)
+    for _ in range(warmup):
+        for name in names:
+            runs[name]()
+    times = {name: [] for name in names}
+    cpu_times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            wall, used = time.perf_counter(), time.process_time()
+            runs[name]()
+            cpu_times[name].append(time.process_time() - used)
+            times[name].append(time.perf_counter() - wall)
+    if cpu is not None:
+        cpu.update(cpu_times)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# ---- peak memory -----------------------------------------------------------------------------
+def _proc_status_kb(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _child(setup: Callable, args: tuple, threads: int, queue) -> None:
+    try:
+        torch.set_num_threads(threads)
+        work = setup(*args)
+        gc.collect()
+        reset = _reset_peak_rss()
+        base = _proc_status_kb("VmRSS")
+        work()
+        peak = _proc_status_kb("VmHWM")
+        queue.put({"peak_mb": (peak - base) / 1024, "rss_mb": peak / 1024, "peak_includes_load": not reset})
+    except BaseException as e:  # report instead of hanging the parent on an empty queue
+        queue.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def peak_memory(setup: Callable, *args, threads: int) -> dict:
+    """Run `setup(*args)()` in a fresh process; the peak resident memory the returned work added.
+
+    `setup` must be a module-level function (spawn pickles it by name); it loads what the work needs,
+    warms up if it wants, and returns a zero-argument callable: only that call is measured.
+    """
+    if not Path("/proc/self/status").is_file():
+        return {"peak_mb": float("nan"), "rss_mb": float("nan"), "peak_includes_load": True}
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(setup, args, threads, queue))
+    saved = os.environ.get(MMAP_THRESHOLD)
+    os.environ[MMAP_THRESHOLD] = "65536"  # read by glibc when the child starts (see the top)
+    try:
+        proc.start()
+    finally:
+        if saved is None:
+            del os.environ[MMAP_THRESHOLD]
+        else:
+            os.environ[MMAP_THRESHOLD] = saved
+    result = queue.get()
+    proc.join()
+    if "error" in result:
+        raise RuntimeError(f"memory child for {setup.__name__}{args}: {result['error']}")
+    return result
+
+
+# ---- environment and output --------------------------------------------------------------------
+def set_threads(threads: int | None) -> int:
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def env_info() -> dict:
+    import transformers
+
+    import lmlab
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "lmlab": lmlab.__version__,
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "loadavg_at_start": [round(x, 2) for x in load] if load else None,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_results(name: str, payload: dict) -> Path:
+    """benchmarks/results/<name>.json, written to a temp file first and renamed."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A plain-text table; columns are (key, header); floats get at most one decimal, ratios two."""
+    def fmt(key, value):
+        if isinstance(value, bool):
+            return "\u2713" if value else "\u2717"
+        if isinstance(value, float):
+            return f"{value:.2f}" if key.endswith("ratio") else f"{value:,.1f}"
+        return str(value)
+
+    cells = [[header for _, header in columns]]
+    cells += [[fmt(k, row.get(k, "")) for k, _ in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+
+    def join(line):  # first column left-aligned, numbers right-aligned
+        parts = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        return "  ".join(parts)
+
+    lines = [join(line) for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def env_line(env: dict) -> str:
+    return (f"torch {env['torch']}, transformers {env['transformers']}, {env['cpu']}, "
+            f"{env['torch_threads']} threads of {env['cpu_count']} CPUs, "
+            f"load average at start {env['loadavg_at_start']}")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

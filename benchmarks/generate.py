@@ -1,0 +1,117 @@
+"""Greedy generation speed: lmlab.generate vs Hugging Face GPT2LMHeadModel.generate, same weights.
+
+Per case: a 32-token random prompt (batch 1 or 8), 128 new tokens, greedy, KV cache on both sides,
+fp32 CPU, eval mode, no_grad. tok/s = batch * 128 / (wall time of one whole generate call, prefill
+included), median of interleaved repeats. The generated tokens of the two sides must be equal.
+
+    python benchmarks/generate.py [--quick] [--threads N] [--repeats R] [--large-repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import torch  # noqa: E402
+
+PROMPT_LEN, NEW_TOKENS = 32, 128
+CASES = [("small", 1), ("small", 8), ("gpt2-124m", 1), ("gpt2-124m", 8)]
+HF_PAD = 50256  # any id: nothing is padded and nothing stops early (no eos), it only silences a warning
+
+
+def prompt(batch: int, vocab: int = 50257) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(batch))
+
+
+def make_run(side: str, model, ids: torch.Tensor, new_tokens: int = NEW_TOKENS):
+    """A zero-argument call that generates `new_tokens` greedily and returns prompt + new tokens."""
+    if side == "lmlab":
+        import lmlab
+
+        return lambda: lmlab.generate(model, ids, max_new_tokens=new_tokens)
+    mask = torch.ones_like(ids)
+
+    def run():
+        with torch.no_grad():
+            return model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
+                                  min_new_tokens=new_tokens, use_cache=True, pad_token_id=HF_PAD)
+    return run
+
+
+def memory_setup(side: str, hf_dir: Path, batch: int):
+    """Run in the memory child: load, warm up with a 2-token generation (lazy imports, kernel
+    caches, first-call buffers), then hand back the full generate call to measure."""
+    model = common.load_side(side, hf_dir).eval()
+    make_run(side, model, prompt(batch), new_tokens=2)()
+    return make_run(side, model, prompt(batch))
+
+
+def run_case(name: str, batch: int, hf_dir: Path, repeats: int, threads: int) -> dict:
+    models = {side: common.load_side(side, hf_dir).eval() for side in common.SIDES}
+    ids = prompt(batch)
+    runs = {side: make_run(side, models[side], ids) for side in common.SIDES}
+    outputs = {side: runs[side]() for side in common.SIDES}  # also the first warm-up
+    equal = all(o.shape == (batch, PROMPT_LEN + NEW_TOKENS) for o in outputs.values()) and \
+        torch.equal(outputs["lmlab"], outputs["hf"])
+    cpu = {}
+    times = common.interleaved(runs, repeats, warmup=0, cpu=cpu)  # the check above was the warm-up
+    tokens = batch * NEW_TOKENS
+    row = {"case": f"generate {name} b{batch}", "config": name, "batch": batch, "tokens_equal": equal,
+           "hf_attention": common.hf_attention(models["hf"])}
+    for side in common.SIDES:
+        row[f"{side}_tok_s"] = tokens / common.median(times[side])
+        row[f"{side}_seconds"] = [round(t, 4) for t in times[side]]
+        row[f"{side}_cpu_seconds"] = [round(t, 4) for t in cpu[side]]
+    row["ratio"] = row["lmlab_tok_s"] / row["hf_tok_s"]
+    row["cpu_ratio"] = common.median(cpu["hf"]) / common.median(cpu["lmlab"])  # see common.interleaved
+    del models, runs, outputs
+    for side in common.SIDES:
+        mem = common.peak_memory(memory_setup, side, hf_dir, batch, threads=threads)
+        row[f"{side}_peak_mb"] = mem["peak_mb"]
+        row["peak_includes_load"] = mem["peak_includes_load"]
+    return row
+
+
+COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF tok/s"),
+           ("ratio", "lmlab/HF"), ("cpu_ratio", "CPU-time ratio"),
+           ("lmlab_peak_mb", "lmlab peak MB"), ("hf_peak_mb", "HF peak MB"),
+           ("tokens_equal", "same tokens")]
+
+
+def main(argv=None, workdir: Path | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small config only, 3 repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per side (default 5)")
+    parser.add_argument("--large-repeats", type=int, default=None,
+                        help="timed repeats of the gpt2-124m cases (default: --repeats)")
+    args = parser.parse_args(argv)
+    threads = common.set_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 5)
+    large_repeats = args.large_repeats or repeats
+    cases = [c for c in CASES if c[0] == "small"] if args.quick else CASES
+    env = common.env_info()
+    common.log(f"generate: {common.env_line(env)}; {repeats} repeats ({large_repeats} for gpt2-124m)")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = workdir or Path(tmp)
+        for name, batch in cases:
+            common.log(f"  {name} batch {batch} ...")
+            n = large_repeats if name == "gpt2-124m" else repeats
+            rows.append(run_case(name, batch, common.make_hf_dir(name, directory), n, threads))
+    payload = {"benchmark": "generate", "env": env, "repeats": repeats, "large_repeats": large_repeats,
+               "prompt_len": PROMPT_LEN,
+               "new_tokens": NEW_TOKENS, "rows": rows}
+    path = common.write_results("generate", payload)
+    print(common.table(rows, COLUMNS))
+    common.log(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

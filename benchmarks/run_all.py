@@ -1,0 +1,66 @@
+"""Every CPU benchmark in sequence (generate, train, bert) and one combined table: `make bench`.
+
+    python benchmarks/run_all.py [--quick] [--threads N] [--repeats R]
+
+Each benchmark also writes its own benchmarks/results/<name>.json; the combined table goes to
+benchmarks/results/all.json. See benchmarks/README.md for what is measured and the time budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bert  # noqa: E402
+import common  # noqa: E402
+
+import generate  # noqa: E402
+import train  # noqa: E402
+
+# gpt2-124m generation is most of the run (each repeat generates 128 + 1024 tokens per side): 3
+# repeats there, 5 elsewhere, keep `make bench` inside 10 minutes on 2 cores. --repeats overrides.
+LARGE_GENERATE = ["--large-repeats", "3"]
+COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF tok/s"),
+           ("ratio", "lmlab/HF"), ("cpu_ratio", "CPU-time ratio"),
+           ("lmlab_peak_mb", "lmlab peak MB"), ("hf_peak_mb", "HF peak MB"),
+           ("same", "same output")]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small config only, 3 repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per side (default 5)")
+    args = parser.parse_args(argv)
+    passed = ["--quick"] if args.quick else []
+    passed += ["--threads", str(args.threads)] if args.threads else []
+    passed += ["--repeats", str(args.repeats)] if args.repeats else []
+    start = time.perf_counter()
+    rows, seconds = [], {}
+    with tempfile.TemporaryDirectory() as tmp:  # one set of random models shared by both benchmarks
+        for name, module, check in (("generate", generate, "tokens_equal"), ("train", train, "loss_equal"),
+                                    ("bert", bert, "outputs_equal")):
+            t0 = time.perf_counter()
+            extra = LARGE_GENERATE if module is generate and not args.repeats else []
+            payload = module.main(passed + extra, workdir=Path(tmp))
+            seconds[name] = round(time.perf_counter() - t0, 1)
+            rows += [{**row, "same": row[check]} for row in payload["rows"]]
+            env = payload["env"]
+    total = round(time.perf_counter() - start, 1)
+    print()
+    print(common.env_line(env))
+    print(common.table(rows, COLUMNS))
+    print(f"total {total} s ({', '.join(f'{k} {v} s' for k, v in seconds.items())})")
+    common.write_results("all", {"env": env, "seconds": seconds, "total_seconds": total,
+                                 "rows": [{k: row[k] for k, _ in COLUMNS} for row in rows]})
+    if not all(row["same"] for row in rows):
+        sys.exit("lmlab and HF disagree on some case (see the 'same output' column)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Training speed: lmlab GPT-2 vs Hugging Face GPT2LMHeadModel, same weights, one process, CPU fp32.
+
+One step = zero_grad, forward, mean next-token cross-entropy, backward, AdamW step; each side has
+its own torch.optim.AdamW with the same hyperparameters and the same groups (decay on matrices only,
+lmlab.train.optim.param_groups). Dropout is 0 on both sides. lmlab's loss is
+lmlab.objectives.clm.clm_loss with targets = inputs shifted left and the last position ignored
+(-100); HF's is `model(input_ids, labels=input_ids).loss`, which shifts internally: both average the
+same T-1 predictions of the same T-token rows, so their first-step losses must agree to 1e-4.
+tok/s = batch * seq / median step time over interleaved repeats.
+
+    python benchmarks/train.py [--quick] [--threads N] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import torch  # noqa: E402
+
+from lmlab.objectives.clm import clm_loss  # noqa: E402
+from lmlab.train.optim import param_groups  # noqa: E402
+
+CASES = [("small", 8, 256), ("gpt2-124m", 2, 256)]  # (config, batch, seq)
+ADAMW = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
+WEIGHT_DECAY = 0.1
+LOSS_TOLERANCE = 1e-4
+
+
+def batch_of(batch: int, seq: int, vocab: int = 50257) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seq + batch))
+    y = torch.cat([x[:, 1:], torch.full((batch, 1), -100)], dim=1)  # next token; the last has none
+    return x, y
+
+
+def make_step(side: str, model, x: torch.Tensor, y: torch.Tensor):
+    """A zero-argument call doing one optimizer step; returns the loss (a float)."""
+    model.train()
+    optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), **ADAMW)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = clm_loss(model, (x, y)) if side == "lmlab" else model(input_ids=x, labels=x).loss
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+    return step
+
+
+def memory_setup(side: str, hf_dir: Path, batch: int, seq: int):
+    """Run in the memory child: the first step, so optimizer state and gradients are included."""
+    return make_step(side, common.load_side(side, hf_dir), *batch_of(batch, seq))
+
+
+def run_case(name: str, batch: int, seq: int, hf_dir: Path, repeats: int, threads: int) -> dict:
+    x, y = batch_of(batch, seq)
+    steps = {side: make_step(side, common.load_side(side, hf_dir), x, y) for side in common.SIDES}
+    first = {side: steps[side]() for side in common.SIDES}  # same weights, so the same loss
+    cpu = {}
+    times = common.interleaved(steps, repeats, warmup=1, cpu=cpu)
+    tokens = batch * seq
+    row = {"case": f"train {name} b{batch}x{seq}", "config": name, "batch": batch, "seq": seq,
+           "lmlab_first_loss": first["lmlab"], "hf_first_loss": first["hf"],
+           "loss_diff": abs(first["lmlab"] - first["hf"])}
+    row["loss_equal"] = row["loss_diff"] < LOSS_TOLERANCE
+    for side in common.SIDES:
+        row[f"{side}_tok_s"] = tokens / common.median(times[side])
+        row[f"{side}_seconds"] = [round(t, 4) for t in times[side]]
+        row[f"{side}_cpu_seconds"] = [round(t, 4) for t in cpu[side]]
+    row["ratio"] = row["lmlab_tok_s"] / row["hf_tok_s"]
+    row["cpu_ratio"] = common.median(cpu["hf"]) / common.median(cpu["lmlab"])  # see common.interleaved
+    del steps
+    for side in common.SIDES:
+        mem = common.peak_memory(memory_setup, side, hf_dir, batch, seq, threads=threads)
+        row[f"{side}_peak_mb"] = mem["peak_mb"]
+        row["peak_includes_load"] = mem["peak_includes_load"]
+    return row
+
+
+COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF tok/s"),
+           ("ratio", "lmlab/HF"), ("cpu_ratio", "CPU-time ratio"),
+           ("lmlab_peak_mb", "lmlab peak MB"), ("hf_peak_mb", "HF peak MB"),
+           ("loss_equal", "same loss")]
+
+
+def main(argv=None, workdir: Path | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small config only, 3 repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per side (default 5)")
+    args = parser.parse_args(argv)
+    threads = common.set_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 5)
+    cases = [c for c in CASES if c[0] == "small"] if args.quick else CASES
+    env = common.env_info()
+    common.log(f"train: {common.env_line(env)}; {repeats} repeats")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = workdir or Path(tmp)
+        for name, batch, seq in cases:
+            common.log(f"  {name} batch {batch} x {seq} ...")
+            rows.append(run_case(name, batch, seq, common.make_hf_dir(name, directory), repeats, threads))
+    payload = {"benchmark": "train", "env": env, "repeats": repeats, "adamw": ADAMW,
+               "weight_decay": WEIGHT_DECAY, "rows": rows}
+    path = common.write_results("train", payload)
+    print(common.table(rows, COLUMNS))
+    common.log(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
