@@ -1,59 +1,8 @@
-"""Fixtures for the training tests: a generated corpus, a private shard cache, one CPU thread.
-
-One thread per process: the test machines have two cores, several threads per run oversubscribe
-them (ten times slower), and runs compared bitwise must use the same thread count.
-"""
-
-import random
+"""Every test in this folder runs with one CPU thread and a private shard cache (tests/conftest.py)."""
 
 import pytest
-import torch
-
-WORDS = "the cat sat on a mat and dog ran to big red house with small blue car".split()
-
-
-def write_corpus(path, lines: int = 300, seed: int = 0):
-    rng = random.Random(seed)
-    text = "".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))) + "\n"
-                   for _ in range(lines))
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread_private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LMLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv("OMP_NUM_THREADS", "1")  # inherited by subprocesses
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("data") / "corpus.txt")
-
-
-@pytest.fixture(scope="module")
-def tiny_args(corpus):
-    """`lmlab pretrain` arguments for a tiny CPU run into `out`; keyword flags override."""
-
-    def make(out, **flags) -> list[str]:
-        values = {"model": "gpt2", "preset": "tiny", "data": str(corpus), "tokenizer": "chars",
-                  "out": str(out), "steps": 12, "batch_size": 4, "seq_len": 32, "lr": 3e-3,
-                  "warmup": 2, "log_every": 1, "eval_every": 0, "eval_batches": 2, "save_every": 0,
-                  "device": "cpu", **flags}
-        args = ["pretrain", "--no-progress"]
-        for name, value in values.items():
-            if name == "set":
-                for item in value:
-                    args += ["--set", item]
-            elif value is True:
-                args.append("--" + name.replace("_", "-"))
-            elif value is not None and value is not False:
-                args += ["--" + name.replace("_", "-"), str(value)]
-        return args
-
-    return make
+def isolated(one_thread_private_cache):
+    return one_thread_private_cache
