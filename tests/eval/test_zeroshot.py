@@ -334,7 +334,7 @@ def bad(tmp_path, name, text):
     ("l.jsonl", '{"text": "a b"}\n{"text": "   "}\n', read_lambada, 2, "blank"),
     ("l.txt", "the cat sat\n\nthe dog ran\n", read_lambada, 2, "blank passage"),
     ("l.txt", "the cat sat\nword\n", read_lambada, 2, "context before its final word"),
-    ("l.jsonl", '{"text": "a b"}\nnot json\n', read_lambada, 2, "invalid JSON"),
+    ("l.jsonl", '{"text": "a b"}\nnot json\n', read_lambada, 2, "not valid JSON"),
     ("c.jsonl", '{"context": "a", "question": "XXXXX b", "candidates": [], "answer": "a"}\n',
      read_cloze, 1, "empty candidate list"),
     ("c.jsonl", '{"question": "XXXXX b", "candidates": ["a"], "answer": "a"}\n', read_cloze, 1,

@@ -335,18 +335,30 @@ def _local_files(path: Path) -> list[Path]:
                     "(built-in corpora are builtin:NAME; see lmlab data list)")
 
 
-def _read_jsonl(path: Path) -> list[str]:
-    docs = []
-    text = _decode(path.read_bytes(), str(path))
+def jsonl_records(path, text: str):
+    """(where, record) for each non-blank line of a JSONL text; `where` is "PATH:LINE".
+
+    The one reader of JSONL lines in lmlab (corpora, task files, zero-shot files), so a bad line
+    gets the same one-line message everywhere.
+    """
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        where = f"{path}:{lineno}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(f'{path}:{lineno}: expected an object with a string "text" field')
+            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield where, record
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    docs = []
+    for where, record in jsonl_records(path, _decode(path.read_bytes(), str(path))):
+        if not isinstance(record.get("text"), str):
+            raise DataError(f'{where}: expected an object with a string "text" field')
         docs.append(record["text"])
     return docs
 

@@ -13,11 +13,11 @@ A file whose name ends in .jsonl/.json, or whose first non-blank character is "{
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmlab.data.corpora import jsonl_records
 from lmlab.errors import DataError
 
 BLANK = "XXXXX"  # the Children's Book Test placeholder
@@ -76,17 +76,7 @@ def _is_jsonl(path: str | Path, lines: list[str]) -> bool:
 
 def _records(path: str | Path, lines: list[str]):
     """(where, dict) per non-blank JSONL line."""
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        yield where, record
+    return jsonl_records(path, "\n".join(lines))
 
 
 def _text(record: dict, name: str, where: str) -> str:

@@ -12,7 +12,6 @@ File: JSONL, one object per line, `{"context": str, "choices": [str, ...], "labe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.data.corpora import _decode, is_builtin
+from lmlab.data.corpora import _decode, is_builtin, jsonl_records
 from lmlab.errors import DataError
 from lmlab.models.output import ModelOutput
 from lmlab.tasks.base import TaskSpec, pad_2d, pad_3d, run_model, sequence_state
@@ -45,16 +44,7 @@ def read(source: str, split: str, options: dict) -> list[Example]:
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     examples = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object")
+    for where, record in jsonl_records(path, text):
         for key in ("context", "choices", "label"):
             if key not in record:
                 raise DataError(f"{where}: missing field {key!r}")

@@ -25,7 +25,6 @@ A dev/test label the training data does not have is an error naming file, line a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.data.corpora import TASK_DATA, _decode, is_builtin, read_task_data
+from lmlab.data.corpora import TASK_DATA, _decode, is_builtin, jsonl_records, read_task_data
 from lmlab.errors import DataError
 from lmlab.models.output import ModelOutput
 from lmlab.tasks.base import TaskSpec, pad_2d, pad_3d, run_model, sequence_state
@@ -100,16 +99,7 @@ def _read_jsonl(path: Path, text: str, options: dict) -> list[Example]:
     b_key = options.get("text_b_column") or "text_b"
     label_key = options.get("label_column") or "label"
     examples = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object")
+    for where, record in jsonl_records(path, text):
         for key, required in ((text_key, True), (label_key, True)):
             if required and key not in record:
                 raise DataError(f"{where}: missing field {key!r}")
