@@ -235,3 +235,23 @@ def env_line(env: dict) -> str:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def add_speed(row: dict, times: dict, cpu: dict, tokens: int) -> dict:
+    """tok/s of each side (median wall time), the raw times, and the lmlab/HF ratios into `row`."""
+    for side in SIDES:
+        row[f"{side}_tok_s"] = tokens / median(times[side])
+        row[f"{side}_seconds"] = [round(t, 4) for t in times[side]]
+        row[f"{side}_cpu_seconds"] = [round(t, 4) for t in cpu[side]]
+    row["ratio"] = row["lmlab_tok_s"] / row["hf_tok_s"]
+    row["cpu_ratio"] = median(cpu["hf"]) / median(cpu["lmlab"])  # see interleaved
+    return row
+
+
+def add_peak_memory(row: dict, setup: Callable, *args, threads: int) -> dict:
+    """Peak memory of `setup(side, *args)` for each side, each in a fresh child process."""
+    for side in SIDES:
+        mem = peak_memory(setup, side, *args, threads=threads)
+        row[f"{side}_peak_mb"] = mem["peak_mb"]
+        row["peak_includes_load"] = mem["peak_includes_load"]
+    return row

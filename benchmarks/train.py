@@ -68,17 +68,9 @@ def run_case(name: str, batch: int, seq: int, hf_dir: Path, repeats: int, thread
            "lmlab_first_loss": first["lmlab"], "hf_first_loss": first["hf"],
            "loss_diff": abs(first["lmlab"] - first["hf"])}
     row["loss_equal"] = row["loss_diff"] < LOSS_TOLERANCE
-    for side in common.SIDES:
-        row[f"{side}_tok_s"] = tokens / common.median(times[side])
-        row[f"{side}_seconds"] = [round(t, 4) for t in times[side]]
-        row[f"{side}_cpu_seconds"] = [round(t, 4) for t in cpu[side]]
-    row["ratio"] = row["lmlab_tok_s"] / row["hf_tok_s"]
-    row["cpu_ratio"] = common.median(cpu["hf"]) / common.median(cpu["lmlab"])  # see common.interleaved
+    common.add_speed(row, times, cpu, tokens)
     del steps
-    for side in common.SIDES:
-        mem = common.peak_memory(memory_setup, side, hf_dir, batch, seq, threads=threads)
-        row[f"{side}_peak_mb"] = mem["peak_mb"]
-        row["peak_includes_load"] = mem["peak_includes_load"]
+    common.add_peak_memory(row, memory_setup, hf_dir, batch, seq, threads=threads)
     return row
 
 
