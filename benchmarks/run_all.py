@@ -1,4 +1,4 @@
-"""Every CPU benchmark in sequence (generate, train, bert) and one combined table: `make bench`.
+"""Every CPU benchmark in sequence (generate, train, evaluate, bert) and one combined table: `make bench`.
 
     python benchmarks/run_all.py [--quick] [--threads N] [--repeats R]
 
@@ -18,13 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bert  # noqa: E402
 import common  # noqa: E402
+import evaluate  # noqa: E402
 
 import generate  # noqa: E402
 import train  # noqa: E402
 
 # gpt2-124m generation is most of the run (each repeat generates 128 + 1024 tokens per side): 3
-# repeats there, 5 elsewhere, keep `make bench` inside 10 minutes on 2 cores. --repeats overrides.
-LARGE_GENERATE = ["--large-repeats", "3"]
+# repeats there and for gpt2-124m evaluation, 5 elsewhere, keep `make bench` inside 10 minutes on
+# 2 cores. --repeats overrides.
+LARGE_REPEATS = ["--large-repeats", "3"]
 COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF tok/s"),
            ("ratio", "lmlab/HF"), ("cpu_ratio", "CPU-time ratio"),
            ("lmlab_peak_mb", "lmlab peak MB"), ("hf_peak_mb", "HF peak MB"),
@@ -44,9 +46,9 @@ def main(argv=None) -> None:
     rows, seconds = [], {}
     with tempfile.TemporaryDirectory() as tmp:  # one set of random models shared by both benchmarks
         for name, module, check in (("generate", generate, "tokens_equal"), ("train", train, "loss_equal"),
-                                    ("bert", bert, "outputs_equal")):
+                                    ("evaluate", evaluate, "losses_equal"), ("bert", bert, "outputs_equal")):
             t0 = time.perf_counter()
-            extra = LARGE_GENERATE if module is generate and not args.repeats else []
+            extra = LARGE_REPEATS if module in (generate, evaluate) and not args.repeats else []
             payload = module.main(passed + extra, workdir=Path(tmp))
             seconds[name] = round(time.perf_counter() - t0, 1)
             rows += [{**row, "same": row[check]} for row in payload["rows"]]

@@ -1,0 +1,137 @@
+"""Perplexity evaluation speed: lmlab.eval.perplexity.token_losses vs the same loop written for HF.
+
+The stream is N * 256 + 1 random token ids (seeded), cut into N fixed, non-overlapping windows of
+256 inputs (window k reads ids[256k : 256k+256] and predicts ids[256k+1 : 256k+257]), so every
+one of the N * 256 targets is scored once. Both sides run 8 windows per forward, fp32 CPU, eval
+mode, no_grad, on the same weights:
+
+* lmlab: `token_losses(model, ids, window=256, batch_size=8)`, the public API (it plans the
+  windows, batches them, runs the model and takes the per-token cross-entropy itself);
+* HF: what a user of GPT2LMHeadModel writes for the same thing: for each batch of 8 windows,
+  `model(input_ids).logits`, then `F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+  reduction="none")`, and the pieces concatenated.
+
+One timed call scores the whole stream and returns its N * 256 per-token losses; the two sides'
+losses must agree to 1e-4 (max abs difference). tok/s = N * 256 / median wall time of one call
+over interleaved repeats (benchmarks/common.py). The stream is 16 windows (2 forwards) for small
+and 8 windows (1 forward, 4-5 s on one core) for gpt2-124m.
+
+    python benchmarks/evaluate.py [--quick] [--threads N] [--repeats R] [--large-repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from lmlab.eval.perplexity import token_losses  # noqa: E402
+
+WINDOW, BATCH = 256, 8
+CASES = [("small", 16), ("gpt2-124m", 8)]  # (config, windows in the stream)
+TOLERANCE = 1e-4
+
+
+def stream(windows: int, vocab: int = 50257) -> torch.Tensor:
+    """windows * WINDOW + 1 random ids: exactly `windows` full windows of inputs, each with targets."""
+    g = torch.Generator().manual_seed(windows)
+    return torch.randint(0, vocab, (windows * WINDOW + 1,), generator=g)
+
+
+def hf_token_losses(model, ids: torch.Tensor) -> torch.Tensor:
+    """Per-token NLL of the fixed windows, the way an HF user writes it: shape (len(ids) - 1,)."""
+    inputs = ids[:-1].view(-1, WINDOW)  # (N, W)
+    targets = ids[1:].view(-1, WINDOW)  # (N, W)
+    model.eval()
+    pieces = []
+    with torch.no_grad():
+        for i in range(0, len(inputs), BATCH):
+            logits = model(inputs[i:i + BATCH]).logits  # (B, W, V)
+            pieces.append(F.cross_entropy(logits.flatten(0, 1).float(), targets[i:i + BATCH].flatten(),
+                                          reduction="none"))
+    return torch.cat(pieces)
+
+
+def make_run(side: str, model, ids: torch.Tensor):
+    """A zero-argument call that scores the whole stream and returns the per-token losses."""
+    if side == "lmlab":
+        return lambda: token_losses(model, ids, window=WINDOW, batch_size=BATCH)
+    return lambda: hf_token_losses(model, ids)
+
+
+def memory_setup(side: str, hf_dir: Path, windows: int):
+    """Run in the memory child: load, warm up on a one-window stream (lazy imports, kernel caches,
+    first-call buffers), then hand back the full evaluation to measure."""
+    model = common.load_side(side, hf_dir).eval()
+    make_run(side, model, stream(1))()
+    return make_run(side, model, stream(windows))
+
+
+def run_case(name: str, windows: int, hf_dir: Path, repeats: int, threads: int) -> dict:
+    models = {side: common.load_side(side, hf_dir).eval() for side in common.SIDES}
+    ids = stream(windows)
+    runs = {side: make_run(side, models[side], ids) for side in common.SIDES}
+    losses = {side: runs[side]() for side in common.SIDES}  # also the first warm-up
+    tokens = windows * WINDOW
+    same_shape = all(loss.shape == (tokens,) for loss in losses.values())
+    diff = (losses["lmlab"] - losses["hf"]).abs().max().item() if same_shape else float("inf")
+    row = {"case": f"evaluate {name} {windows}x{WINDOW} b{BATCH}", "config": name, "windows": windows,
+           "window": WINDOW, "batch": BATCH, "tokens": tokens,
+           "lmlab_mean_loss": losses["lmlab"].double().mean().item(),
+           "hf_mean_loss": losses["hf"].double().mean().item(),
+           "max_loss_diff": diff, "losses_equal": diff < TOLERANCE,
+           "hf_attention": common.hf_attention(models["hf"])}
+    if not row["losses_equal"]:
+        common.log(f"  losses differ: {row}")
+    cpu = {}
+    times = common.interleaved(runs, repeats, warmup=0, cpu=cpu)  # the check above was the warm-up
+    common.add_speed(row, times, cpu, tokens)
+    del models, runs, losses
+    common.add_peak_memory(row, memory_setup, hf_dir, windows, threads=threads)
+    return row
+
+
+COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF tok/s"),
+           ("ratio", "lmlab/HF"), ("cpu_ratio", "CPU-time ratio"),
+           ("lmlab_peak_mb", "lmlab peak MB"), ("hf_peak_mb", "HF peak MB"),
+           ("losses_equal", "same losses")]
+
+
+def main(argv=None, workdir: Path | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small config only, 3 repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per side (default 5)")
+    parser.add_argument("--large-repeats", type=int, default=None,
+                        help="timed repeats of the gpt2-124m case (default: --repeats)")
+    args = parser.parse_args(argv)
+    threads = common.set_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 5)
+    large_repeats = args.large_repeats or repeats
+    cases = [c for c in CASES if c[0] == "small"] if args.quick else CASES
+    env = common.env_info()
+    common.log(f"evaluate: {common.env_line(env)}; {repeats} repeats ({large_repeats} for gpt2-124m)")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = workdir or Path(tmp)
+        for name, windows in cases:
+            common.log(f"  {name} {windows} windows x {WINDOW}, batch {BATCH} ...")
+            n = large_repeats if name == "gpt2-124m" else repeats
+            rows.append(run_case(name, windows, common.make_hf_dir(name, directory), n, threads))
+    payload = {"benchmark": "evaluate", "env": env, "repeats": repeats, "large_repeats": large_repeats,
+               "window": WINDOW, "batch": BATCH, "tolerance": TOLERANCE, "rows": rows}
+    path = common.write_results("evaluate", payload)
+    print(common.table(rows, COLUMNS))
+    common.log(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
