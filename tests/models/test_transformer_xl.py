@@ -111,6 +111,8 @@ def test_nll_matches_log_probs_and_carries_memory():
         nll2, _ = model.nll(x, y, mems=mems)
         out2 = model(x, mems=out.mems)
         torch.testing.assert_close(nll2, -out2.logits.gather(2, y[..., None]).squeeze(2))
+        tail = model(x, targets=y[:, -3:], logits_to_keep=3).nll  # score the last 3 positions only
+        torch.testing.assert_close(tail, nll[:, -3:])
 
 
 def test_loss_at_init_is_about_ln_vocab():

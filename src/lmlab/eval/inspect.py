@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from lmlab.errors import ConfigError, DataError, TokenizerError
-from lmlab.eval.perplexity import _accepts_logits_to_keep, _device, _windows
+from lmlab.eval.perplexity import _accepts, _device, _windows
 from lmlab.eval.zeroshot import check_causal_lm, context_length
 
 UNITS = ("nats", "bits")
@@ -50,7 +50,7 @@ def token_statistics(model, ids, window: int | None = None, stride: int | None =
     if not isinstance(stride, int) or not 1 <= stride <= window:
         raise ConfigError(f"stride must be in [1, window={window}], got {stride!r}")
     device = _device(model)
-    keep_ok = _accepts_logits_to_keep(model)
+    keep_ok = _accepts(model, "logits_to_keep")
     ids = ids.to(device)
     out = {"loss": [], "entropy": [], "rank": []}
     was_training = model.training

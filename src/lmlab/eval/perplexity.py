@@ -74,9 +74,9 @@ def _check(model, ids: torch.Tensor, window: int, stride: int | None, batch_size
         raise DataError(f"token id {bad} is outside the model's vocabulary [0, {vocab})")
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def _accepts(model, argument: str) -> bool:
     try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
+        return argument in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
 
@@ -100,7 +100,8 @@ def token_losses(model, ids: torch.Tensor, window: int, stride: int | None = Non
     plan = _windows(ids.numel() - 1, window, stride)
     device = _device(model)
     ids = ids.to(device)
-    keep_ok = _accepts_logits_to_keep(model)
+    keep_ok = _accepts(model, "logits_to_keep")
+    targets_ok = keep_ok and _accepts(model, "targets")
     was_training = model.training
     model.eval()
     pieces = []
@@ -113,7 +114,7 @@ def token_losses(model, ids: torch.Tensor, window: int, stride: int | None = Non
                 j = i + 1
                 while j < len(plan) and j - i < batch_size and plan[j][1] == plan[i][1]:
                     j += 1
-                pieces.append(_score_batch(model, ids, plan[i:j], keep_ok))
+                pieces.append(_score_batch(model, ids, plan[i:j], keep_ok, targets_ok))
                 bar.update(j - i)
                 i = j
     finally:
@@ -122,22 +123,28 @@ def token_losses(model, ids: torch.Tensor, window: int, stride: int | None = Non
     return torch.cat(pieces)
 
 
-def _score_batch(model, ids: torch.Tensor, batch: list[tuple[int, int, int]], keep_ok: bool):
+def _score_batch(model, ids: torch.Tensor, batch: list[tuple[int, int, int]], keep_ok: bool,
+                 targets_ok: bool):
     length = batch[0][1]
     starts = torch.tensor([b[0] for b in batch], device=ids.device)
     n_scored = torch.tensor([b[2] for b in batch], device=ids.device)
     index = starts[:, None] + torch.arange(length, device=ids.device)  # (B, L)
     inputs, targets = ids[index], ids[index + 1]
     keep = max(b[2] for b in batch)  # from the plan, not the tensor: no device sync
-    if keep_ok and keep < length:
-        # Sliding windows score only their tail: skip the LM head (B×L×V) on the rest.
-        logits = model(inputs, logits_to_keep=keep).logits  # (B, keep, V)
+    keep_arg = keep if keep < length else 0
+    if targets_ok:
+        # lmlab's decoders score targets themselves, chunk by chunk, never holding (B, L, V) logits.
+        nll = model(inputs, logits_to_keep=keep_arg, targets=targets[:, -keep:]).nll.float()
     else:
-        logits = model(inputs).logits[:, -keep:]  # (B, keep, V)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()  # a half-precision log-softmax loses ~3 digits of the loss
-    nll = F.cross_entropy(logits.flatten(0, 1), targets[:, -keep:].flatten(), reduction="none")
-    nll = nll.view(len(batch), keep)  # (B, keep)
+        if keep_ok and keep_arg:
+            # Sliding windows score only their tail: skip the LM head (B×L×V) on the rest.
+            logits = model(inputs, logits_to_keep=keep_arg).logits  # (B, keep, V)
+        else:
+            logits = model(inputs).logits[:, -keep:]  # (B, keep, V)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # a half-precision log-softmax loses ~3 digits of the loss
+        nll = F.cross_entropy(logits.flatten(0, 1), targets[:, -keep:].flatten(), reduction="none")
+        nll = nll.view(len(batch), keep)  # (B, keep)
     # Row b scores its last n_scored[b] positions; boolean indexing keeps row-major (stream) order.
     mask = torch.arange(keep, device=ids.device)[None] >= keep - n_scored[:, None]
     return nll[mask]

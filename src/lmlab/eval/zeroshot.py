@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from lmlab.errors import ConfigError, DataError, TokenizerError
-from lmlab.eval.perplexity import _accepts_logits_to_keep, _device
+from lmlab.eval.perplexity import _accepts, _device
 
 ZEROSHOT_TASKS = ("lambada", "cloze", "summarize", "translate")
 
@@ -109,7 +109,7 @@ def score_targets(model, pairs: Sequence[tuple[list[int], list[int]]], batch_siz
     rows = _rows(pairs, context_length(model))
     order = sorted(range(len(rows)), key=lambda r: len(rows[r][2]))
     device = _device(model)
-    keep_ok = _accepts_logits_to_keep(model)
+    keep_ok = _accepts(model, "logits_to_keep")
     pieces: dict[int, list] = {i: [] for i in range(len(pairs))}
     was_training = model.training
     model.eval()

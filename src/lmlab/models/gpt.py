@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import LmlabError
@@ -22,6 +23,7 @@ from lmlab.models.config import check_positive, check_probability, require
 from lmlab.models.output import ModelOutput
 from lmlab.nn.attention import KVCache, SelfAttention, attention_mask_4d
 from lmlab.nn.layers import FeedForward, init_normal_, scaled_residual_std
+from lmlab.nn.lm_loss import IGNORE_INDEX, linear_cross_entropy, linear_nll
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,14 @@ class GPT(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, mems=None, cache: KVCache | None = None,
                 position_ids: torch.Tensor | None = None, output_hidden_states: bool = False,
-                logits_to_keep: int = 0) -> ModelOutput:
+                logits_to_keep: int = 0, targets: torch.Tensor | None = None) -> ModelOutput:
         """input_ids (B, T). With a cache, attention_mask covers the cached prefix too (B, past+T).
 
         logits_to_keep > 0 computes logits for the last that many positions only (generation).
+        With `targets` (B, T) - or (B, logits_to_keep) - holding the next token of every position
+        (-100 = not scored), the output holds `loss`, their mean cross-entropy, instead of logits,
+        computed chunk by chunk without the (B, T, V) logits (lmlab.nn.lm_loss); under no_grad also
+        `nll`, the per-token losses (B, T).
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -132,11 +138,34 @@ class GPT(nn.Module):
             states.append(x)
         if cache is not None:
             cache.advance(T)
-        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
+        kept = x[:, -logits_to_keep:] if logits_to_keep else x
+        if targets is not None:
+            return self._loss(kept, targets, x, states if output_hidden_states else None)
+        logits = self.lm_head(kept)
         return ModelOutput(logits=logits, hidden=x, cache=cache,
                            hidden_states=tuple(states) if output_hidden_states else None)
 
 
+    def _loss(self, kept: torch.Tensor, targets: torch.Tensor, hidden, states) -> ModelOutput:
+        if targets.shape != kept.shape[:2]:
+            raise LmlabError(f"targets have shape {tuple(targets.shape)}; expected {tuple(kept.shape[:2])}, "
+                             f"one next token per scored position")
+        flat, y, weight = kept.flatten(0, 1), targets.flatten(), self.lm_head.weight
+        vocab = weight.shape[0]
+        if weight.is_cuda and vocab % VOCAB_MULTIPLE:
+            # 50,257 rows make slow GPU matmul shapes; zero rows up to a multiple of 64 are masked
+            # out of the softmax. The copy is one fused cast under autocast + compile.
+            weight = F.pad(weight, (0, 0, 0, -vocab % VOCAB_MULTIPLE))
+        if torch.is_grad_enabled():
+            loss = linear_cross_entropy(flat, weight, y, vocab)
+            return ModelOutput(loss=loss, hidden=hidden, hidden_states=states)
+        nll = linear_nll(flat, weight, y, vocab)
+        scored = (y != IGNORE_INDEX).sum().clamp(min=1)
+        return ModelOutput(loss=nll.sum() / scored, nll=nll.view(targets.shape), hidden=hidden,
+                           hidden_states=states)
+
+
+VOCAB_MULTIPLE = 64  # the training loss pads the output matrix to this many rows on GPU
 _GPT = dict(pre_ln=False, max_seq_len=512, vocab_size=40478)
 # d_ff = 4·d_model as in both papers (and as the HF openai-gpt layout requires).
 _TINY = dict(vocab_size=256, d_model=48, n_layers=2, n_heads=4, d_ff=192, max_seq_len=128, dropout=0.0)

@@ -20,3 +20,4 @@ class ModelOutput:
     end_logits: torch.Tensor | None = None
     lm_logits: torch.Tensor | None = None  # task models: the backbone's LM logits (GPT's auxiliary loss)
     nll: torch.Tensor | None = None  # (B, T) per-token NLL in nats, when forward got targets
+    loss: torch.Tensor | None = None  # scalar mean NLL over the scored targets (GPT/GPT-2 with targets)

@@ -249,16 +249,17 @@ class TransfoXL(nn.Module):
         """input_ids (B, T) continuing `mems` -> logits = log-probabilities (B, T, V), new mems.
 
         logits_to_keep > 0 computes the log-probabilities of the last that many positions only.
-        With `targets` (B, T) the output holds `nll` (B, T) instead of logits: the cheap path of the
-        adaptive softmax, through forward so that DDP and torch.compile wrappers see the call."""
+        With `targets` (B, T) - or (B, logits_to_keep) - the output holds `nll` of that shape
+        instead of logits: the cheap path of the adaptive softmax, through forward so that DDP and
+        torch.compile wrappers see the call."""
         self._check_forward(input_ids, attention_mask, token_type_ids, cache)
         if targets is not None:
-            self._check_targets(input_ids, targets)
+            self._check_targets(input_ids[:, -logits_to_keep:] if logits_to_keep else input_ids, targets)
         mems = self._check_mems(mems, input_ids.shape[0])
         x, new_mems, states = self.transformer(input_ids, mems, output_hidden_states)
         if targets is not None:
-            B, T, D = x.shape
-            nll = self.softmax.nll(x.reshape(B * T, D), targets.reshape(B * T)).view(B, T)
+            kept = x[:, -logits_to_keep:] if logits_to_keep else x
+            nll = self.softmax.nll(kept.flatten(0, 1), targets.flatten()).view(targets.shape)
             return ModelOutput(hidden=x, hidden_states=states, mems=new_mems, nll=nll)
         logits = self.softmax.log_prob(x[:, -logits_to_keep:] if logits_to_keep else x)
         return ModelOutput(logits=logits, hidden=x, hidden_states=states, mems=new_mems)

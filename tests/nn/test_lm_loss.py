@@ -1,0 +1,127 @@
+"""The chunked linear cross-entropy against F.cross_entropy(hidden @ W.T): values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lmlab
+from lmlab.errors import LmlabError
+from lmlab.nn import lm_loss
+from lmlab.nn.lm_loss import linear_cross_entropy, linear_nll
+from lmlab.objectives.clm import clm_loss
+
+N, D, V = 37, 8, 50
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    # 3 rows per chunk: every test crosses many chunk boundaries, and a ragged last chunk.
+    monkeypatch.setitem(lm_loss.CHUNK_ELEMENTS, "cpu", 3 * V)
+
+
+def inputs(seed: int = 0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, D, generator=g, dtype=dtype, requires_grad=True)
+    weight = torch.randn(V, D, generator=g, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, V, (N,), generator=g)
+    targets[[0, 5, 6, 30]] = -100
+    return hidden, weight, targets
+
+
+def test_loss_and_gradients_match_cross_entropy():
+    hidden, weight, targets = inputs()
+    got = linear_cross_entropy(hidden, weight, targets)
+    want = F.cross_entropy(hidden @ weight.T, targets)
+    # A non-unit upstream gradient (gradient accumulation divides the loss) must scale both grads.
+    g_got = torch.autograd.grad(got * 0.3, (hidden, weight))
+    g_want = torch.autograd.grad(want * 0.3, (hidden, weight))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert g_got[0][[0, 5, 6, 30]].abs().max() == 0  # ignored rows get no gradient
+
+
+def test_gradcheck():
+    hidden, weight, targets = inputs(1)
+    assert torch.autograd.gradcheck(lambda h, w: linear_cross_entropy(h, w, targets), (hidden, weight))
+
+
+def test_padded_weight_rows_are_masked_out():
+    hidden, weight, targets = inputs(2)
+    padded = F.pad(weight, (0, 0, 0, 14))  # 64 rows, 50 real
+    got = linear_cross_entropy(hidden, padded, targets, vocab=V)
+    want = F.cross_entropy(hidden @ weight.T, targets)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    g_got = torch.autograd.grad(got, (hidden, weight))
+    g_want = torch.autograd.grad(want, (hidden, weight))
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    nll = linear_nll(hidden, padded, targets, vocab=V)
+    torch.testing.assert_close(nll, F.cross_entropy(hidden @ weight.T, targets, reduction="none").detach())
+
+
+def test_only_the_inputs_that_need_a_gradient_get_one():
+    hidden, weight, targets = inputs(3)
+    frozen = weight.detach()
+    loss = linear_cross_entropy(hidden, frozen, targets)
+    (grad,) = torch.autograd.grad(loss, hidden)
+    (want,) = torch.autograd.grad(F.cross_entropy(hidden @ frozen.T, targets), hidden)
+    torch.testing.assert_close(grad, want)
+    with torch.no_grad():  # no gradient wanted at all: the value alone
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets),
+                                   F.cross_entropy(hidden @ weight.T, targets))
+
+
+def test_every_target_ignored_gives_zero_not_nan():
+    hidden, weight, targets = inputs(4)
+    loss = linear_cross_entropy(hidden, weight, torch.full_like(targets, -100))
+    loss.backward()
+    assert loss.item() == 0 and hidden.grad.abs().max() == 0
+
+
+def test_bf16_autocast_matches_the_plain_path():
+    hidden, weight, targets = inputs(5)
+    hidden, weight = (t.detach().float().requires_grad_() for t in (hidden, weight))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_cross_entropy(hidden, weight, targets)
+        want = F.cross_entropy((hidden @ weight.T).float(), targets)
+        g_got = torch.autograd.grad(got, (hidden, weight))
+        g_want = torch.autograd.grad(want, (hidden, weight))
+    assert got.dtype == torch.float32 and g_got[0].dtype == g_got[1].dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["gpt", "gpt2"])
+def test_model_targets_path_equals_logits_path(family):
+    """model(x, targets=y).loss and its gradients = cross-entropy of model(x).logits (tied weights)."""
+    torch.manual_seed(0)
+    model = lmlab.build(family, "tiny", dropout=0.0).double()
+    x = torch.randint(0, 256, (3, 20))
+    y = torch.roll(x, -1, 1)
+    y[:, -1] = -100
+    loss = clm_loss(model, (x, y))
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    logits = model(x).logits
+    want = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    torch.testing.assert_close(loss, want, rtol=0, atol=1e-10)
+    for a, b in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    with torch.no_grad():  # evaluation: per-token losses too, and logits_to_keep scores the tail
+        out = model(x, targets=y)
+        torch.testing.assert_close(out.nll, F.cross_entropy(logits.flatten(0, 1), y.flatten(),
+                                                            reduction="none").view(3, 20).detach())
+        tail = model(x, targets=y[:, -5:], logits_to_keep=5)
+        torch.testing.assert_close(tail.nll, out.nll[:, -5:])
+        assert out.logits is None
+
+
+def test_targets_of_the_wrong_shape_are_one_clear_error():
+    model = lmlab.build("gpt2", "tiny")
+    x = torch.randint(0, 256, (2, 8))
+    with pytest.raises(LmlabError, match=r"targets have shape \(2, 7\); expected \(2, 8\)"):
+        model(x, targets=x[:, 1:])
