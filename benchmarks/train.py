@@ -1,11 +1,13 @@
 """Training speed: lmlab GPT-2 vs Hugging Face GPT2LMHeadModel, same weights, one process, CPU fp32.
 
-One step = zero_grad, forward, mean next-token cross-entropy, backward, AdamW step; each side has
-its own torch.optim.AdamW with the same hyperparameters and the same groups (decay on matrices only,
-lmlab.train.optim.param_groups). Dropout is 0 on both sides. lmlab's loss is
-lmlab.objectives.clm.clm_loss with targets = inputs shifted left and the last position ignored
-(-100); HF's is `model(input_ids, labels=input_ids).loss`, which shifts internally: both average the
-same T-1 predictions of the same T-token rows, so their first-step losses must agree to 1e-4.
+One step = zero_grad, forward, mean next-token cross-entropy, backward, AdamW step. Each side uses
+the optimizer its own trainer makes: lmlab.train.optim.make_optimizer (fused AdamW, decay on
+matrices only) and, for HF, torch.optim.AdamW(fused=True) on the same groups, which is what the HF
+Trainer builds by default on torch >= 2.8 (optim="adamw_torch_fused"). Dropout is 0 on both sides.
+lmlab's loss is lmlab.objectives.clm.clm_loss (the chunked lmlab.nn.lm_loss path) with targets =
+inputs shifted left and the last position ignored (-100); HF's is `model(input_ids,
+labels=input_ids).loss`, which shifts internally: both average the same T-1 predictions of the
+same T-token rows, so their first-step losses must agree to 1e-4.
 tok/s = batch * seq / median step time over interleaved repeats.
 
     python benchmarks/train.py [--quick] [--threads N] [--repeats R]
@@ -24,7 +26,7 @@ import common  # noqa: E402
 import torch  # noqa: E402
 
 from lmlab.objectives.clm import clm_loss  # noqa: E402
-from lmlab.train.optim import param_groups  # noqa: E402
+from lmlab.train.optim import make_optimizer, param_groups  # noqa: E402
 
 CASES = [("small", 8, 256), ("gpt2-124m", 2, 256)]  # (config, batch, seq)
 ADAMW = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
@@ -41,7 +43,10 @@ def batch_of(batch: int, seq: int, vocab: int = 50257) -> tuple[torch.Tensor, to
 def make_step(side: str, model, x: torch.Tensor, y: torch.Tensor):
     """A zero-argument call doing one optimizer step; returns the loss (a float)."""
     model.train()
-    optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), **ADAMW)
+    if side == "lmlab":
+        optimizer = make_optimizer(model, ADAMW["lr"], WEIGHT_DECAY, ADAMW["betas"], "cpu")
+    else:
+        optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), fused=True, **ADAMW)
 
     def step():
         optimizer.zero_grad(set_to_none=True)

@@ -43,11 +43,6 @@ def test_loss_and_gradients_match_cross_entropy():
     assert g_got[0][[0, 5, 6, 30]].abs().max() == 0  # ignored rows get no gradient
 
 
-def test_gradcheck():
-    hidden, weight, targets = inputs(1)
-    assert torch.autograd.gradcheck(lambda h, w: linear_cross_entropy(h, w, targets), (hidden, weight))
-
-
 def test_padded_weight_rows_are_masked_out():
     hidden, weight, targets = inputs(2)
     padded = F.pad(weight, (0, 0, 0, 14))  # 64 rows, 50 real
@@ -125,3 +120,11 @@ def test_targets_of_the_wrong_shape_are_one_clear_error():
     x = torch.randint(0, 256, (2, 8))
     with pytest.raises(LmlabError, match=r"targets have shape \(2, 7\); expected \(2, 8\)"):
         model(x, targets=x[:, 1:])
+
+
+def test_a_second_backward_through_a_retained_graph_is_one_clear_error():
+    hidden, weight, targets = inputs(6)
+    loss = linear_cross_entropy(hidden, weight, targets) * 0.5
+    torch.autograd.grad(loss, (hidden, weight), retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward through the same loss"):
+        torch.autograd.grad(loss, (hidden, weight))

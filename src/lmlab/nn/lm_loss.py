@@ -17,13 +17,16 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
-# Logits per chunk. CPU: 32 MB of fp32, so one chunk's softmax stays in cache-sized pieces (measured
-# at 1 thread, GPT-2 vocabulary: 166-row chunks beat 1,024-row ones by 13%). GPU: few, large matmuls.
+# Logits per chunk. CPU: 32 MB of fp32, so one chunk's softmax passes stay close to the cache. GPU:
+# few, large matmuls.
 CHUNK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 26}
 
 
-def chunk_rows(vocab: int, device: torch.device) -> int:
-    return max(1, CHUNK_ELEMENTS.get(device.type, 1 << 26) // vocab)
+def chunk_rows(vocab: int, width: int, device: torch.device) -> int:
+    """Rows per chunk. Every chunk also reads and writes the whole (V, D) weight gradient once, so
+    wide models want more rows: at least D²/512 (measured at 1 thread with GPT-2's vocabulary: best
+    chunks ~128 rows at D=256, ~1,024 at D=768 and D=1,024)."""
+    return max(1, CHUNK_ELEMENTS.get(device.type, 1 << 26) // vocab, width * width // 512)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -63,9 +66,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h_all) if want_h else None
         acc = torch.promote_types(dtype, torch.float32)  # sums and the weight gradient: >= fp32
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
+        grad_w = None  # the first chunk's product starts it (no zero fill of a (V, D) tensor)
         total = torch.zeros((), dtype=acc, device=hidden.device)
-        step = chunk_rows(weight.shape[0], hidden.device)
+        step = chunk_rows(weight.shape[0], weight.shape[1], hidden.device)
         for s in range(0, hidden.shape[0], step):
             h = h_all[s:s + step]
             probs, nll, safe, valid = _softmax_nll(h, w, targets[s:s + step], vocab)
@@ -78,21 +81,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if want_h:
                 grad_h[s:s + step] = g @ w
             if want_w:
-                if dtype == acc:
+                if grad_w is None:
+                    grad_w = (g.T @ h).to(acc)  # a low-precision product is summed in fp32
+                elif dtype == acc:
                     grad_w.addmm_(g.T, h)
-                else:  # a low-precision product, accumulated in fp32 over the chunks
+                else:
                     grad_w += g.T @ h
-        ctx.save_for_backward(*(x for x in (grad_h, grad_w) if x is not None))
-        ctx.wants = (want_h, want_w)
+        if want_w and grad_w is None:  # no rows at all
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        ctx.grads = (grad_h, grad_w)  # results, not inputs: kept on ctx, scaled in place in backward
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total / n_valid
 
     @staticmethod
     def backward(ctx, grad_loss):
-        saved = list(ctx.saved_tensors)
-        (want_h, want_w), (h_dtype, w_dtype) = ctx.wants, ctx.dtypes
-        grad_h = (saved.pop(0) * grad_loss).to(h_dtype) if want_h else None
-        grad_w = (saved.pop(0) * grad_loss).to(w_dtype) if want_w else None
+        if ctx.grads is None:
+            raise RuntimeError("linear_cross_entropy: a second backward through the same loss "
+                               "(retain_graph): the first used its stored gradients; compute the loss again")
+        (grad_h, grad_w), (h_dtype, w_dtype) = ctx.grads, ctx.dtypes
+        ctx.grads = None
+        # Scaled in place: a fresh (V, D) buffer costs more in page faults than the multiply itself.
+        grad_h = grad_h.mul_(grad_loss).to(h_dtype) if grad_h is not None else None
+        grad_w = grad_w.mul_(grad_loss).to(w_dtype) if grad_w is not None else None
         return grad_h, grad_w, None, None
 
 
@@ -112,6 +122,6 @@ def linear_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
     """Per-row NLL (N,) in fp32 (0 where the target is ignored), in chunks; no gradient."""
     dtype = _compute_dtype(hidden)
     hidden, weight = hidden.to(dtype), weight.to(dtype)
-    step, vocab = chunk_rows(weight.shape[0], hidden.device), vocab or weight.shape[0]
+    step, vocab = chunk_rows(*weight.shape, hidden.device), vocab or weight.shape[0]
     return torch.cat([_softmax_nll(hidden[s:s + step], weight, targets[s:s + step], vocab)[1]
                       for s in range(0, hidden.shape[0], step)])
