@@ -128,3 +128,26 @@ def test_a_second_backward_through_a_retained_graph_is_one_clear_error():
     torch.autograd.grad(loss, (hidden, weight), retain_graph=True)
     with pytest.raises(RuntimeError, match="second backward through the same loss"):
         torch.autograd.grad(loss, (hidden, weight))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_padded_output_matrix_gives_the_logits_path_loss_and_gradients(compiled):
+    """On GPU the targets path pads 50,257 rows to 50,304; fp32 results equal the logits path's."""
+    torch.manual_seed(0)
+    model = lmlab.build("gpt2", "tiny", vocab_size=50257, dropout=0.0).cuda()
+    x = torch.randint(0, 50257, (2, 64), device="cuda")
+    y = torch.roll(x, -1, 1)
+
+    def run(a, b):
+        return clm_loss(model, (a, b))
+    run = torch.compile(run) if compiled else run
+    loss = run(x, y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    want = F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten())
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # bf16: close to the plain path, not equal
+        assert abs(run(x, y).item() - want.item()) < 2e-2
