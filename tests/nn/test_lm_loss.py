@@ -151,3 +151,20 @@ def test_cuda_padded_output_matrix_gives_the_logits_path_loss_and_gradients(comp
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     with torch.autocast("cuda", dtype=torch.bfloat16):  # bf16: close to the plain path, not equal
         assert abs(run(x, y).item() - want.item()) < 2e-2
+
+
+def test_compiled_model_takes_the_fused_logits_path_with_the_same_result():
+    """Under torch.compile the model hands the loss to inductor (logits + cross-entropy in one graph)."""
+    torch.manual_seed(0)
+    model = lmlab.build("gpt2", "tiny", dropout=0.0).double()
+    x = torch.randint(0, 256, (2, 16))
+    y = torch.roll(x, -1, 1)
+    y[0, 3] = -100
+    compiled = torch.compile(lambda a, b: clm_loss(model, (a, b)), backend="eager", fullgraph=True)
+    got = compiled(x, y)
+    grads = torch.autograd.grad(got, list(model.parameters()))
+    want = clm_loss(model, (x, y))
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    for a, b in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
