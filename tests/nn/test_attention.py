@@ -25,7 +25,8 @@ def reference(attn: SelfAttention, x: torch.Tensor, causal: bool,
     """Plain attention, loop over heads; key_padding (B, T), 1 = real token."""
     B, T, _ = x.shape
     hd = D // H
-    qkv = x @ attn.c_attn.weight.T + attn.c_attn.bias
+    weights = attn.state_dict()  # (out, in) matrices, the checkpoint layout, whatever is in memory
+    qkv = x @ weights["c_attn.weight"].T + attn.c_attn.bias
     q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
     heads = []
     for h in range(H):
@@ -39,7 +40,7 @@ def reference(attn: SelfAttention, x: torch.Tensor, causal: bool,
         scores = scores.masked_fill(~allowed, float("-inf"))
         heads.append(scores.softmax(-1) @ v[..., sl])
     y = torch.cat(heads, dim=-1)
-    return y @ attn.c_proj.weight.T + attn.c_proj.bias
+    return y @ weights["c_proj.weight"].T + attn.c_proj.bias
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -155,3 +156,18 @@ def test_kv_cache_append_and_length():
 def test_indivisible_heads_rejected():
     with pytest.raises(ValueError, match="n_heads"):
         SelfAttention(10, 3)
+
+
+def test_linear_keeps_the_nn_linear_layout_in_its_state_dict():
+    """lmlab.nn.layers.Linear holds W as (in, out) but saves and loads nn.Linear's (out, in)."""
+    from lmlab.nn.layers import Linear
+
+    torch.manual_seed(0)
+    ours, plain = Linear(5, 3), torch.nn.Linear(5, 3)
+    ours.load_state_dict(plain.state_dict())
+    assert ours.weight.shape == (5, 3) and ours.state_dict()["weight"].shape == (3, 5)
+    x = torch.randn(2, 4, 5)
+    torch.testing.assert_close(ours(x), plain(x))
+    torch.testing.assert_close(ours(x[0]), plain(x[0]))
+    plain.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(plain.weight, ours.weight.T)

@@ -31,7 +31,7 @@ from lmlab.errors import LmlabError
 from lmlab.models.config import check_positive, check_probability, require
 from lmlab.models.output import ModelOutput
 from lmlab.nn.attention import SelfAttention, attention_mask_4d
-from lmlab.nn.layers import ACTIVATIONS, FeedForward
+from lmlab.nn.layers import ACTIVATIONS, FeedForward, Linear
 
 HEADS = ("none", "mlm", "mlm_nsp")
 
@@ -128,7 +128,7 @@ class Bert(nn.Module):
     def reset_parameters(self) -> None:
         std = self.config.init_std
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
+            if isinstance(m, (nn.Linear, Linear, nn.Embedding)):
                 # Appendix A.2 / the released code: truncated normal, cut at two standard deviations.
                 nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
                 if getattr(m, "bias", None) is not None:

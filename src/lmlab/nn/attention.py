@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import GenerationError
+from lmlab.nn.layers import Linear
 
 
 class KVCache:
@@ -84,8 +85,8 @@ class SelfAttention(nn.Module):
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
-        self.c_attn = nn.Linear(d_model, 3 * d_model, bias=bias)
-        self.c_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.c_attn = Linear(d_model, 3 * d_model, bias=bias)
+        self.c_proj = Linear(d_model, d_model, bias=bias)
         self.attn_dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
