@@ -36,9 +36,10 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype
 
 
-def _softmax_nll(hidden, weight, targets, vocab):
+def _softmax_nll(hidden, weight, targets, vocab, normalize=True):
     """(softmax (c, V') in fp32 or wider, nll (c,), safe targets (c,), valid (c,)) of one chunk of rows.
 
+    normalize=False leaves exp(l - max) undivided (evaluation needs the nll only).
     Columns >= vocab (a weight padded for faster matmuls) get probability 0. One exp pass over
     the logits, in place: max, exp(l - max), sum, divide; the exp is most of the non-matmul time on
     CPU, so this beats logsumexp followed by a second exp for the gradient.
@@ -54,7 +55,7 @@ def _softmax_nll(hidden, weight, targets, vocab):
     probs = logits.sub_(top).exp_()
     total = probs.sum(dim=-1, keepdim=True)
     nll = (top.squeeze(1) + total.log().squeeze(1) - target_logit) * valid
-    return probs.div_(total), nll, safe, valid
+    return (probs.div_(total) if normalize else probs), nll, safe, valid
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -123,5 +124,5 @@ def linear_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
     dtype = _compute_dtype(hidden)
     hidden, weight = hidden.to(dtype), weight.to(dtype)
     step, vocab = chunk_rows(*weight.shape, hidden.device), vocab or weight.shape[0]
-    return torch.cat([_softmax_nll(hidden[s:s + step], weight, targets[s:s + step], vocab)[1]
+    return torch.cat([_softmax_nll(hidden[s:s + step], weight, targets[s:s + step], vocab, False)[1]
                       for s in range(0, hidden.shape[0], step)])
