@@ -16,9 +16,7 @@ per side on top of the checked one). `--quick` runs a small config (4 x 256) onl
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -128,29 +126,10 @@ COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF to
 
 
 def main(argv=None, workdir: Path | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small config only")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per side (default 3)")
-    args = parser.parse_args(argv)
-    threads = common.set_threads(args.threads)
-    repeats = args.repeats or 3
-    cases = [c for c in CASES if c[0] == "bert-small"] if args.quick else CASES
-    env = common.env_info()
-    common.log(f"bert: {common.env_line(env)}; {repeats} repeats")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = workdir or Path(tmp)
-        for name, batch, seq in cases:
-            common.log(f"  {name} batch {batch} x {seq} ...")
-            rows.append(run_case(name, batch, seq, make_bert_dir(name, directory), repeats, threads))
-    payload = {"benchmark": "bert", "env": env, "repeats": repeats, "tolerance": TOLERANCE,
-               "loss": "mean(hidden**2) + mean(pooled**2)", "rows": rows}
-    path = common.write_results("bert", payload)
-    print(common.table(rows, COLUMNS))
-    common.log(f"wrote {path}")
-    return payload
-
+    return common.run_side_by_side("bert", __doc__, argv, workdir, CASES, "bert-small", run_case,
+                                   make_bert_dir, COLUMNS, default_repeats=3,
+                                   extra={"tolerance": TOLERANCE,
+                                          "loss": "mean(hidden**2) + mean(pooled**2)"})
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ written, the peak includes loading the model; the results then say `"peak_includ
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import multiprocessing
@@ -27,6 +28,7 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -164,6 +166,48 @@ def peak_memory(setup: Callable, *args, threads: int) -> dict:
 
 
 # ---- environment and output --------------------------------------------------------------------
+def run_side_by_side(name: str, doc: str, argv, workdir: Path | None, cases: list[tuple], quick_case: str,
+                     run_case: Callable[..., dict], make_dir: Callable[[str, Path], Path],
+                     columns: list[tuple[str, str]], default_repeats: int = 5, large: bool = False,
+                     extra: dict | None = None) -> dict:
+    """The main() of the side-by-side CPU benchmarks: options, cases, table, results JSON.
+
+    cases are tuples (config name, *case arguments); `--quick` keeps those of `quick_case` and 3
+    repeats. Each case runs as run_case(config, *arguments, model_dir, repeats, threads), the model
+    dir from make_dir(config, folder) in `workdir` (shared by run_all.py) or a temporary folder.
+    With large=True, `--large-repeats` sets the repeats of the gpt2-124m cases.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{quick_case} only, 3 repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed repeats per side (default {default_repeats})")
+    if large:
+        parser.add_argument("--large-repeats", type=int, default=None,
+                            help="timed repeats of the gpt2-124m cases (default: --repeats)")
+    args = parser.parse_args(argv)
+    threads = set_threads(args.threads)
+    repeats = args.repeats or (min(3, default_repeats) if args.quick else default_repeats)
+    large_repeats = (getattr(args, "large_repeats", None) or repeats) if large else repeats
+    env = env_info()
+    log(f"{name}: {env_line(env)}; {repeats} repeats"
+        + (f" ({large_repeats} for gpt2-124m)" if large else ""))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = workdir or Path(tmp)
+        for config, *arguments in [c for c in cases if not args.quick or c[0] == quick_case]:
+            log(f"  {config} {' x '.join(str(a) for a in arguments)} ...")
+            n = large_repeats if config == "gpt2-124m" else repeats
+            rows.append(run_case(config, *arguments, make_dir(config, folder), n, threads))
+    payload = {"benchmark": name, "env": env, "repeats": repeats, **(extra or {}), "rows": rows}
+    if large:
+        payload["large_repeats"] = large_repeats
+    path = write_results(name, payload)
+    print(table(rows, columns))
+    log(f"wrote {path}")
+    return payload
+
+
 def set_threads(threads: int | None) -> int:
     if threads:
         torch.set_num_threads(threads)

@@ -9,9 +9,7 @@ included), median of interleaved repeats. The generated tokens of the two sides 
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,34 +74,9 @@ COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF to
 
 
 def main(argv=None, workdir: Path | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small config only, 3 repeats")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per side (default 5)")
-    parser.add_argument("--large-repeats", type=int, default=None,
-                        help="timed repeats of the gpt2-124m cases (default: --repeats)")
-    args = parser.parse_args(argv)
-    threads = common.set_threads(args.threads)
-    repeats = args.repeats or (3 if args.quick else 5)
-    large_repeats = args.large_repeats or repeats
-    cases = [c for c in CASES if c[0] == "small"] if args.quick else CASES
-    env = common.env_info()
-    common.log(f"generate: {common.env_line(env)}; {repeats} repeats ({large_repeats} for gpt2-124m)")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = workdir or Path(tmp)
-        for name, batch in cases:
-            common.log(f"  {name} batch {batch} ...")
-            n = large_repeats if name == "gpt2-124m" else repeats
-            rows.append(run_case(name, batch, common.make_hf_dir(name, directory), n, threads))
-    payload = {"benchmark": "generate", "env": env, "repeats": repeats, "large_repeats": large_repeats,
-               "prompt_len": PROMPT_LEN,
-               "new_tokens": NEW_TOKENS, "rows": rows}
-    path = common.write_results("generate", payload)
-    print(common.table(rows, COLUMNS))
-    common.log(f"wrote {path}")
-    return payload
-
+    return common.run_side_by_side("generate", __doc__, argv, workdir, CASES, "small", run_case,
+                                   common.make_hf_dir, COLUMNS, large=True,
+                                   extra={"prompt_len": PROMPT_LEN, "new_tokens": NEW_TOKENS})
 
 if __name__ == "__main__":
     main()

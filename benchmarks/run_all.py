@@ -24,8 +24,8 @@ import generate  # noqa: E402
 import train  # noqa: E402
 
 # gpt2-124m generation is most of the run (each repeat generates 128 + 1024 tokens per side): 3
-# repeats there and for gpt2-124m evaluation, 5 elsewhere, keep `make bench` inside 10 minutes on
-# 2 cores. --repeats overrides.
+# repeats for every gpt2-124m case, 5 elsewhere, keep `make bench` inside 10 minutes on 2 cores
+# (609 s with --threads 1 before gpt2-124m training dropped to 3 repeats). --repeats overrides.
 LARGE_REPEATS = ["--large-repeats", "3"]
 COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF tok/s"),
            ("ratio", "lmlab/HF"), ("cpu_ratio", "CPU-time ratio"),
@@ -48,7 +48,7 @@ def main(argv=None) -> None:
         for name, module, check in (("generate", generate, "tokens_equal"), ("train", train, "loss_equal"),
                                     ("evaluate", evaluate, "losses_equal"), ("bert", bert, "outputs_equal")):
             t0 = time.perf_counter()
-            extra = LARGE_REPEATS if module in (generate, evaluate) and not args.repeats else []
+            extra = LARGE_REPEATS if module in (generate, train, evaluate) and not args.repeats else []
             payload = module.main(passed + extra, workdir=Path(tmp))
             seconds[name] = round(time.perf_counter() - t0, 1)
             rows += [{**row, "same": row[check]} for row in payload["rows"]]

@@ -10,14 +10,12 @@ labels=input_ids).loss`, which shifts internally: both average the same T-1 pred
 same T-token rows, so their first-step losses must agree to 1e-4.
 tok/s = batch * seq / median step time over interleaved repeats.
 
-    python benchmarks/train.py [--quick] [--threads N] [--repeats R]
+    python benchmarks/train.py [--quick] [--threads N] [--repeats R] [--large-repeats R]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,29 +84,9 @@ COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF to
 
 
 def main(argv=None, workdir: Path | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small config only, 3 repeats")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per side (default 5)")
-    args = parser.parse_args(argv)
-    threads = common.set_threads(args.threads)
-    repeats = args.repeats or (3 if args.quick else 5)
-    cases = [c for c in CASES if c[0] == "small"] if args.quick else CASES
-    env = common.env_info()
-    common.log(f"train: {common.env_line(env)}; {repeats} repeats")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = workdir or Path(tmp)
-        for name, batch, seq in cases:
-            common.log(f"  {name} batch {batch} x {seq} ...")
-            rows.append(run_case(name, batch, seq, common.make_hf_dir(name, directory), repeats, threads))
-    payload = {"benchmark": "train", "env": env, "repeats": repeats, "adamw": ADAMW,
-               "weight_decay": WEIGHT_DECAY, "rows": rows}
-    path = common.write_results("train", payload)
-    print(common.table(rows, COLUMNS))
-    common.log(f"wrote {path}")
-    return payload
-
+    return common.run_side_by_side("train", __doc__, argv, workdir, CASES, "small", run_case,
+                                   common.make_hf_dir, COLUMNS, large=True,
+                                   extra={"adamw": ADAMW, "weight_decay": WEIGHT_DECAY})
 
 if __name__ == "__main__":
     main()
