@@ -113,6 +113,8 @@ def test_model_targets_path_equals_logits_path(family):
         tail = model(x, targets=y[:, -5:], logits_to_keep=5)
         torch.testing.assert_close(tail.nll, out.nll[:, -5:])
         assert out.logits is None
+        states = model(x, targets=y, output_hidden_states=True).hidden_states
+        assert isinstance(states, tuple) and len(states) == model.config.n_layers + 1
 
 
 def test_targets_of_the_wrong_shape_are_one_clear_error():

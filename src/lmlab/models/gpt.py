@@ -139,12 +139,10 @@ class GPT(nn.Module):
         if cache is not None:
             cache.advance(T)
         kept = x[:, -logits_to_keep:] if logits_to_keep else x
+        hidden_states = tuple(states) if output_hidden_states else None
         if targets is not None:
-            return self._loss(kept, targets, x, states if output_hidden_states else None)
-        logits = self.lm_head(kept)
-        return ModelOutput(logits=logits, hidden=x, cache=cache,
-                           hidden_states=tuple(states) if output_hidden_states else None)
-
+            return self._loss(kept, targets, x, hidden_states)
+        return ModelOutput(logits=self.lm_head(kept), hidden=x, cache=cache, hidden_states=hidden_states)
 
     def _loss(self, kept: torch.Tensor, targets: torch.Tensor, hidden, states) -> ModelOutput:
         if targets.shape != kept.shape[:2]:
@@ -173,6 +171,7 @@ class GPT(nn.Module):
 
 
 VOCAB_MULTIPLE = 64  # the training loss pads the output matrix to this many rows on GPU
+
 _GPT = dict(pre_ln=False, max_seq_len=512, vocab_size=40478)
 # d_ff = 4·d_model as in both papers (and as the HF openai-gpt layout requires).
 _TINY = dict(vocab_size=256, d_model=48, n_layers=2, n_heads=4, d_ff=192, max_seq_len=128, dropout=0.0)

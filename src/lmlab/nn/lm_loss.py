@@ -69,7 +69,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         acc = torch.promote_types(dtype, torch.float32)  # sums and the weight gradient: >= fp32
         grad_w = None  # the first chunk's product starts it (no zero fill of a (V, D) tensor)
         total = torch.zeros((), dtype=acc, device=hidden.device)
-        step = chunk_rows(weight.shape[0], weight.shape[1], hidden.device)
+        step = chunk_rows(*weight.shape, hidden.device)
         for s in range(0, hidden.shape[0], step):
             h = h_all[s:s + step]
             probs, nll, safe, valid = _softmax_nll(h, w, targets[s:s + step], vocab)
