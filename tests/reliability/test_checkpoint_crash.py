@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 import lmlab
-from lmlab.checkpoints.atomic import MANIFEST, read_manifest
+from lmlab.checkpoints.atomic import MANIFEST, read_manifest, write_manifest
 from lmlab.cli import main
 from lmlab.errors import CheckpointError
 from lmlab.train.state import checkpoints, latest_valid, remove_stale, rotate
@@ -130,3 +130,22 @@ def test_remove_stale_clears_unfinished_writes_only(tmp_path):
     (root / "step-4" / MANIFEST).write_text('{"files": {}}')
     remove_stale(tmp_path)
     assert names(tmp_path) == ["step-4"]
+
+
+def test_a_checkpoint_with_the_old_optimizer_layout_is_refused_in_one_line(tmp_path, first_four, tiny_args,
+                                                                            capsys):
+    """Checkpoints written before the (in, out) weight layout hold (out, in) AdamW moments: refused."""
+    out = tmp_path / "run"
+    shutil.copytree(first_four, out)
+    step = out / "checkpoints" / "step-4"
+    state_file = step / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state.pop("optimizer_layout") == 2
+    state_file.write_text(json.dumps(state))
+    # Keep the manifest valid, so the refusal is about the layout and nothing else.
+    (step / MANIFEST).unlink()
+    write_manifest(step, [p.name for p in step.iterdir()])
+    assert main(tiny_args(out, steps=8, resume=True, **FLAGS)) == 2
+    err = capsys.readouterr().err
+    assert "optimizer_layout 2" in err and "weights still load with lmlab.load" in err
+    assert len([line for line in err.splitlines() if "optimizer_layout" in line]) == 1

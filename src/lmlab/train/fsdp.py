@@ -17,7 +17,6 @@ reads the full files and keeps its own shards.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -36,7 +35,7 @@ from torch.distributed.tensor import DTensor
 from lmlab.checkpoints.atomic import read_manifest
 from lmlab.errors import CheckpointError
 from lmlab.train.distributed import Dist
-from lmlab.train.state import OPTIMIZER, TRAINER_STATE
+from lmlab.train.state import OPTIMIZER, read_trainer_state
 
 # The repeated transformer layers of each family: one FSDP unit (one all-gather) per layer.
 BLOCK_LISTS = ("blocks", "layers")
@@ -112,7 +111,7 @@ def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim
         raise CheckpointError(f"{path}: weights do not fit this model (missing "
                               f"{sorted(set(result.missing_keys) - tied)[:5]}, unexpected "
                               f"{sorted(result.unexpected_keys)[:5]})")
-    state = json.loads((path / TRAINER_STATE).read_text())
+    state = read_trainer_state(path, model)
     names = _param_names(model, optimizer)
     entries: dict[str, dict] = {}
     for key, tensor in load_file(str(path / OPTIMIZER)).items():

@@ -21,8 +21,13 @@ from safetensors.torch import load_file, save_file
 from lmlab.checkpoints.atomic import MANIFEST, commit_dir, read_manifest, write_bytes_atomic, write_manifest
 from lmlab.checkpoints.io import load_state, save
 from lmlab.errors import CheckpointError
+from lmlab.nn.layers import Linear
 
 OPTIMIZER = "optimizer.safetensors"
+# The shapes of the saved AdamW moments. 2: attention and feed-forward weights are held (in, out)
+# in memory (lmlab.nn.layers.Linear), and their moments have that shape. Checkpoints without the
+# field were written with (out, in) moments; a square matrix would take them silently transposed.
+OPTIMIZER_LAYOUT = 2
 TRAINER_STATE = "trainer_state.json"
 CARRIED = "carried.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -96,7 +101,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, train
     if carried is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in carried.items()}, str(tmp / CARRIED))
     _fault("optimizer")
-    state = {**trainer_state, "step": step, "optimizer_groups": groups, "rng": rng_state()}
+    state = {**trainer_state, "step": step, "optimizer_groups": groups, "optimizer_layout": OPTIMIZER_LAYOUT,
+             "rng": rng_state()}
     write_bytes_atomic(tmp / TRAINER_STATE, json.dumps(state).encode())
     _fault("state")
     write_manifest(tmp, [p.name for p in tmp.iterdir() if p.name != MANIFEST])
@@ -147,11 +153,23 @@ def latest_valid(run_dir: Path) -> Path | None:
     return None
 
 
+def read_trainer_state(path: Path, model) -> dict:
+    """trainer_state.json of checkpoint `path`, refused when its AdamW moments do not fit `model`."""
+    state = json.loads((path / TRAINER_STATE).read_text())
+    old = state.get("optimizer_layout", 1) != OPTIMIZER_LAYOUT
+    if old and any(isinstance(m, Linear) for m in model.modules()):
+        raise CheckpointError(f"{path}: its optimizer state predates lmlab holding attention and "
+                              f"feed-forward weights as (in, out) matrices (optimizer_layout "
+                              f"{OPTIMIZER_LAYOUT}), so the run cannot resume from it; its weights still "
+                              f"load with lmlab.load")
+    return state
+
+
 def load_checkpoint(path: Path, model, optimizer) -> dict:
     """Restore model and optimizer in place; return trainer_state (RNG restored by the caller)."""
     read_manifest(path)
     load_state(model, load_file(str(path / "model.safetensors")), str(path))
-    state = json.loads((path / TRAINER_STATE).read_text())
+    state = read_trainer_state(path, model)
     load_optimizer(optimizer, load_file(str(path / OPTIMIZER)), state["optimizer_groups"])
     return state
 
