@@ -119,10 +119,7 @@ def run_case(name: str, batch: int, seq: int, hf_dir: Path, repeats: int, thread
     return row
 
 
-COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF tok/s"),
-           ("ratio", "lmlab/HF"), ("cpu_ratio", "CPU-time ratio"),
-           ("lmlab_peak_mb", "lmlab peak MB"), ("hf_peak_mb", "HF peak MB"),
-           ("outputs_equal", "same output")]
+COLUMNS = [*common.SPEED_COLUMNS, ("outputs_equal", "same output")]
 
 
 def main(argv=None, workdir: Path | None = None) -> dict:
@@ -130,6 +127,7 @@ def main(argv=None, workdir: Path | None = None) -> dict:
                                    make_bert_dir, COLUMNS, default_repeats=3,
                                    extra={"tolerance": TOLERANCE,
                                           "loss": "mean(hidden**2) + mean(pooled**2)"})
+
 
 if __name__ == "__main__":
     main()

@@ -166,6 +166,12 @@ def peak_memory(setup: Callable, *args, threads: int) -> dict:
 
 
 # ---- environment and output --------------------------------------------------------------------
+# The table columns every side-by-side benchmark shows; each adds its own correctness column.
+SPEED_COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF tok/s"),
+                 ("ratio", "lmlab/HF"), ("cpu_ratio", "CPU-time ratio"),
+                 ("lmlab_peak_mb", "lmlab peak MB"), ("hf_peak_mb", "HF peak MB")]
+
+
 def run_side_by_side(name: str, doc: str, argv, workdir: Path | None, cases: list[tuple], quick_case: str,
                      run_case: Callable[..., dict], make_dir: Callable[[str, Path], Path],
                      columns: list[tuple[str, str]], default_repeats: int = 5, large: bool = False,

@@ -96,16 +96,14 @@ def run_case(name: str, windows: int, hf_dir: Path, repeats: int, threads: int) 
     return row
 
 
-COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF tok/s"),
-           ("ratio", "lmlab/HF"), ("cpu_ratio", "CPU-time ratio"),
-           ("lmlab_peak_mb", "lmlab peak MB"), ("hf_peak_mb", "HF peak MB"),
-           ("losses_equal", "same losses")]
+COLUMNS = [*common.SPEED_COLUMNS, ("losses_equal", "same losses")]
 
 
 def main(argv=None, workdir: Path | None = None) -> dict:
     return common.run_side_by_side("evaluate", __doc__, argv, workdir, CASES, "small", run_case,
                                    common.make_hf_dir, COLUMNS, large=True,
                                    extra={"window": WINDOW, "batch": BATCH, "tolerance": TOLERANCE})
+
 
 if __name__ == "__main__":
     main()

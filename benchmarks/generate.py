@@ -67,16 +67,14 @@ def run_case(name: str, batch: int, hf_dir: Path, repeats: int, threads: int) ->
     return row
 
 
-COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF tok/s"),
-           ("ratio", "lmlab/HF"), ("cpu_ratio", "CPU-time ratio"),
-           ("lmlab_peak_mb", "lmlab peak MB"), ("hf_peak_mb", "HF peak MB"),
-           ("tokens_equal", "same tokens")]
+COLUMNS = [*common.SPEED_COLUMNS, ("tokens_equal", "same tokens")]
 
 
 def main(argv=None, workdir: Path | None = None) -> dict:
     return common.run_side_by_side("generate", __doc__, argv, workdir, CASES, "small", run_case,
                                    common.make_hf_dir, COLUMNS, large=True,
                                    extra={"prompt_len": PROMPT_LEN, "new_tokens": NEW_TOKENS})
+
 
 if __name__ == "__main__":
     main()

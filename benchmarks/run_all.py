@@ -27,10 +27,7 @@ import train  # noqa: E402
 # repeats for every gpt2-124m case, 5 elsewhere, keep `make bench` inside 10 minutes on 2 cores
 # (609 s with --threads 1 before gpt2-124m training dropped to 3 repeats). --repeats overrides.
 LARGE_REPEATS = ["--large-repeats", "3"]
-COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF tok/s"),
-           ("ratio", "lmlab/HF"), ("cpu_ratio", "CPU-time ratio"),
-           ("lmlab_peak_mb", "lmlab peak MB"), ("hf_peak_mb", "HF peak MB"),
-           ("same", "same output")]
+COLUMNS = [*common.SPEED_COLUMNS, ("same", "same output")]
 
 
 def main(argv=None) -> None:

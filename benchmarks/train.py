@@ -77,16 +77,14 @@ def run_case(name: str, batch: int, seq: int, hf_dir: Path, repeats: int, thread
     return row
 
 
-COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", "HF tok/s"),
-           ("ratio", "lmlab/HF"), ("cpu_ratio", "CPU-time ratio"),
-           ("lmlab_peak_mb", "lmlab peak MB"), ("hf_peak_mb", "HF peak MB"),
-           ("loss_equal", "same loss")]
+COLUMNS = [*common.SPEED_COLUMNS, ("loss_equal", "same loss")]
 
 
 def main(argv=None, workdir: Path | None = None) -> dict:
     return common.run_side_by_side("train", __doc__, argv, workdir, CASES, "small", run_case,
                                    common.make_hf_dir, COLUMNS, large=True,
                                    extra={"adamw": ADAMW, "weight_decay": WEIGHT_DECAY})
+
 
 if __name__ == "__main__":
     main()
