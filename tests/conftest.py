@@ -1,5 +1,6 @@
-"""Shared fixtures of the training and reliability tests: a generated corpus, a private shard
-cache, one CPU thread. Opt-in: tests/train and tests/reliability switch them on for every test.
+"""Shared test fixtures: a generated corpus, a private shard cache, one CPU thread. Opt-in:
+tests/train, tests/reliability and tests/tasks switch them on for every test, other modules with
+`pytestmark = pytest.mark.usefixtures("one_thread_private_cache")`.
 
 One thread per process: the test machines have two cores, several threads per run oversubscribe
 them (ten times slower), and runs compared bitwise must use the same thread count.

@@ -24,13 +24,7 @@ from lmlab.eval.memory import (
 V = 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small matmuls on a busy two-core machine: a second thread only waits (ten times slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_private_cache")  # tests/conftest.py
 
 
 def tiny_txl(**overrides):

@@ -17,13 +17,7 @@ from lmlab.generate.loop import _cache_steps
 PROMPTS = [[5, 17, 200, 3, 9, 41, 77], [8], [100, 101, 102, 250]]  # different lengths -> left pads
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: more threads only oversubscribe a small, shared test machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_private_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module", params=["gpt", "gpt2"])

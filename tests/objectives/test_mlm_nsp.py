@@ -37,14 +37,7 @@ def row(rng, seq_len=128):
     return ids
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread_private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LMLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_private_cache")  # tests/conftest.py
 
 
 # --- masking ------------------------------------------------------------------------------------------

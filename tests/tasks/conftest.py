@@ -36,13 +36,8 @@ def write_jsonl(path, records) -> str:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread_private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LMLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(threads)
+def isolated(one_thread_private_cache):
+    return one_thread_private_cache  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
