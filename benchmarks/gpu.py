@@ -8,6 +8,9 @@ Cases (run in the order of `--list`, most important first; a global time guard s
    (step = forward, backward, optimizer step, zero_grad; torch.cuda.synchronize around each).
    MFU = tok/s · (6·N + 12·L·d·T) / peak, N = parameters without the position table (PaLM, App. B),
    against 989 TFLOP/s (H100/H200 SXM dense bf16) and against the matmul measured in case 1.
+   lmlab trains inside training_attention (cuDNN attention first on Hopper), as `lmlab pretrain` does;
+   its compiled case also reports one step's GPU time by kind of kernel (torch.profiler). Ablations:
+   compile-flash (PyTorch's own attention order, FlashAttention-2 first) and compile-max-autotune.
 3. generate: greedy, prompt 32 + 256 new tokens, bf16 weights, gpt2-124m and gpt2-355m, batch 1
    and 32: lmlab.generate (eager, and compile=True: fixed-shape steps compiled and replayed as a
    CUDA graph) vs HF generate() (dynamic cache; cache_implementation="static", which transformers 5
@@ -148,12 +151,14 @@ def matmul_case() -> dict:
     return {"tflops": tflops, "mfu": 100 * tflops / PEAK_TFLOPS, "note": f"bf16 {n}^3"}
 
 
-def train_case(side: str, compiled: bool, size: str = "gpt2-124m", loss_path: str = "targets") -> dict:
-    """loss_path (lmlab only): "targets" = clm_loss, the model scores its targets with the chunked
-    lmlab.nn.lm_loss (output matrix padded to 64 rows); "logits" = F.cross_entropy over model(x).logits,
-    compiled into the same graph - the ablation that shows what the chunked loss buys."""
-    import torch.nn.functional as F
+def train_case(side: str, compiled: bool, size: str = "gpt2-124m", variant: str = "") -> dict:
+    """lmlab trains the way `lmlab pretrain` does: clm_loss (the model scores its targets) inside
+    lmlab.nn.attention.training_attention (cuDNN attention first on Hopper). Ablations (lmlab only):
+    variant "flash" keeps PyTorch's own kernel order (FlashAttention-2 first, as HF gets it);
+    "max-autotune" compiles with mode="max-autotune-no-cudagraphs" (Triton GEMM search, minutes)."""
+    import contextlib
 
+    from lmlab.nn.attention import training_attention
     from lmlab.objectives.clm import clm_loss
     from lmlab.train.optim import make_optimizer, param_groups
 
@@ -165,21 +170,25 @@ def train_case(side: str, compiled: bool, size: str = "gpt2-124m", loss_path: st
     if side == "hf":
         def loss_of(x, y):
             return model(input_ids=x, labels=x).loss
-    elif loss_path == "logits":
-        def loss_of(x, y):
-            return F.cross_entropy(model(x).logits.flatten(0, 1).float(), y.flatten())
     else:
         def loss_of(x, y):
             return clm_loss(model, (x, y))
+
+    def kernels():  # a fresh context per step: sdpa_kernel's can be entered once
+        if side == "lmlab" and variant != "flash":
+            return training_attention(Settings.device)
+        return contextlib.nullcontext()
     if compiled:
-        loss_of = torch.compile(loss_of, backend="eager") if Settings.dry else torch.compile(loss_of)
+        mode = "max-autotune-no-cudagraphs" if variant == "max-autotune" else None
+        loss_of = (torch.compile(loss_of, backend="eager") if Settings.dry
+                   else torch.compile(loss_of, mode=mode))
     batch, seq = (2, 64) if Settings.dry else (TRAIN_BATCH, TRAIN_SEQ)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, COMMON["vocab_size"], (batch, seq), generator=g).to(Settings.device)
     y = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], dim=1)  # next token; the last has none
 
     def step() -> torch.Tensor:
-        with torch.autocast(Settings.device, dtype=torch.bfloat16):
+        with torch.autocast(Settings.device, dtype=torch.bfloat16), kernels():
             loss = loss_of(x, y)
         loss.backward()
         optimizer.step()
@@ -199,7 +208,41 @@ def train_case(side: str, compiled: bool, size: str = "gpt2-124m", loss_path: st
            "setup_s": setup, "loss0": loss0, "note": f"{size} {batch}x{seq}"}
     if Settings.matmul_tflops:
         row["mfu_matmul"] = 100 * tflops / Settings.matmul_tflops
+    if side == "lmlab" and compiled and not variant:
+        row["kernels_ms"] = kernel_breakdown(step)
+        row["note"] += " | ms: " + ", ".join(f"{k} {v:.1f}" for k, v in row["kernels_ms"].items()
+                                             if k != "top")
+        log("  longest kernels: " + "; ".join(row["kernels_ms"]["top"]))
     return row
+
+
+KERNEL_KINDS = [("attention", ("flash", "fmha", "cudnn", "sdpa", "attn")),
+                ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "sm80_")),
+                ("adamw", ("adam",)), ("triton", ("triton",))]  # first match wins
+
+
+def kernel_breakdown(step: Callable[[], object]) -> dict:
+    """GPU milliseconds of one training step by kind of kernel (torch.profiler), plus the six
+    longest kernels: where the step's time goes. (--dry-run: CPU operators instead.)"""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = Settings.device == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if gpu else ProfilerActivity.CPU]) as prof:
+        step()
+        sync()
+    totals: dict[str, float] = {}
+    kernels = []
+    for event in prof.key_averages():
+        ms = (event.self_device_time_total if gpu else event.self_cpu_time_total) / 1e3
+        if ms <= 0:
+            continue
+        name = event.key.lower()
+        kind = next((k for k, words in KERNEL_KINDS if any(w in name for w in words)), "other")
+        totals[kind] = totals.get(kind, 0.0) + ms
+        kernels.append((ms, event.key[:70]))
+    out = {"total": sum(totals.values()), **dict(sorted(totals.items(), key=lambda kv: -kv[1]))}
+    out["top"] = [f"{ms:.2f} ms {name}" for ms, name in sorted(kernels, reverse=True)[:6]]
+    return out
 
 
 def generate_call(side: str, model, ids: torch.Tensor, new: int) -> Callable[[], torch.Tensor]:
@@ -272,12 +315,13 @@ def static_vs_eager(model, ids: torch.Tensor, new: int, steps: int = 8) -> float
 
 def all_cases() -> list[Case]:
     """Most important first (the time guard cuts the tail): the matmul peak, training eager and
-    compiled on both sides, batch-1 then batch-32 generation, the loss-path ablation, the larger model.
+    compiled on both sides, batch-1 then batch-32 generation, the training ablations (max-autotune's
+    compiling takes minutes), the larger model.
     Estimates are typical first-run times on an H100, compiling included."""
-    def train(side: str, compiled: bool, loss_path: str = "targets") -> Case:
-        mode = ("compile" if compiled else "eager") + ("-logits" if loss_path == "logits" else "")
+    def train(side: str, compiled: bool, variant: str = "", estimate: float = 60) -> Case:
+        mode = ("compile" if compiled else "eager") + (f"-{variant}" if variant else "")
         name = f"train/{side}/{mode}"
-        return Case(name, 60 if compiled else 15, lambda: train_case(side, compiled, loss_path=loss_path))
+        return Case(name, estimate if compiled else 15, lambda: train_case(side, compiled, variant=variant))
 
     def generate(size: str, batch: int) -> list[Case]:
         estimate = {"lmlab": 8, "lmlab-compile": 30, "hf-dynamic": 12, "hf-static": 40}
@@ -287,7 +331,8 @@ def all_cases() -> list[Case]:
 
     return [Case("matmul", 5, matmul_case), train("lmlab", False), train("hf", False), train("lmlab", True),
             train("hf", True), *generate("gpt2-124m", 1), *generate("gpt2-124m", 32),
-            train("lmlab", True, "logits"), *generate("gpt2-355m", 1), *generate("gpt2-355m", 32)]
+            train("lmlab", True, "flash"), train("lmlab", True, "max-autotune", estimate=200),
+            *generate("gpt2-355m", 1), *generate("gpt2-355m", 32)]
 
 
 # ---- running -----------------------------------------------------------------------------------
@@ -343,6 +388,8 @@ def add_ratios(rows: list[dict]) -> None:
     speed = {r["case"]: r.get("tok_s") for r in rows if r.get("status") == "ok"}
     peers = {"train/lmlab/eager": "train/hf/eager", "train/lmlab/compile": "train/hf/compile"}
     for name in speed:
+        if name.startswith("train/lmlab/compile-"):  # the ablations
+            peers[name] = "train/hf/compile"
         if name.startswith("gen/") and name.endswith("/lmlab"):
             peers[name] = name[:-len("lmlab")] + "hf-dynamic"
         if name.endswith("/lmlab-compile"):

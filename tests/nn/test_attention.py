@@ -171,3 +171,47 @@ def test_linear_keeps_the_nn_linear_layout_in_its_state_dict():
     torch.testing.assert_close(ours(x[0]), plain(x[0]))
     plain.load_state_dict(ours.state_dict())
     torch.testing.assert_close(plain.weight, ours.weight.T)
+
+
+def test_training_attention_leaves_the_cpu_kernels_alone():
+    from lmlab.nn.attention import training_attention
+
+    attn = make_attention()
+    x = torch.randn(2, 6, D, dtype=torch.float64)
+    want = attn(x)
+    with training_attention("cpu"):
+        torch.testing.assert_close(attn(x), want, rtol=0, atol=0)
+
+
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (compute capability 9.x)")
+def test_training_attention_runs_cudnn_on_hopper_with_the_flash_results():
+    """On Hopper, training_attention puts cuDNN's kernels first; loss and gradients match the
+    default kernels (FlashAttention-2) within bf16 rounding."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import lmlab
+    from lmlab.nn.attention import training_attention
+    from lmlab.objectives.clm import clm_loss
+
+    torch.manual_seed(0)
+    model = lmlab.build("gpt2", "tiny", d_model=128, n_heads=2, dropout=0.0).cuda()
+    x = torch.randint(0, 256, (4, 128), device="cuda")
+    y = torch.roll(x, -1, 1)
+
+    def loss_and_grads():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = clm_loss(model, (x, y))
+        return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+    want, want_grads = loss_and_grads()
+    with training_attention("cuda"):
+        loss_and_grads()
+    with training_attention("cuda"), profile(activities=[ProfilerActivity.CUDA]) as prof:  # again
+        got, grads = loss_and_grads()
+    assert any("cudnn" in e.key.lower() for e in prof.key_averages()), "no cuDNN kernel ran"
+    assert abs(got.item() - want.item()) < 1e-2
+    for a, b in zip(grads, want_grads, strict=True):
+        assert (a - b).norm() <= 2e-2 * b.norm() + 1e-6

@@ -79,11 +79,17 @@ class OneBatch:
         self.step = state["step"]
 
 
-def test_one_batch_is_memorised(tmp_path):
+@pytest.mark.parametrize("device, compile", [
+    ("cpu", False),
+    pytest.param("cuda", False, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+    pytest.param("cuda", True, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+])
+def test_one_batch_is_memorised(tmp_path, device, compile):
+    """On CUDA the loop also runs bf16 autocast and training_attention (cuDNN kernels on Hopper)."""
     torch.manual_seed(0)
-    model = lmlab.build("gpt2", "tiny", vocab_size=20)
+    model = lmlab.build("gpt2", "tiny", vocab_size=20, d_model=128, n_heads=2).to(device)
     cfg = TrainConfig(steps=100, batch_size=4, seq_len=32, lr=3e-3, warmup=10, weight_decay=0.0,
-                      log_every=10, save_every=0, progress=False)
+                      log_every=10, save_every=0, progress=False, compile=compile)
     result = train(model, None, cfg, tmp_path / "run", OneBatch(20))
     assert result.loss < 0.1
     assert result.skipped == 0 and result.tokens == 100 * 4 * 32

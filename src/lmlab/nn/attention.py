@@ -6,9 +6,12 @@ decoding step writes one position in place instead of concatenating the whole pr
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lmlab.errors import GenerationError
 from lmlab.nn.layers import Linear
@@ -51,6 +54,27 @@ class KVCache:
         self.k = self.k[:, index]
         self.v = self.v[:, index]
         self._split_layers()
+
+
+# PyTorch's own order after cuDNN: shapes cuDNN cannot serve fall back exactly as without the preference.
+_CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                SDPBackend.MATH]
+
+
+def training_attention(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The attention kernels to train with on `device`: on Hopper (compute capability 9.x) cuDNN's
+    fused attention first, elsewhere PyTorch's default (FlashAttention-2 first on CUDA).
+
+    `scaled_dot_product_attention` tries FlashAttention-2 before cuDNN; on Hopper cuDNN's kernels are
+    faster for training shapes, on Ampere and Blackwell slower (benchmarks/gpu.py measures the
+    difference as the `compile-flash` case). The choice is made in the forward pass (and when
+    torch.compile traces it); the backward uses the matching kernel. Like `sdpa_kernel`, the
+    returned context can be entered once: call this for every use.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+        return contextlib.nullcontext()
+    return sdpa_kernel(_CUDNN_FIRST, set_priority=True)
 
 
 def attention_mask_4d(key_padding: torch.Tensor | None, q_len: int, k_len: int, causal: bool,

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from lmlab.checkpoints.io import save
 from lmlab.errors import LmlabError
+from lmlab.nn.attention import training_attention
 from lmlab.objectives.clm import clm_loss
 from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Dist, any_rank, barrier, gather_rows, mean_over_ranks
@@ -173,7 +174,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
             # FSDP2 has no no_sync: it reduce-scatters every micro-batch's gradients into the shards.
             last = i == accum - 1 or not dist.enabled or sharded
             sync = contextlib.nullcontext() if last else net.no_sync()
-            with sync, autocast:
+            with sync, autocast, training_attention(device):  # a fresh one each time: single use
                 loss = (objective(net, micro, part) if stateful else objective(net, micro)) / accum
             loss.backward()
             loss_sum += loss.detach()
