@@ -170,3 +170,28 @@ def test_compiled_model_takes_the_fused_logits_path_with_the_same_result():
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
     for a, b in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_padded_output_matrix_changes_nothing_but_the_shapes(monkeypatch, compiled):
+    """The GPU's padding (output rows up to a multiple of 64, left out of the softmax), run on CPU:
+    float64 loss and gradients equal the plain logits path's, compiled (sliced logits) or not."""
+    from lmlab.models import gpt
+
+    monkeypatch.setattr(gpt, "PAD_OUTPUT_ON", {"cpu"})
+    torch.manual_seed(0)
+    model = lmlab.build("gpt2", "tiny", vocab_size=250, dropout=0.0).double()
+    x = torch.randint(0, 250, (2, 16))
+    y = torch.roll(x, -1, 1)
+    y[1, 5] = -100
+
+    def run(a, b):
+        return clm_loss(model, (a, b))
+    run = torch.compile(run, backend="eager", fullgraph=True) if compiled else run
+    got = run(x, y)
+    grads = torch.autograd.grad(got, list(model.parameters()))
+    want = F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten())
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    for a, b in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
