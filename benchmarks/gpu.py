@@ -10,10 +10,10 @@ Cases (run in the order of `--list`, most important first; a global time guard s
    against 989 TFLOP/s (H100/H200 SXM dense bf16) and against the matmul measured in case 1.
    lmlab trains inside training_attention (cuDNN attention first on Hopper), as `lmlab pretrain` does;
    its compiled case also reports one step's GPU time by kind of kernel (torch.profiler). Ablations
-   of the compiled case: compile-flash (PyTorch's own attention order, FlashAttention-2 first),
-   compile-unpadded (the 50,257-row output matrix, not padded to 50,304), compile-reduce-overhead
-   (mode="reduce-overhead": forward and backward replayed as CUDA graphs). Every compiled case
-   compiles afresh (torch._dynamo.reset()), so "setup s" includes compiling.
+   of the compiled case: compile-flash (PyTorch's own attention order, FlashAttention-2 first, as HF
+   gets it), compile-unpadded (the 50,257-row output matrix, not padded to
+   50,304), compile-reduce-overhead (mode="reduce-overhead": forward and backward replayed as CUDA
+   graphs). Every compiled case compiles afresh (torch._dynamo.reset(), inductor's caches off).
 3. generate: greedy, prompt 32 + 256 new tokens, bf16 weights, gpt2-124m and gpt2-355m, batch 1
    and 32: lmlab.generate (eager, and compile=True: fixed-shape steps compiled and replayed as a
    CUDA graph) vs HF generate() (dynamic cache; cache_implementation="static", which transformers 5
@@ -157,9 +157,8 @@ def matmul_case() -> dict:
 def train_case(side: str, compiled: bool, size: str = "gpt2-124m", variant: str = "") -> dict:
     """lmlab trains the way `lmlab pretrain` does: clm_loss (the model scores its targets) inside
     lmlab.nn.attention.training_attention (cuDNN attention first on Hopper). Ablations (lmlab only):
-    variant "flash" keeps PyTorch's own kernel order (FlashAttention-2 first, as HF gets it);
-    "unpadded" scores with the 50,257-row output matrix as it is; "reduce-overhead" compiles with
-    mode="reduce-overhead" (CUDA graphs)."""
+    variant "flash" keeps PyTorch's own kernel order; "unpadded" scores with the 50,257-row output
+    matrix as it is; "reduce-overhead" compiles with mode="reduce-overhead" (CUDA graphs)."""
     import contextlib
 
     from lmlab.models import gpt
@@ -178,13 +177,8 @@ def train_case(side: str, compiled: bool, size: str = "gpt2-124m", variant: str 
     else:
         def loss_of(x, y):
             return clm_loss(model, (x, y))
-
-    def kernels():  # a fresh context per step: sdpa_kernel's can be entered once
-        if side == "lmlab" and variant != "flash":
-            return training_attention(Settings.device)
-        return contextlib.nullcontext()
     if compiled:
-        torch._dynamo.reset()  # otherwise a case can reuse the graph an earlier one traced
+        torch._dynamo.reset()  # a fresh compile per case (main() also turns inductor's caches off)
         mode = "reduce-overhead" if variant == "reduce-overhead" else None
         loss_of = (torch.compile(loss_of, backend="eager") if Settings.dry
                    else torch.compile(loss_of, mode=mode))
@@ -195,6 +189,11 @@ def train_case(side: str, compiled: bool, size: str = "gpt2-124m", variant: str 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, COMMON["vocab_size"], (batch, seq), generator=g).to(Settings.device)
     y = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], dim=1)  # next token; the last has none
+
+    def kernels():  # a fresh context per step: sdpa_kernel's can be entered once
+        if side == "lmlab" and variant != "flash":
+            return training_attention(Settings.device)
+        return contextlib.nullcontext()
 
     def step() -> torch.Tensor:
         with torch.autocast(Settings.device, dtype=torch.bfloat16), kernels():
@@ -330,10 +329,10 @@ def all_cases() -> list[Case]:
     """Most important first (the time guard cuts the tail): the matmul peak, training eager and
     compiled on both sides, batch-1 then batch-32 generation, the training ablations, the larger model.
     Estimates are typical first-run times on an H100, compiling included."""
-    def train(side: str, compiled: bool, variant: str = "", estimate: float = 60) -> Case:
+    def train(side: str, compiled: bool, variant: str = "") -> Case:
         mode = ("compile" if compiled else "eager") + (f"-{variant}" if variant else "")
         name = f"train/{side}/{mode}"
-        return Case(name, estimate if compiled else 15, lambda: train_case(side, compiled, variant=variant))
+        return Case(name, 60 if compiled else 15, lambda: train_case(side, compiled, variant=variant))
 
     def generate(size: str, batch: int) -> list[Case]:
         estimate = {"lmlab": 8, "lmlab-compile": 30, "hf-dynamic": 12, "hf-static": 40}
@@ -343,8 +342,8 @@ def all_cases() -> list[Case]:
 
     return [Case("matmul", 5, matmul_case), train("lmlab", False), train("hf", False), train("lmlab", True),
             train("hf", True), *generate("gpt2-124m", 1), *generate("gpt2-124m", 32),
-            train("lmlab", True, "flash"), train("lmlab", True, "unpadded"),
-            train("lmlab", True, "reduce-overhead"), *generate("gpt2-355m", 1), *generate("gpt2-355m", 32)]
+            *(train("lmlab", True, variant) for variant in ("flash", "unpadded", "reduce-overhead")),
+            *generate("gpt2-355m", 1), *generate("gpt2-355m", 32)]
 
 
 # ---- running -----------------------------------------------------------------------------------
@@ -513,6 +512,10 @@ def main(argv=None) -> int:
 
     transformers.utils.logging.disable_progress_bar()  # the log keeps one line per case
     Settings.device = "cpu" if args.dry_run else "cuda"
+    # Every compile from scratch: dynamo's and inductor's caches would hand a case the graph an
+    # earlier case traced (their keys do not see the attention kernel order, so compile-flash would
+    # rerun the cuDNN graph), and "setup s" would depend on what ran before.
+    torch._inductor.config.force_disable_caches = True
     budget = args.budget or (150.0 if args.quick else 270.0)
     env = env_info()
     log(f"gpu: {env['gpu']}, torch {env['torch']}, CUDA {env['cuda']}, transformers {env['transformers']}; "
