@@ -117,6 +117,36 @@ def test_model_targets_path_equals_logits_path(family):
         assert isinstance(states, tuple) and len(states) == model.config.n_layers + 1
 
 
+@pytest.mark.parametrize("family", ["gpt", "gpt2"])
+@pytest.mark.parametrize("frozen_embedding", [False, True])
+def test_backward_accumulates_the_logits_path_gradients(family, frozen_embedding):
+    """CPU training looks tokens up with a sparse gradient, added into the output layer's dense one:
+    .grad stays dense and equals the logits path's, across two accumulated backward calls (GPT's
+    segment ids use the token table too). A frozen table gets no gradient at all."""
+    torch.manual_seed(0)
+    model = lmlab.build(family, "tiny", dropout=0.0).double()
+    model.wte.weight.requires_grad_(not frozen_embedding)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 256, (2, 12), generator=g), torch.randint(0, 256, (2, 12), generator=g))
+               for _ in range(2)]
+    segments = torch.randint(0, 256, (2, 12), generator=g) if family == "gpt" else None
+
+    def run(loss_of):
+        model.zero_grad(set_to_none=True)
+        for x, y in batches:
+            (loss_of(x, y) / 2).backward()
+        return {name: p.grad for name, p in model.named_parameters()}
+
+    got = run(lambda x, y: model(x, token_type_ids=segments, targets=y).loss)
+    want = run(lambda x, y: F.cross_entropy(model(x, token_type_ids=segments).logits.flatten(0, 1),
+                                            y.flatten()))
+    assert (got["wte.weight"] is None) == frozen_embedding
+    for name, grad in got.items():
+        if grad is not None:
+            assert grad.layout == torch.strided, name
+            torch.testing.assert_close(grad, want[name], rtol=0, atol=1e-10)
+
+
 def test_targets_of_the_wrong_shape_are_one_clear_error():
     model = lmlab.build("gpt2", "tiny")
     x = torch.randint(0, 256, (2, 8))

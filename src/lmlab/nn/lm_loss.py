@@ -102,8 +102,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         (grad_h, grad_w), (h_dtype, w_dtype) = ctx.grads, ctx.dtypes
         ctx.grads = None
         # Scaled in place: a fresh (V, D) buffer costs more in page faults than the multiply itself.
-        grad_h = grad_h.mul_(grad_loss).to(h_dtype) if grad_h is not None else None
-        grad_w = grad_w.mul_(grad_loss).to(w_dtype) if grad_w is not None else None
+        # loss.backward() sends exactly 1; on CPU, where reading it costs nothing, that pass is skipped.
+        if grad_loss.device.type != "cpu" or grad_loss.item() != 1.0:
+            grad_h = grad_h.mul_(grad_loss) if grad_h is not None else None
+            grad_w = grad_w.mul_(grad_loss) if grad_w is not None else None
+        grad_h = grad_h.to(h_dtype) if grad_h is not None else None
+        grad_w = grad_w.to(w_dtype) if grad_w is not None else None
         return grad_h, grad_w, None, None
 
 
