@@ -65,11 +65,13 @@ def training_attention(device: torch.device | str) -> contextlib.AbstractContext
     """The attention kernels to train with on `device`: on Hopper (compute capability 9.x) cuDNN's
     fused attention first, elsewhere PyTorch's default (FlashAttention-2 first on CUDA).
 
-    `scaled_dot_product_attention` tries FlashAttention-2 before cuDNN; on Hopper cuDNN's kernels are
-    faster for training shapes, on Ampere and Blackwell slower (benchmarks/gpu.py measures the
-    difference as the `compile-flash` case). The choice is made in the forward pass (and when
-    torch.compile traces it); the backward uses the matching kernel. Like `sdpa_kernel`, the
-    returned context can be entered once: call this for every use.
+    `scaled_dot_product_attention` tries FlashAttention-2 before cuDNN. cuDNN's kernels are
+    Hopper-specific (wgmma): in benchmarks/gpu.py's profile of a gpt2-124m step on an H100 they ran
+    at ~300 TFLOP/s forward and ~280 backward (head size 64, causal); the whole step against
+    FlashAttention-2 is its `compile-flash` case. On Ampere and Blackwell cuDNN is the slower one.
+    The choice is made in the forward pass (and when torch.compile traces it); the backward uses
+    the matching kernel. Like `sdpa_kernel`, the returned context can be entered once: call this
+    for every use.
     """
     device = torch.device(device)
     if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
