@@ -133,3 +133,43 @@ def test_save_checkpoint_refuses_non_finite_weights(tmp_path):
     with pytest.raises(CheckpointError):
         save_checkpoint(tmp_path, 7, model, None, optimizer, {"tokens": 0})
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_a_bad_run_between_log_steps_stops_at_the_next_one_with_every_bad_step_skipped(tmp_path):
+    """The guard decides on the device; the loop reads its counts only at log, eval and save steps."""
+    torch.manual_seed(0)
+    model = lmlab.build("gpt2", "tiny", vocab_size=VOCAB)
+    objective = Faulty(model, {1, 2, 3}, SPOILERS["nan loss"])
+    cfg = TrainConfig(steps=10, batch_size=4, seq_len=16, lr=1e-3, warmup=0, log_every=4, save_every=0,
+                      progress=False, max_bad_steps=2)
+    tokens = np.random.default_rng(0).integers(0, VOCAB, 2000)
+    with pytest.raises(TrainingError, match="stopped at step 4: 3 non-finite losses or gradients in a row"):
+        train(model, None, cfg, tmp_path, RandomWindowSampler(tokens, 16, 4, seed=0), objective=objective)
+    seen = objective.seen
+    assert len(seen) == 4 and not same(seen[0], seen[1])
+    assert same(seen[1], seen[2]) and same(seen[2], seen[3])  # bad steps 1 and 2 left the weights alone
+    assert same(seen[3], [p.detach() for p in model.parameters()])  # and so did bad step 3
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_guard_skips_a_non_finite_step_with_either_kind_of_optimizer(fused):
+    """Fused AdamW takes the verdict on the device (found_inf); any other optimizer gets it on the host."""
+    from lmlab.train.distributed import Dist
+    from lmlab.train.guard import NonFiniteGuard
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight], lr=0.1, fused=fused, foreach=None if fused else False)
+    guard = NonFiniteGuard(torch.device("cpu"), Dist())
+    weight.grad = torch.full((3,), math.nan)
+    guard.step(optimizer, torch.tensor(2.0), torch.tensor(math.nan))
+    assert torch.equal(weight.detach(), torch.ones(3)) and weight.grad is None
+    assert guard.counts() == (1, 1)
+    state = optimizer.state.get(weight, {})  # AdamW never counted the step, its moments stay zero
+    assert float(state.get("step", 0)) == 0 and not any(bool(state[k].any()) for k in state if k != "step")
+    weight.grad = torch.ones(3)
+    guard.step(optimizer, torch.tensor(math.inf), torch.tensor(1.0))  # a bad loss alone is enough
+    assert guard.counts() == (2, 2)
+    weight.grad = torch.ones(3)
+    guard.step(optimizer, torch.tensor(2.0), torch.tensor(1.0))
+    assert guard.counts() == (2, 0) and bool((weight < 1).all())
+    assert float(optimizer.state[weight]["step"]) == 1

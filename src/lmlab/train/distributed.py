@@ -45,17 +45,6 @@ def mean_over_ranks(value: torch.Tensor, d: Dist) -> torch.Tensor:
     return value
 
 
-def any_rank(flag: bool, d: Dist, device: torch.device | str = "cpu") -> bool:
-    """True if `flag` holds on any rank, so every rank takes the same branch.
-
-    `device` is the training device: NCCL reduces CUDA tensors only, gloo CPU tensors."""
-    if not d.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
 def gather_rows(t: torch.Tensor, d: Dist) -> torch.Tensor:
     """Every rank's `t` (same shape on each) concatenated along dim 0 in rank order."""
     if not d.enabled:

@@ -33,7 +33,8 @@ from lmlab.errors import LmlabError
 from lmlab.nn.attention import training_attention
 from lmlab.objectives.clm import clm_loss
 from lmlab.train.config import TrainConfig
-from lmlab.train.distributed import Dist, any_rank, barrier, gather_rows, mean_over_ranks
+from lmlab.train.distributed import Dist, barrier, gather_rows, mean_over_ranks
+from lmlab.train.guard import NonFiniteGuard
 from lmlab.train.metrics import MetricsLog, plot_losses
 from lmlab.train.optim import make_optimizer
 from lmlab.train.schedule import lr_at
@@ -73,9 +74,16 @@ def resolve_device(name: str) -> torch.device:
 
 # A batch is a tuple/list of tensors (x, y) or a dict of named tensors (task batches).
 def to_device(batch, device):
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda" and t.device.type == "cpu":
+            # From pageable memory CUDA first waits for all queued GPU work (a stall every step);
+            # from pinned memory the copy is queued like a kernel.
+            t = t.pin_memory()
+        return t.to(device, non_blocking=True)
+
     if isinstance(batch, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    return [t.to(device, non_blocking=True) for t in batch]
+        return {k: move(v) for k, v in batch.items()}
+    return [move(t) for t in batch]
 
 
 def rows(batch, start: int, end: int):
@@ -142,6 +150,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
         start = resumed = state["step"]
         tokens, skipped, bad_run = state["tokens"], state["skipped"], state["bad_run"]
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=resumed) if dist.is_main else None
+    guard = NonFiniteGuard(device, dist, skipped, bad_run)
 
     net = model
     if dist.enabled and not sharded:
@@ -178,35 +187,37 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
                 loss = (objective(net, micro, part) if stateful else objective(net, micro)) / accum
             loss.backward()
             loss_sum += loss.detach()
-        loss_value = float(mean_over_ranks(loss_sum, dist))
+        loss_mean = mean_over_ranks(loss_sum, dist)
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if sharded:
             norm = fsdp.full_norm(norm)
-        # The guard: a non-finite loss or gradient never reaches the weights.
-        if any_rank(not (math.isfinite(loss_value) and bool(torch.isfinite(norm))), dist, device):
-            optimizer.zero_grad(set_to_none=True)
-            skipped, bad_run = skipped + 1, bad_run + 1
-            if stateful:
-                objective.reset()  # the carried state of a non-finite step may be non-finite too
-            if bad_run >= cfg.max_bad_steps:
-                bar.close()
-                raise TrainingError(f"stopped at step {step + 1}: {bad_run} non-finite losses or gradients "
-                                    f"in a row (lower --lr or check the data)")
-        else:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            bad_run = 0
+        # The guard: a non-finite loss or gradient never reaches the weights (decided on the device).
+        guard.step(optimizer, loss_mean, norm)
+        if stateful and bool(guard.last_bad):
+            objective.reset()  # the carried state of a non-finite step may be non-finite too
         tokens += cfg.batch_size * first_tensor(batch).shape[1]
         done = step + 1
         bar.update(1)
-        if dist.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
+        log_step = done % cfg.log_every == 0 or done == cfg.steps
+        evaluating = evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0)
+                                               or done == cfg.steps)
+        saving = (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps
+        # Host values only where they are needed; the same steps on every rank, so all stop together.
+        if log_step or evaluating or saving or stateful:
+            skipped, bad_run = guard.counts()
+            loss_value = float(loss_mean)
+            if bad_run >= cfg.max_bad_steps:
+                bar.close()
+                raise TrainingError(f"stopped at step {done}: {bad_run} non-finite losses or gradients "
+                                    f"in a row (lower --lr or check the data)")
+        if dist.is_main and log_step:
             now = time.perf_counter()
             speed = (tokens - tokens_at_last) / max(now - t_last, 1e-9)
             t_last, tokens_at_last = now, tokens
             log.write({"step": done, "loss": loss_value, "lr": lr, "tokens": tokens,
                        "tokens_per_s": round(speed, 1), "grad_norm": float(norm), "skipped": skipped})
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
-        if evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
+        if evaluating:
             result = evaluate(model)
             model.train()
             # A float is a validation loss; a dict (fine-tuning) holds named dev metrics.
@@ -216,7 +227,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
             val_loss, val_metrics = metrics.get("loss"), metrics
             if dist.is_main:
                 log.write({"step": done, **{f"val_{k}": v for k, v in metrics.items()}})
-        if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+        if saving:
             # Every rank takes part in gathering the carried state; rank 0 writes it.
             carried = ({k: gather_rows(v, dist) for k, v in objective.state_dict().items()}
                        if stateful else None)
