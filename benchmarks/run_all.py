@@ -1,14 +1,21 @@
-"""Every CPU benchmark in sequence (generate, train, evaluate, bert) and one combined table: `make bench`.
+"""Every CPU benchmark in sequence (generate, train, evaluate, bert, Transformer-XL) and one combined
+table: `make bench`.
 
     python benchmarks/run_all.py [--quick] [--threads N] [--repeats R]
 
 Each benchmark also writes its own benchmarks/results/<name>.json; the combined table goes to
 benchmarks/results/all.json. See benchmarks/README.md for what is measured and the time budget.
+Transformer-XL's peer needs transformers 4.44: transformer_xl_hf.py runs in the Python named by
+LMLAB_ORACLE_PYTHON (default .venv-oracle/bin/python, which `make bench` builds); without one its
+rows are left out, with a message.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +34,8 @@ import train  # noqa: E402
 # repeats for every gpt2-124m case, 5 elsewhere, keep `make bench` inside 10 minutes on 2 cores
 # (609 s with --threads 1 before gpt2-124m training dropped to 3 repeats). --repeats overrides.
 LARGE_REPEATS = ["--large-repeats", "3"]
+ROOT = Path(__file__).resolve().parent.parent
+ORACLE_PYTHON = Path(os.environ.get("LMLAB_ORACLE_PYTHON", ROOT / ".venv-oracle" / "bin" / "python"))
 COLUMNS = [*common.SPEED_COLUMNS, ("same", "same output")]
 
 
@@ -50,15 +59,36 @@ def main(argv=None) -> None:
             seconds[name] = round(time.perf_counter() - t0, 1)
             rows += [{**row, "same": row[check]} for row in payload["rows"]]
             env = payload["env"]
+    t0 = time.perf_counter()
+    txl = transformer_xl_hf(passed)
+    if txl:
+        rows += [{**row, "same": row["losses_equal"]} for row in txl["rows"]]
+        seconds["transformer_xl_hf"] = round(time.perf_counter() - t0, 1)
     total = round(time.perf_counter() - start, 1)
     print()
     print(common.env_line(env))
+    if txl:
+        print(f"(txl rows: HF TransfoXLLMHeadModel from transformers {txl['env']['transformers']})")
     print(common.table(rows, COLUMNS))
     print(f"total {total} s ({', '.join(f'{k} {v} s' for k, v in seconds.items())})")
     common.write_results("all", {"env": env, "seconds": seconds, "total_seconds": total,
+                                 "txl_transformers": txl["env"]["transformers"] if txl else None,
                                  "rows": [{k: row[k] for k, _ in COLUMNS} for row in rows]})
     if not all(row["same"] for row in rows):
         sys.exit("lmlab and HF disagree on some case (see the 'same output' column)")
+
+
+def transformer_xl_hf(passed: list[str]) -> dict | None:
+    """transformer_xl_hf.py's results, run in the oracle Python (lmlab from src/); None without one."""
+    if not ORACLE_PYTHON.exists():
+        common.log(f"transformer_xl_hf: skipped, no Python with transformers 4.44 at {ORACLE_PYTHON} "
+                   f"(`make oracle` builds one; LMLAB_ORACLE_PYTHON names another)")
+        return None
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    script = Path(__file__).resolve().parent / "transformer_xl_hf.py"
+    subprocess.run([str(ORACLE_PYTHON), str(script), *passed], env=env, check=True)
+    return json.loads((common.RESULTS / "transformer_xl_hf.json").read_text())
 
 
 if __name__ == "__main__":
