@@ -8,8 +8,8 @@ Before timing, the last hidden states, pooled outputs and losses of one step mus
 tok/s = B * T / median step time over interleaved repeats (benchmarks/common.py).
 
 The issue's case is batch 16 x 128 on bert-base (12 x 768, 12 heads, d_ff 3072, vocab 30522): one
-step is ~1 TFLOP of work, 10-30 s on a 2-core CPU, so the default is 3 repeats (one warm-up step
-per side on top of the checked one). `--quick` runs a small config (4 x 256) only.
+step is ~1 TFLOP of work, 5-10 s on one core of the machine this was written on; 5 repeats, one
+warm-up step per side on top of the checked one. `--quick` runs a small config (4 x 256) only.
 
     python benchmarks/bert.py [--quick] [--threads N] [--repeats R]
 """
@@ -124,7 +124,7 @@ COLUMNS = [*common.SPEED_COLUMNS, ("outputs_equal", "same output")]
 
 def main(argv=None, workdir: Path | None = None) -> dict:
     return common.run_side_by_side("bert", __doc__, argv, workdir, CASES, "bert-small", run_case,
-                                   make_bert_dir, COLUMNS, default_repeats=3,
+                                   make_bert_dir, COLUMNS,
                                    extra={"tolerance": TOLERANCE,
                                           "loss": "mean(hidden**2) + mean(pooled**2)"})
 

@@ -5,7 +5,8 @@ Timing. Both sides run in one process on the same weights. After `warmup` untime
 so a slow patch of a shared, busy machine hits both sides instead of one. We report the median.
 
 Peak memory. torch's CPU allocator is plain malloc, so tracemalloc does not see tensors. Instead
-every (case, side) runs once more in a fresh child process (multiprocessing "spawn"), started with
+every (case, side) runs once more in a fresh child process (multiprocessing "spawn"; the two sides'
+children at the same time), started with
 MALLOC_MMAP_THRESHOLD_=65536 so that glibc serves every block of 64 KiB or more with its own
 mmap and returns it to the kernel on free: resident memory then follows live tensors instead of
 keeping freed heap. The child runs the benchmark's setup (load the model, maybe a short warm-up
@@ -40,6 +41,7 @@ import torch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIDES = ("lmlab", "hf")
+REPEATS = 5  # timed repeats per side and case (--repeats overrides, --quick uses 3)
 MMAP_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"
 
 # name -> GPT2Config fields. Dropout is off on both sides: the training numbers then compare the
@@ -138,31 +140,41 @@ def _child(setup: Callable, args: tuple, threads: int, queue) -> None:
         queue.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def peak_memory(setup: Callable, *args, threads: int) -> dict:
-    """Run `setup(*args)()` in a fresh process; the peak resident memory the returned work added.
+def peak_memory(setup: Callable, *args, threads: int) -> dict[str, dict]:
+    """Run `setup(side, *args)()` for every side, each in a fresh process; the peak resident memory
+    each side's work added.
 
     `setup` must be a module-level function (spawn pickles it by name); it loads what the work needs,
-    warms up if it wants, and returns a zero-argument callable: only that call is measured.
+    warms up if it wants, and returns a zero-argument callable: only that call is measured. The
+    children run at the same time: each measures only its own resident memory, and nothing here is
+    timed, so the two sides' memory costs one child's time instead of two.
     """
     if not Path("/proc/self/status").is_file():
-        return {"peak_mb": float("nan"), "rss_mb": float("nan"), "peak_includes_load": True}
+        return {side: {"peak_mb": float("nan"), "rss_mb": float("nan"), "peak_includes_load": True}
+                for side in SIDES}
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(setup, args, threads, queue))
+    children = {}
     saved = os.environ.get(MMAP_THRESHOLD)
     os.environ[MMAP_THRESHOLD] = "65536"  # read by glibc when the child starts (see the top)
     try:
-        proc.start()
+        for side in SIDES:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_child, args=(setup, (side, *args), threads, queue))
+            proc.start()
+            children[side] = (proc, queue)
     finally:
         if saved is None:
             del os.environ[MMAP_THRESHOLD]
         else:
             os.environ[MMAP_THRESHOLD] = saved
-    result = queue.get()
-    proc.join()
-    if "error" in result:
-        raise RuntimeError(f"memory child for {setup.__name__}{args}: {result['error']}")
-    return result
+    results = {}
+    for side, (proc, queue) in children.items():
+        results[side] = queue.get()
+        proc.join()
+    for side, result in results.items():
+        if "error" in result:
+            raise RuntimeError(f"memory child for {setup.__name__}{(side, *args)}: {result['error']}")
+    return results
 
 
 # ---- environment and output --------------------------------------------------------------------
@@ -174,7 +186,7 @@ SPEED_COLUMNS = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("hf_tok_s", 
 
 def run_side_by_side(name: str, doc: str, argv, workdir: Path | None, cases: list[tuple], quick_case: str,
                      run_case: Callable[..., dict], make_dir: Callable[[str, Path], Path],
-                     columns: list[tuple[str, str]], default_repeats: int = 5, large: bool = False,
+                     columns: list[tuple[str, str]], large: bool = False,
                      extra: dict | None = None) -> dict:
     """The main() of the side-by-side CPU benchmarks: options, cases, table, results JSON.
 
@@ -187,13 +199,13 @@ def run_side_by_side(name: str, doc: str, argv, workdir: Path | None, cases: lis
     parser.add_argument("--quick", action="store_true", help=f"{quick_case} only, 3 repeats")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help=f"timed repeats per side (default {default_repeats})")
+                        help=f"timed repeats per side (default {REPEATS})")
     if large:
         parser.add_argument("--large-repeats", type=int, default=None,
                             help="timed repeats of the gpt2-124m cases (default: --repeats)")
     args = parser.parse_args(argv)
     threads = set_threads(args.threads)
-    repeats = args.repeats or (min(3, default_repeats) if args.quick else default_repeats)
+    repeats = args.repeats or (3 if args.quick else REPEATS)
     large_repeats = (getattr(args, "large_repeats", None) or repeats) if large else repeats
     env = env_info()
     log(f"{name}: {env_line(env)}; {repeats} repeats"
@@ -300,8 +312,7 @@ def add_speed(row: dict, times: dict, cpu: dict, tokens: int) -> dict:
 
 def add_peak_memory(row: dict, setup: Callable, *args, threads: int) -> dict:
     """Peak memory of `setup(side, *args)` for each side, each in a fresh child process."""
-    for side in SIDES:
-        mem = peak_memory(setup, side, *args, threads=threads)
+    for side, mem in peak_memory(setup, *args, threads=threads).items():
         row[f"{side}_peak_mb"] = mem["peak_mb"]
         row["peak_includes_load"] = mem["peak_includes_load"]
     return row

@@ -30,10 +30,6 @@ import evaluate  # noqa: E402
 import generate  # noqa: E402
 import train  # noqa: E402
 
-# gpt2-124m generation is most of the run (each repeat generates 128 + 1024 tokens per side): 3
-# repeats for every gpt2-124m case, 5 elsewhere, keep `make bench` inside 10 minutes on 2 cores
-# (609 s with --threads 1 before gpt2-124m training dropped to 3 repeats). --repeats overrides.
-LARGE_REPEATS = ["--large-repeats", "3"]
 ROOT = Path(__file__).resolve().parent.parent
 ORACLE_PYTHON = Path(os.environ.get("LMLAB_ORACLE_PYTHON", ROOT / ".venv-oracle" / "bin" / "python"))
 COLUMNS = [*common.SPEED_COLUMNS, ("same", "same output")]
@@ -54,8 +50,7 @@ def main(argv=None) -> None:
         for name, module, check in (("generate", generate, "tokens_equal"), ("train", train, "loss_equal"),
                                     ("evaluate", evaluate, "losses_equal"), ("bert", bert, "outputs_equal")):
             t0 = time.perf_counter()
-            extra = LARGE_REPEATS if module in (generate, train, evaluate) and not args.repeats else []
-            payload = module.main(passed + extra, workdir=Path(tmp))
+            payload = module.main(passed, workdir=Path(tmp))
             seconds[name] = round(time.perf_counter() - t0, 1)
             rows += [{**row, "same": row[check]} for row in payload["rows"]]
             env = payload["env"]
