@@ -13,7 +13,9 @@ Cases (run in the order of `--list`, most important first; a global time guard s
    of the compiled case: compile-flash (PyTorch's own attention order, FlashAttention-2 first, as HF
    gets it), compile-unpadded (the 50,257-row output matrix, not padded to
    50,304), compile-reduce-overhead (mode="reduce-overhead": forward and backward replayed as CUDA
-   graphs). Every compiled case compiles afresh (torch._dynamo.reset(), inductor's caches off).
+   graphs), compile-coordinate-descent (inductor's coordinate_descent_tuning: block sizes of its
+   Triton kernels tuned at compile time). Every compiled case compiles afresh
+   (torch._dynamo.reset(), inductor's caches off).
 3. generate: greedy, prompt 32 + 256 new tokens, bf16 weights, gpt2-124m and gpt2-355m, batch 1
    and 32: lmlab.generate (eager, and compile=True: fixed-shape steps compiled and replayed as a
    CUDA graph) vs HF generate() (dynamic cache; cache_implementation="static", which transformers 5
@@ -158,7 +160,9 @@ def train_case(side: str, compiled: bool, size: str = "gpt2-124m", variant: str 
     """lmlab trains the way `lmlab pretrain` does: clm_loss (the model scores its targets) inside
     lmlab.nn.attention.training_attention (cuDNN attention first on Hopper). Ablations (lmlab only):
     variant "flash" keeps PyTorch's own kernel order; "unpadded" scores with the 50,257-row output
-    matrix as it is; "reduce-overhead" compiles with mode="reduce-overhead" (CUDA graphs)."""
+    matrix as it is; "reduce-overhead" compiles with mode="reduce-overhead" (CUDA graphs);
+    "coordinate-descent" lets inductor tune its Triton kernels' block sizes (layer norms, GELU,
+    residual adds and the cross-entropy are a third of a compiled step)."""
     import contextlib
 
     from lmlab.models import gpt
@@ -203,15 +207,18 @@ def train_case(side: str, compiled: bool, size: str = "gpt2-124m", variant: str 
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
+    # inductor reads the option when it compiles, on the first step
+    tuning = torch._inductor.config.patch(coordinate_descent_tuning=variant == "coordinate-descent")
     try:
-        start = time.perf_counter()
-        loss0 = float(step())  # the same weights and batch: the first losses of both sides agree
-        setup = time.perf_counter() - start
-        warmup, repeats = (1, 3) if Settings.quick else (3, 8)
-        for _ in range(warmup):
-            step()
-        seconds = statistics.median(timed(step, repeats))
-        breakdown = kernel_breakdown(step) if side == "lmlab" and compiled and not variant else None
+        with tuning:
+            start = time.perf_counter()
+            loss0 = float(step())  # the same weights and batch: the first losses of both sides agree
+            setup = time.perf_counter() - start
+            warmup, repeats = (1, 3) if Settings.quick else (3, 8)
+            for _ in range(warmup):
+                step()
+            seconds = statistics.median(timed(step, repeats))
+            breakdown = kernel_breakdown(step) if side == "lmlab" and compiled and not variant else None
     finally:
         gpt.PAD_OUTPUT_ON = padding
     tok_s = batch * seq / seconds
@@ -332,7 +339,8 @@ def all_cases() -> list[Case]:
     def train(side: str, compiled: bool, variant: str = "") -> Case:
         mode = ("compile" if compiled else "eager") + (f"-{variant}" if variant else "")
         name = f"train/{side}/{mode}"
-        return Case(name, 60 if compiled else 15, lambda: train_case(side, compiled, variant=variant))
+        seconds = 150 if variant == "coordinate-descent" else 60 if compiled else 15  # tuning compiles longer
+        return Case(name, seconds, lambda: train_case(side, compiled, variant=variant))
 
     def generate(size: str, batch: int) -> list[Case]:
         estimate = {"lmlab": 8, "lmlab-compile": 30, "hf-dynamic": 12, "hf-static": 40}
@@ -342,7 +350,8 @@ def all_cases() -> list[Case]:
 
     return [Case("matmul", 5, matmul_case), train("lmlab", False), train("hf", False), train("lmlab", True),
             train("hf", True), *generate("gpt2-124m", 1), *generate("gpt2-124m", 32),
-            *(train("lmlab", True, variant) for variant in ("flash", "unpadded", "reduce-overhead")),
+            *(train("lmlab", True, variant)
+              for variant in ("flash", "unpadded", "reduce-overhead", "coordinate-descent")),
             *generate("gpt2-355m", 1), *generate("gpt2-355m", 32)]
 
 
