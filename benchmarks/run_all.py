@@ -55,7 +55,7 @@ def main(argv=None) -> None:
             rows += [{**row, "same": row[check]} for row in payload["rows"]]
             env = payload["env"]
     t0 = time.perf_counter()
-    txl = transformer_xl_hf(passed)
+    txl, txl_error = transformer_xl_hf(passed)
     if txl:
         rows += [{**row, "same": row["losses_equal"]} for row in txl["rows"]]
         seconds["transformer_xl_hf"] = round(time.perf_counter() - t0, 1)
@@ -71,19 +71,25 @@ def main(argv=None) -> None:
                                  "rows": [{k: row[k] for k, _ in COLUMNS} for row in rows]})
     if not all(row["same"] for row in rows):
         sys.exit("lmlab and HF disagree on some case (see the 'same output' column)")
+    if txl_error:
+        sys.exit(txl_error)
 
 
-def transformer_xl_hf(passed: list[str]) -> dict | None:
-    """transformer_xl_hf.py's results, run in the oracle Python (lmlab from src/); None without one."""
+def transformer_xl_hf(passed: list[str]) -> tuple[dict | None, str | None]:
+    """(transformer_xl_hf.py's results, None), run in the oracle Python with lmlab from src/;
+    (None, None) without that Python; (None, what failed) when the script fails."""
     if not ORACLE_PYTHON.exists():
         common.log(f"transformer_xl_hf: skipped, no Python with transformers 4.44 at {ORACLE_PYTHON} "
                    f"(`make oracle` builds one; LMLAB_ORACLE_PYTHON names another)")
-        return None
+        return None, None
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
                                                                      os.environ.get("PYTHONPATH")]))}
     script = Path(__file__).resolve().parent / "transformer_xl_hf.py"
-    subprocess.run([str(ORACLE_PYTHON), str(script), *passed], env=env, check=True)
-    return json.loads((common.RESULTS / "transformer_xl_hf.json").read_text())
+    done = subprocess.run([str(ORACLE_PYTHON), str(script), *passed], env=env)
+    if done.returncode:  # the other benchmarks' table is still printed; main() fails at the end
+        return None, (f"{script.name} exited with status {done.returncode} in {ORACLE_PYTHON} "
+                      f"(its output is above); its rows are left out")
+    return json.loads((common.RESULTS / "transformer_xl_hf.json").read_text()), None
 
 
 if __name__ == "__main__":
