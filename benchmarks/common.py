@@ -310,6 +310,15 @@ def add_speed(row: dict, times: dict, cpu: dict, tokens: int) -> dict:
     return row
 
 
+def loss_agreement(losses: dict[str, torch.Tensor], tokens: int, tolerance: float) -> dict:
+    """Mean loss of each side, the largest per-token difference and whether it is within tolerance;
+    `losses` maps each side to its per-token losses, which must have shape (tokens,)."""
+    same_shape = all(loss.shape == (tokens,) for loss in losses.values())
+    diff = (losses["lmlab"] - losses["hf"]).abs().max().item() if same_shape else float("inf")
+    return {**{f"{side}_mean_loss": losses[side].double().mean().item() for side in SIDES},
+            "max_loss_diff": diff, "losses_equal": diff < tolerance}
+
+
 def add_peak_memory(row: dict, setup: Callable, *args, threads: int) -> dict:
     """Peak memory of `setup(side, *args)` for each side, each in a fresh child process."""
     for side, mem in peak_memory(setup, *args, threads=threads).items():

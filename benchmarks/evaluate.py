@@ -78,13 +78,9 @@ def run_case(name: str, windows: int, hf_dir: Path, repeats: int, threads: int) 
     runs = {side: make_run(side, models[side], ids) for side in common.SIDES}
     losses = {side: runs[side]() for side in common.SIDES}  # also the first warm-up
     tokens = windows * WINDOW
-    same_shape = all(loss.shape == (tokens,) for loss in losses.values())
-    diff = (losses["lmlab"] - losses["hf"]).abs().max().item() if same_shape else float("inf")
     row = {"case": f"evaluate {name} {windows}x{WINDOW} b{BATCH}", "config": name, "windows": windows,
            "window": WINDOW, "batch": BATCH, "tokens": tokens,
-           "lmlab_mean_loss": losses["lmlab"].double().mean().item(),
-           "hf_mean_loss": losses["hf"].double().mean().item(),
-           "max_loss_diff": diff, "losses_equal": diff < TOLERANCE,
+           **common.loss_agreement(losses, tokens, TOLERANCE),
            "hf_attention": common.hf_attention(models["hf"])}
     if not row["losses_equal"]:
         common.log(f"  losses differ: {row}")

@@ -130,14 +130,10 @@ def run_case(name: str, streams: int, length: int, txl_dir: Path, repeats: int, 
     runs = {side: make_run(side, models[side], ids, streams) for side in common.SIDES}
     losses = {side: runs[side]() for side in common.SIDES}  # also the first warm-up
     tokens = streams * length
-    same_shape = all(loss.shape == (tokens,) for loss in losses.values())
-    diff = (losses["lmlab"] - losses["hf"]).abs().max().item() if same_shape else float("inf")
     settings = {k: CONFIGS[name][k] for k in ("tgt_len", "mem_len", "clamp_len", "same_length")}
     row = {"case": f"txl eval {name} {streams}x{length}", "config": name, "streams": streams,
            "targets_per_stream": length, "tokens": tokens, **settings,
-           "lmlab_mean_loss": losses["lmlab"].double().mean().item(),
-           "hf_mean_loss": losses["hf"].double().mean().item(),
-           "max_loss_diff": diff, "losses_equal": diff < TOLERANCE}
+           **common.loss_agreement(losses, tokens, TOLERANCE)}
     if not row["losses_equal"]:
         common.log(f"  losses differ: {row}")
     cpu = {}
