@@ -110,10 +110,8 @@ def run_case(name: str, batch: int, seq: int, hf_dir: Path, repeats: int, thread
     if not row["outputs_equal"]:
         common.log(f"  outputs differ: {row}")
     del first
-    cpu = {}
-    times = common.interleaved(steps, repeats, warmup=1, cpu=cpu)
     tokens = batch * seq
-    common.add_speed(row, times, cpu, tokens)
+    common.add_speed(row, steps, repeats, tokens, warmup=1)
     del steps, models
     common.add_peak_memory(row, memory_setup, hf_dir, batch, seq, threads=threads)
     return row

@@ -299,8 +299,12 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def add_speed(row: dict, times: dict, cpu: dict, tokens: int) -> dict:
-    """tok/s of each side (median wall time), the raw times, and the lmlab/HF ratios into `row`."""
+def add_speed(row: dict, runs: dict[str, Callable[[], object]], repeats: int, tokens: int,
+              warmup: int = 0) -> dict:
+    """Time `runs` (`interleaved`, after `warmup` untimed calls of each); into `row`: tok/s of each
+    side (`tokens` per call over the median wall time), the raw times, and the lmlab/HF ratios."""
+    cpu = {}
+    times = interleaved(runs, repeats, warmup=warmup, cpu=cpu)
     for side in SIDES:
         row[f"{side}_tok_s"] = tokens / median(times[side])
         row[f"{side}_seconds"] = [round(t, 4) for t in times[side]]

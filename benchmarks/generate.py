@@ -56,12 +56,10 @@ def run_case(name: str, batch: int, hf_dir: Path, repeats: int, threads: int) ->
     outputs = {side: runs[side]() for side in common.SIDES}  # also the first warm-up
     equal = all(o.shape == (batch, PROMPT_LEN + NEW_TOKENS) for o in outputs.values()) and \
         torch.equal(outputs["lmlab"], outputs["hf"])
-    cpu = {}
-    times = common.interleaved(runs, repeats, warmup=0, cpu=cpu)  # the check above was the warm-up
     tokens = batch * NEW_TOKENS
     row = {"case": f"generate {name} b{batch}", "config": name, "batch": batch, "tokens_equal": equal,
            "hf_attention": common.hf_attention(models["hf"])}
-    common.add_speed(row, times, cpu, tokens)
+    common.add_speed(row, runs, repeats, tokens)  # the check above was the warm-up
     del models, runs, outputs
     common.add_peak_memory(row, memory_setup, hf_dir, batch, threads=threads)
     return row

@@ -64,14 +64,12 @@ def run_case(name: str, batch: int, seq: int, hf_dir: Path, repeats: int, thread
     x, y = batch_of(batch, seq)
     steps = {side: make_step(side, common.load_side(side, hf_dir), x, y) for side in common.SIDES}
     first = {side: steps[side]() for side in common.SIDES}  # same weights, so the same loss
-    cpu = {}
-    times = common.interleaved(steps, repeats, warmup=1, cpu=cpu)
     tokens = batch * seq
     row = {"case": f"train {name} b{batch}x{seq}", "config": name, "batch": batch, "seq": seq,
            "lmlab_first_loss": first["lmlab"], "hf_first_loss": first["hf"],
            "loss_diff": abs(first["lmlab"] - first["hf"])}
     row["loss_equal"] = row["loss_diff"] < LOSS_TOLERANCE
-    common.add_speed(row, times, cpu, tokens)
+    common.add_speed(row, steps, repeats, tokens, warmup=1)
     del steps
     common.add_peak_memory(row, memory_setup, hf_dir, batch, seq, threads=threads)
     return row
