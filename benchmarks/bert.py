@@ -38,16 +38,9 @@ CASES = [("bert-small", 16, 128), ("bert-base", 16, 128)]  # (config, batch, seq
 TOLERANCE = 1e-4
 
 
-def make_bert_dir(name: str, directory: Path, seed: int = 0) -> Path:
+def make_bert_dir(name: str, directory: Path) -> Path:
     """A randomly initialised HF BertModel of CONFIGS[name] (with pooler), saved with save_pretrained."""
-    import transformers
-
-    path = directory / name
-    if not (path / "config.json").is_file():
-        torch.manual_seed(seed)
-        config = transformers.BertConfig(**COMMON, **CONFIGS[name])
-        transformers.BertModel(config).save_pretrained(path)
-    return path
+    return common.save_random_model(directory / name, "BertConfig", "BertModel", {**COMMON, **CONFIGS[name]})
 
 
 def load_side(side: str, hf_dir: Path):

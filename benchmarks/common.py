@@ -55,16 +55,21 @@ COMMON = dict(vocab_size=50257, n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.
 
 
 # ---- models ----------------------------------------------------------------------------------
-def make_hf_dir(name: str, directory: Path, seed: int = 0) -> Path:
-    """A randomly initialised HF GPT2LMHeadModel of CONFIGS[name], saved with save_pretrained."""
+def save_random_model(path: Path, config_class: str, model_class: str, fields: dict, seed: int = 0) -> Path:
+    """transformers.<model_class>(<config_class>(**fields)) with HF's own random initialisation
+    (seeded), saved with save_pretrained to `path` unless a model is already there."""
     import transformers
 
-    path = directory / name
     if not (path / "config.json").is_file():
         torch.manual_seed(seed)
-        config = transformers.GPT2Config(**COMMON, **CONFIGS[name])
-        transformers.GPT2LMHeadModel(config).save_pretrained(path)
+        config = getattr(transformers, config_class)(**fields)
+        getattr(transformers, model_class)(config).save_pretrained(path)
     return path
+
+
+def make_hf_dir(name: str, directory: Path) -> Path:
+    """A randomly initialised HF GPT2LMHeadModel of CONFIGS[name], saved with save_pretrained."""
+    return save_random_model(directory / name, "GPT2Config", "GPT2LMHeadModel", {**COMMON, **CONFIGS[name]})
 
 
 def load_side(side: str, hf_dir: Path):

@@ -51,15 +51,10 @@ CASES = [("txl-char", 1, 1024), ("txl-word", 4, 512)]  # (config, streams S, tar
 TOLERANCE = 1e-4
 
 
-def make_txl_dir(name: str, directory: Path, seed: int = 0) -> Path:
-    import transformers
-
-    path = directory / name
-    if not (path / "config.json").is_file():
-        torch.manual_seed(seed)
-        config = transformers.TransfoXLConfig(**COMMON, **CONFIGS[name])
-        transformers.TransfoXLLMHeadModel(config).save_pretrained(path)
-    return path
+def make_txl_dir(name: str, directory: Path) -> Path:
+    """A randomly initialised HF TransfoXLLMHeadModel of CONFIGS[name], saved with save_pretrained."""
+    return common.save_random_model(directory / name, "TransfoXLConfig", "TransfoXLLMHeadModel",
+                                    {**COMMON, **CONFIGS[name]})
 
 
 def accept_type_as_dtype() -> None:
