@@ -29,9 +29,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests" / "oracles"))  # transfo_xl_compat
 
 import common  # noqa: E402
 import torch  # noqa: E402
+from transfo_xl_compat import accept_type_as_dtype  # noqa: E402
 
 import lmlab  # noqa: E402
 from lmlab.eval.memory import memory_token_losses  # noqa: E402
@@ -55,22 +57,6 @@ def make_txl_dir(name: str, directory: Path) -> Path:
     """A randomly initialised HF TransfoXLLMHeadModel of CONFIGS[name], saved with save_pretrained."""
     return common.save_random_model(directory / name, "TransfoXLConfig", "TransfoXLLMHeadModel",
                                     {**COMMON, **CONFIGS[name]})
-
-
-def accept_type_as_dtype() -> None:
-    """transformers 4.44's TransfoXLModel.forward calls `torch.arange(...).type_as(dtype=...)`, a
-    form torch has since dropped; route that one form to `.to(dtype)`, pass every other call on."""
-    try:
-        torch.zeros(1).type_as(dtype=torch.float32)
-        return
-    except TypeError:
-        pass
-    original = torch.Tensor.type_as
-
-    def type_as(self, other=None, *, dtype=None):
-        return self.to(dtype) if other is None and dtype is not None else original(self, other)
-
-    torch.Tensor.type_as = type_as
 
 
 def load_side(side: str, txl_dir: Path):

@@ -25,7 +25,9 @@ from lmlab.errors import ConversionError
 
 GOLDENS = Path(__file__).resolve().parents[1] / "oracles" / "transfo_xl"
 MAKER = GOLDENS.parent / "make_transfo_xl_goldens.py"
-ORACLE_PYTHON = Path(os.environ.get("LMLAB_ORACLE_PYTHON", "/work/oracle-venv/bin/python"))
+REPO = Path(__file__).resolve().parents[2]
+# `make oracle` builds .venv-oracle (transformers 4.44); LMLAB_ORACLE_PYTHON names another Python.
+ORACLE_PYTHON = Path(os.environ.get("LMLAB_ORACLE_PYTHON", REPO / ".venv-oracle" / "bin" / "python"))
 NAMES = ["plain", "adaptive", "proj", "untied"]
 T, SEGMENTS = 5, 3
 

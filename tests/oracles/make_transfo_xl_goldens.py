@@ -2,12 +2,11 @@
 
 Runs ONLY in the separate oracle environment (Transformer-XL left transformers in v5):
 
-    python3 -m venv /work/oracle-venv
-    /work/oracle-venv/bin/pip install torch==2.13.0 && /work/oracle-venv/bin/pip install transformers==4.44.2
-    # current torch needs one fix in transformers/models/deprecated/transfo_xl/modeling_transfo_xl.py:
-    #   `.type_as(dtype=word_emb.dtype)` -> `.to(word_emb.dtype)`
-    /work/oracle-venv/bin/python tests/oracles/make_transfo_xl_goldens.py            # writes the goldens
-    /work/oracle-venv/bin/python tests/oracles/make_transfo_xl_goldens.py run HF_DIR IN OUT [...]
+    make oracle      # .venv-oracle: the same torch + transformers==4.44.2
+    .venv-oracle/bin/python tests/oracles/make_transfo_xl_goldens.py            # writes the goldens
+    .venv-oracle/bin/python tests/oracles/make_transfo_xl_goldens.py run HF_DIR IN OUT [...]
+
+(transfo_xl_compat.py lets 4.44's code run on current torch; see there.)
 
 For each tiny config below, tests/oracles/transfo_xl/<name>/ holds the HF dir (config.json +
 weights from save_pretrained: model.safetensors, or pytorch_model.bin where u/v are shared by the
@@ -32,7 +31,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+from transfo_xl_compat import accept_type_as_dtype  # noqa: E402  (this folder is sys.path[0])
 from transformers import TransfoXLConfig, TransfoXLLMHeadModel  # noqa: E402
+
+accept_type_as_dtype()
 
 OUT = Path(__file__).resolve().parent / "transfo_xl"
 B, T, SEGMENTS = 2, 5, 3
