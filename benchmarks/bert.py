@@ -8,8 +8,9 @@ Before timing, the last hidden states, pooled outputs and losses of one step mus
 tok/s = B * T / median step time over interleaved repeats (benchmarks/common.py).
 
 The issue's case is batch 16 x 128 on bert-base (12 x 768, 12 heads, d_ff 3072, vocab 30522): one
-step is ~1 TFLOP of work, 5-10 s on one core of the machine this was written on; 5 repeats, one
-warm-up step per side on top of the checked one. `--quick` runs a small config (4 x 256) only.
+step is ~1 TFLOP of work, 5-10 s on one core of the machine this was written on; 5 repeats after
+the checked step, which is the warm-up (no optimizer state to allocate, unlike train.py).
+`--quick` runs a small config (4 x 256) only.
 
     python benchmarks/bert.py [--quick] [--threads N] [--repeats R]
 """
@@ -104,7 +105,7 @@ def run_case(name: str, batch: int, seq: int, hf_dir: Path, repeats: int, thread
         common.log(f"  outputs differ: {row}")
     del first
     tokens = batch * seq
-    common.add_speed(row, steps, repeats, tokens, warmup=1)
+    common.add_speed(row, steps, repeats, tokens)  # the checked step was the warm-up
     del steps, models
     common.add_peak_memory(row, memory_setup, hf_dir, batch, seq, threads=threads)
     return row
