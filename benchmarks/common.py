@@ -6,7 +6,7 @@ so a slow patch of a shared, busy machine hits both sides instead of one. We rep
 
 Peak memory. torch's CPU allocator is plain malloc, so tracemalloc does not see tensors. Instead
 every (case, side) runs once more in a fresh child process (multiprocessing "spawn"; the two sides'
-children at the same time), started with
+children at the same time when the cores hold both), started with
 MALLOC_MMAP_THRESHOLD_=65536 so that glibc serves every block of 64 KiB or more with its own
 mmap and returns it to the kernel on free: resident memory then follows live tensors instead of
 keeping freed heap. The child runs the benchmark's setup (load the model, maybe a short warm-up
@@ -26,6 +26,7 @@ import json
 import multiprocessing
 import os
 import platform
+import queue as queue_module
 import re
 import statistics
 import sys
@@ -150,36 +151,55 @@ def peak_memory(setup: Callable, *args, threads: int) -> dict[str, dict]:
     each side's work added.
 
     `setup` must be a module-level function (spawn pickles it by name); it loads what the work needs,
-    warms up if it wants, and returns a zero-argument callable: only that call is measured. The
-    children run at the same time: each measures only its own resident memory, and nothing here is
-    timed, so the two sides' memory costs one child's time instead of two.
+    warms up if it wants, and returns a zero-argument callable: only that call is measured. Each
+    child measures only its own resident memory and nothing here is timed, so when the cores allow
+    both children their `threads` (2 x threads <= CPUs) they run at the same time; otherwise one
+    after the other, since OpenMP threads that outnumber the cores spin and crawl.
     """
     if not Path("/proc/self/status").is_file():
         return {side: {"peak_mb": float("nan"), "rss_mb": float("nan"), "peak_includes_load": True}
                 for side in SIDES}
+    together = 2 * threads <= (os.cpu_count() or 1)
+    groups = [SIDES] if together else [(side,) for side in SIDES]
+    results = {}
+    for group in groups:
+        children = {side: _start_child(setup, (side, *args), threads) for side in group}
+        results.update({side: _child_result(*child) for side, child in children.items()})
+    for side, result in results.items():
+        if "error" in result:
+            raise RuntimeError(f"memory child for {setup.__name__}{(side, *args)}: {result['error']}")
+    return results
+
+
+def _start_child(setup: Callable, args: tuple, threads: int):
     ctx = multiprocessing.get_context("spawn")
-    children = {}
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(setup, args, threads, queue))
     saved = os.environ.get(MMAP_THRESHOLD)
     os.environ[MMAP_THRESHOLD] = "65536"  # read by glibc when the child starts (see the top)
     try:
-        for side in SIDES:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_child, args=(setup, (side, *args), threads, queue))
-            proc.start()
-            children[side] = (proc, queue)
+        proc.start()
     finally:
         if saved is None:
             del os.environ[MMAP_THRESHOLD]
         else:
             os.environ[MMAP_THRESHOLD] = saved
-    results = {}
-    for side, (proc, queue) in children.items():
-        results[side] = queue.get()
-        proc.join()
-    for side, result in results.items():
-        if "error" in result:
-            raise RuntimeError(f"memory child for {setup.__name__}{(side, *args)}: {result['error']}")
-    return results
+    return proc, queue
+
+
+def _child_result(proc, queue) -> dict:
+    """The child's report; an error instead of waiting forever when it died before reporting
+    (killed, or failed while starting, before `_child` could catch anything)."""
+    while True:
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive() and queue.empty():
+                proc.join()
+                return {"error": f"the process exited with status {proc.exitcode} before reporting"}
+    proc.join()
+    return result
 
 
 # ---- environment and output --------------------------------------------------------------------
