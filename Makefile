@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 # On these machines torch==2.13.0 is a local CPU wheel; elsewhere override, e.g. TORCH=torch.
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
-# Transformer-XL's peer, HF TransfoXLLMHeadModel, left transformers in v5: `make bench` measures it
-# in a second venv with transformers 4.44 (benchmarks/transformer_xl_hf.py).
+# Transformer-XL's reference, HF TransfoXLLMHeadModel, left transformers in v5: a second venv with
+# transformers 4.44 serves its oracle test (make test) and its side-by-side case (make bench).
 ORACLE_VENV := .venv-oracle
 ORACLE_PY := $(ORACLE_VENV)/bin/python
 
@@ -32,7 +32,8 @@ $(ORACLE_VENV)/.stamp:
 	$(ORACLE_PY) -m pip install -q "transformers==4.44.2"
 	touch $@
 
-test: setup
+# The oracle venv too: the Transformer-XL parity test against transformers 4.44 runs in it.
+test: setup oracle
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
