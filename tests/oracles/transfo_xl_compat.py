@@ -14,7 +14,7 @@ import torch
 def accept_type_as_dtype() -> None:
     try:
         torch.zeros(1).type_as(dtype=torch.float32)
-        return  # this torch still takes the keyword (or a patched call site never needs it)
+        return  # this torch takes the keyword (or the patch below is already in place)
     except TypeError:
         pass
     original = torch.Tensor.type_as
