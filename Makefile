@@ -47,7 +47,7 @@ demo: setup
 
 bench: setup
 	@$(ORACLE_OPTIONAL)
-	LMLAB_ORACLE_PYTHON=$(ORACLE_PY) $(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) $(ORACLE_VENV) runs .cache .pytest_cache
