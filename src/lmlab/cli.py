@@ -238,6 +238,11 @@ def add_generate(sub) -> None:
     p.add_argument("--no-stop-at-eos", action="store_true", help="keep going past end-of-text")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    p.add_argument("--draft", metavar="int8|MODEL_DIR",
+                   help="speculative greedy decoding (needs --greedy): 'int8' drafts with an int8 copy of "
+                        "the model (CPU), or name a smaller model dir with the same vocabulary")
+    p.add_argument("--draft-tokens", type=int, default=8,
+                   help="tokens the draft proposes per round (default 8)")
     p.set_defaults(func=cmd_generate)
 
 
@@ -248,7 +253,8 @@ def cmd_generate(args) -> int:
                      do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                      num_return_sequences=args.num_return_sequences, stop=args.stop,
-                     stop_at_eos=not args.no_stop_at_eos, seed=args.seed, device=args.device)
+                     stop_at_eos=not args.no_stop_at_eos, seed=args.seed, device=args.device,
+                     draft=args.draft, draft_tokens=args.draft_tokens)
     return 0
 
 

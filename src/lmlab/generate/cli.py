@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 from lmlab.checkpoints.io import load
-from lmlab.errors import TokenizerError
+from lmlab.errors import GenerationError, TokenizerError
 from lmlab.generate.loop import generate, stream
+from lmlab.generate.speculative import DRAFT_TOKENS, quantized_draft
 
 
 class TextStreamer:
@@ -38,15 +39,26 @@ def generate_command(model_dir: str, prompt: str, max_new_tokens: int = 50, do_s
                      temperature: float = 1.0, top_k: int = 40, top_p: float = 1.0,
                      repetition_penalty: float = 1.0, num_return_sequences: int = 1,
                      stop: list[str] | None = None, stop_at_eos: bool = True, seed: int = 0,
-                     device: str = "cpu", out=sys.stdout) -> list[str]:
+                     device: str = "cpu", draft: str | None = None, draft_tokens: int = DRAFT_TOKENS,
+                     out=sys.stdout) -> list[str]:
+    """draft: "int8" (the model with int8 layers, CPU) or a model dir: speculative greedy decoding."""
+    if draft is not None and do_sample:
+        raise GenerationError("a draft speeds up greedy decoding only: add --greedy")
     model, tokenizer = load(model_dir, device=device)
     if tokenizer is None:
         raise TokenizerError(f"{model_dir}: no tokenizer.json; generate needs text in and out")
+    draft_model = None
+    if draft == "int8":
+        draft_model = quantized_draft(model)
+    elif draft is not None:
+        draft_model, _ = load(draft, device=device)
     ids = tokenizer.encode(prompt)
     options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                    top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
                    eos_token_id=tokenizer.eos_token_id if stop_at_eos else None,
                    stop_strings=stop, tokenizer=tokenizer if stop else None)
+    if draft_model is not None:
+        options.update(draft_model=draft_model, draft_tokens=draft_tokens)
     eos = options["eos_token_id"]
     if num_return_sequences == 1:
         streamer = TextStreamer(tokenizer, ids)

@@ -18,6 +18,7 @@ import torch
 from lmlab.errors import GenerationError
 from lmlab.generate import compiled
 from lmlab.generate.sampling import apply_repetition_penalty, check_sampling_args, next_tokens
+from lmlab.generate.speculative import DRAFT_TOKENS, check_draft, speculative_steps
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,16 +58,22 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
            top_k: int | None = None, top_p: float = 1.0, repetition_penalty: float = 1.0,
            eos_token_id: int | None = None, seed: int | None = 0, attention_mask=None,
            num_return_sequences: int = 1, stop_strings: Sequence[str] | None = None, tokenizer=None,
-           pad_token_id: int | None = None, compile: bool = False) -> Iterator[torch.Tensor]:
+           pad_token_id: int | None = None, compile: bool = False, draft_model=None,
+           draft_tokens: int = DRAFT_TOKENS) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), until max_new_tokens or all rows have stopped.
 
     Rows that stopped (end-of-text or a stop string) yield the pad id from then on.
     compile=True (GPT / GPT-2): fixed-shape decoding steps, on CUDA compiled and replayed as one CUDA
     graph per token (lmlab.generate.compiled); the same tokens, and the same code path uncompiled on
     CPU. Other models ignore it.
+    draft_model (greedy only; GPT / GPT-2 with the same vocabulary, e.g. `quantized_draft(model)` on
+    CPU): speculative decoding (lmlab.generate.speculative). The draft proposes `draft_tokens` tokens,
+    the model scores them in one forward; the same tokens come out, sooner when the draft guesses well.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty,
                         num_return_sequences)
+    if draft_model is not None:
+        check_draft(model, draft_model, do_sample, compile)
     if stop_strings and tokenizer is None:
         raise GenerationError("stop_strings need the tokenizer to read the generated text")
     device = next(model.parameters()).device
@@ -94,23 +101,29 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
         else:
             generator.manual_seed(seed)
 
-    was_training = model.training
-    model.eval()
+    nets = [model] if draft_model is None else [model, draft_model]
+    was_training = [net.training for net in nets]
+    for net in nets:
+        net.eval()
     try:
-        yield from _decode(model, ids, mask, max_new_tokens, do_sample, temperature, top_k, top_p,
-                           repetition_penalty, eos_token_id, generator, stop_strings, tokenizer, pad,
-                           compile)
+        if draft_model is None:
+            steps = _memory_steps if _uses_mems(model) else _cache_steps
+            if compile and compiled.supports(model):
+                steps = compiled.static_cache_steps
+            logits, advance = steps(model, ids, mask, max_new_tokens)
+        else:
+            logits, advance = speculative_steps(model, draft_model, ids, mask, max_new_tokens, draft_tokens)
+        yield from _decode(logits, advance, ids, mask, max_new_tokens, do_sample, temperature, top_k,
+                           top_p, repetition_penalty, eos_token_id, generator, stop_strings, tokenizer, pad)
     finally:
-        model.train(was_training)
+        for net, mode in zip(nets, was_training, strict=True):
+            net.train(mode)
 
 
-def _decode(model, ids, mask, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-            eos_token_id, generator, stop_strings, tokenizer, pad, compile=False):
-    B, T = ids.shape
-    steps = _memory_steps if _uses_mems(model) else _cache_steps
-    if compile and compiled.supports(model):
-        steps = compiled.static_cache_steps
-    logits, advance = steps(model, ids, mask, max_new_tokens)
+def _decode(logits, advance, ids, mask, max_new_tokens, do_sample, temperature, top_k, top_p,
+            repetition_penalty, eos_token_id, generator, stop_strings, tokenizer, pad):
+    """The decoding rule over the model's logits; advance(token) feeds the chosen tokens back."""
+    B = ids.shape[0]
     seen = None
     if repetition_penalty != 1.0:
         # Count, then compare: scattering booleans would let a pad (written False) overwrite a real

@@ -119,7 +119,8 @@ class GPT(nn.Module):
                 # Count real tokens only, so left padding does not shift positions.
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]
             positions = self.wpe(position_ids)  # (B|1, T, D)
-        head, sparse = self.lm_head.weight, self._sparse_lookup(targets)
+        sparse = self._sparse_lookup(targets)
+        head = self.lm_head.weight if targets is not None else None  # loss only: int8 drafts have none
         if sparse:
             head = _BackwardLast.apply(head)  # made before the lookup: its backward runs after it
         x = F.embedding(input_ids, self.wte.weight, sparse=sparse) + positions  # (B, T, D)

@@ -49,6 +49,10 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def truncate(self, length: int) -> None:
+        """Forget positions >= length (speculative decoding drops rejected proposals this way)."""
+        self.length = min(self.length, length)
+
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows `index` (beam search, dropping finished rows)."""
         self.k = self.k[:, index]
