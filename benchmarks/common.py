@@ -171,8 +171,27 @@ def peak_memory(setup: Callable, *args, threads: int) -> dict[str, dict]:
     return results
 
 
+# Imported once by the fork server, so each memory child starts in well under a second instead of
+# ~5 s of importing torch and transformers again (about 20 children in `make bench`).
+PRELOAD = ["torch", "transformers", "transformers.models.gpt2.modeling_gpt2",
+           "transformers.models.bert.modeling_bert", "lmlab", "common"]
+
+
+def _context():
+    """A fork server (POSIX) started with MALLOC_MMAP_THRESHOLD_ set; spawn where there is none.
+
+    The server imports PRELOAD and runs no torch op, so each child forks without any OpenMP
+    threads to inherit; glibc read the threshold when the server started, and a fork keeps it.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
 def _start_child(setup: Callable, args: tuple, threads: int):
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _context()
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(setup, args, threads, queue))
     saved = os.environ.get(MMAP_THRESHOLD)
@@ -216,8 +235,9 @@ def run_side_by_side(name: str, doc: str, argv, workdir: Path | None, cases: lis
     """The main() of the side-by-side CPU benchmarks: options, cases, table, results JSON.
 
     cases are tuples (config name, *case arguments); `--quick` keeps those of `quick_case` and 3
-    repeats. Each case runs as run_case(config, *arguments, model_dir, repeats, threads), the model
-    dir from make_dir(config, folder) in `workdir` (shared by run_all.py) or a temporary folder.
+    repeats. Each case runs as run_case(config, *arguments, model_dir, repeats, threads) and gives a
+    row or a list of rows; the model dir is make_dir(config, folder) in `workdir` (shared by
+    run_all.py) or a temporary folder.
     With large=True, `--large-repeats` sets the repeats of the gpt2-124m cases.
     """
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -241,7 +261,8 @@ def run_side_by_side(name: str, doc: str, argv, workdir: Path | None, cases: lis
         for config, *arguments in [c for c in cases if not args.quick or c[0] == quick_case]:
             log(f"  {config} {' x '.join(str(a) for a in arguments)} ...")
             n = large_repeats if config == "gpt2-124m" else repeats
-            rows.append(run_case(config, *arguments, make_dir(config, folder), n, threads))
+            result = run_case(config, *arguments, make_dir(config, folder), n, threads)
+            rows += result if isinstance(result, list) else [result]  # a case may give several rows
     payload = {"benchmark": name, "env": env, "repeats": repeats, **(extra or {}), "rows": rows}
     if large:
         payload["large_repeats"] = large_repeats
@@ -330,13 +351,21 @@ def add_speed(row: dict, runs: dict[str, Callable[[], object]], repeats: int, to
     side (`tokens` per call over the median wall time), the raw times, and the lmlab/HF ratios."""
     cpu = {}
     times = interleaved(runs, repeats, warmup=warmup, cpu=cpu)
-    for side in SIDES:
-        row[f"{side}_tok_s"] = tokens / median(times[side])
-        row[f"{side}_seconds"] = [round(t, 4) for t in times[side]]
-        row[f"{side}_cpu_seconds"] = [round(t, 4) for t in cpu[side]]
-    row["ratio"] = row["lmlab_tok_s"] / row["hf_tok_s"]
-    row["cpu_ratio"] = median(cpu["hf"]) / median(cpu["lmlab"])  # see interleaved
+    row.update(speed_fields(times, cpu, tokens))
     return row
+
+
+def speed_fields(times: dict[str, list[float]], cpu: dict[str, list[float]], tokens: int,
+                 lmlab: str = "lmlab", hf: str = "hf") -> dict:
+    """tok/s of runs `lmlab` and `hf` of one `interleaved` timing, their raw times and ratios."""
+    fields = {}
+    for side, run in (("lmlab", lmlab), ("hf", hf)):
+        fields[f"{side}_tok_s"] = tokens / median(times[run])
+        fields[f"{side}_seconds"] = [round(t, 4) for t in times[run]]
+        fields[f"{side}_cpu_seconds"] = [round(t, 4) for t in cpu[run]]
+    fields["ratio"] = fields["lmlab_tok_s"] / fields["hf_tok_s"]
+    fields["cpu_ratio"] = median(cpu[hf]) / median(cpu[lmlab])  # see interleaved
+    return fields
 
 
 def loss_agreement(losses: dict[str, torch.Tensor], tokens: int, tolerance: float) -> dict:

@@ -32,7 +32,7 @@ import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ORACLE_PYTHON = Path(os.environ.get("LMLAB_ORACLE_PYTHON", ROOT / ".venv-oracle" / "bin" / "python"))
-COLUMNS = [*common.SPEED_COLUMNS, ("same", "same output")]
+COLUMNS = [*common.SPEED_COLUMNS, ("hf_greedy_ratio", "vs HF greedy"), ("same", "same output")]
 
 
 def main(argv=None) -> None:
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     print(f"total {total} s ({', '.join(f'{k} {v} s' for k, v in seconds.items())})")
     common.write_results("all", {"env": env, "seconds": seconds, "total_seconds": total,
                                  "txl_transformers": txl["env"]["transformers"] if txl else None,
-                                 "rows": [{k: row[k] for k, _ in COLUMNS} for row in rows]})
+                                 "rows": [{k: row[k] for k, _ in COLUMNS if k in row} for row in rows]})
     if not all(row["same"] for row in rows):
         sys.exit("lmlab and HF disagree on some case (see the 'same output' column)")
     if txl_error:
