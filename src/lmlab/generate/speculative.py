@@ -26,7 +26,7 @@ from lmlab.models.gpt import GPT
 from lmlab.nn.layers import Linear
 from lmlab.nn.quantized import Int8Linear
 
-DRAFT_TOKENS = 8  # proposals per round; gpt2-124m + int8 draft on 2 Xeon cores: 4 -> 1.3x, 8 -> 1.4-1.7x
+DRAFT_TOKENS = 8  # proposals per round; gpt2-124m + int8 draft, 2 Xeon cores: 4 -> 1.3x, 8 -> 1.4-1.7x
 
 
 def quantized_draft(model: GPT) -> GPT:
