@@ -141,3 +141,11 @@ def test_cli_draft_prints_the_greedy_text(tmp_path):
     assert main(["generate", str(tmp_path / "m"), "--prompt", "the ", "--draft", "int8"]) == 2  # not greedy
     with pytest.raises(LmlabError, match="greedy"):
         generate_command(str(tmp_path / "m"), "the ", do_sample=True, draft="int8", out=io.StringIO())
+
+
+def test_without_int8_kernels_the_draft_is_a_one_line_error(monkeypatch):
+    import lmlab.nn.quantized as quantized
+
+    monkeypatch.setattr(quantized, "int8_available", lambda: False)
+    with pytest.raises(LmlabError, match="quantized kernels .* does not have"):
+        quantized_draft(tiny())

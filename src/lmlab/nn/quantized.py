@@ -21,7 +21,12 @@ ENGINE = "fbgemm"  # the x86 server kernels; "x86" picks between fbgemm and oneD
 
 
 def int8_available() -> bool:
-    return ENGINE in torch.backends.quantized.supported_engines
+    """Whether this torch build has the kernels (torch marks them deprecated: a later one may not)."""
+    try:
+        return (ENGINE in torch.backends.quantized.supported_engines
+                and hasattr(torch, "quantize_per_channel") and torch.ops.quantized.linear_dynamic is not None)
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @contextlib.contextmanager
@@ -40,8 +45,8 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
         if not int8_available():
-            raise LmlabError(f"int8 layers need PyTorch's {ENGINE} kernels (x86 CPUs); this build has "
-                             f"{torch.backends.quantized.supported_engines}")
+            raise LmlabError(f"int8 layers need PyTorch's {ENGINE} quantized kernels (x86 CPUs), which "
+                             f"this torch build ({torch.__version__}) does not have")
         w = weight.detach().to("cpu", torch.float32)
         self.in_features, self.out_features = w.shape[1], w.shape[0]
         scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
