@@ -15,7 +15,10 @@ then costs one graph replay. The buffers, the graph and the compiled code are ke
 with the same model, batch size and L (so two concurrent calls on one model must not both use
 compile=True). If compiling fails, a warning says so and the uncompiled step is captured instead;
 if capturing fails too, the step runs uncaptured. On CPU the same step runs eagerly without graphs:
-it gives the tokens of the eager path (tests compare them), not more speed.
+it gives the tokens of the eager path (tests compare them), not more speed. Compiling it there
+(inductor's C++ kernels, no graph) was measured and left out: gpt2-124m, 128 new tokens on 2 Xeon
+cores, 1.03x the eager path at batch 1 and 1.00x at batch 8, for 9-23 s of compiling; the weight
+matmuls, which compiling does not change, are most of a CPU step.
 
 The prompt goes through the model's normal forward once, then its keys and values are copied in.
 """
