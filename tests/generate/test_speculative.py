@@ -125,6 +125,8 @@ def test_draft_must_fit_the_model():
         lmlab.generate(model, [PROMPTS[0]], max_new_tokens=4, draft_model=lmlab.build("transfo-xl", "tiny"))
     with pytest.raises(GenerationError, match="GPT / GPT-2"):
         quantized_draft(lmlab.build("bert", "tiny"))
+    with pytest.raises(GenerationError, match="needs a float32 model .* got torch.bfloat16"):
+        quantized_draft(tiny().to(torch.bfloat16))
 
 
 @needs_int8

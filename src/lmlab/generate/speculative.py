@@ -37,9 +37,13 @@ def quantized_draft(model: GPT) -> GPT:
     """
     if not isinstance(model, GPT):
         raise GenerationError(f"quantized_draft takes a GPT / GPT-2 model, got {type(model).__name__}")
-    if next(model.parameters()).device.type != "cpu":
+    weight = next(model.parameters())
+    if weight.device.type != "cpu":
         raise GenerationError("quantized_draft runs on CPU (int8 kernels); on GPU pass a smaller model "
                               "with the same vocabulary as draft_model")
+    if weight.dtype != torch.float32:
+        raise GenerationError(f"quantized_draft needs a float32 model (its int8 kernels take float32 "
+                              f"inputs), got {weight.dtype}")
     shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     draft = copy.deepcopy(model, memo=shared)  # the modules are copied, their tensors are not
     for module in list(draft.modules()):
