@@ -69,6 +69,19 @@ def test_stopping_and_repetition_penalty_match_plain_decoding():
     assert torch.equal(torch.stack(streamed, 1), expected[:, -len(streamed):])
 
 
+def test_a_stopped_row_does_not_end_the_rounds_of_the_others():
+    model, calls, k, new = tiny(), [], 4, 21
+    draft = copy.deepcopy(model)
+    plain = lmlab.generate(model, PROMPTS, max_new_tokens=new)
+    eos = int(plain[0, len(PROMPTS[0]) + 2])  # the first row stops after 3 of 21 tokens, the others go on
+    assert not (plain[1:, -new:] == eos).any()
+    options = dict(max_new_tokens=new, eos_token_id=eos, pad_token_id=0)
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    got = lmlab.generate(model, PROMPTS, draft_model=draft, draft_tokens=k, **options)
+    assert len(calls) == 1 + -(-(new - 1) // (k + 1))  # as without the stop: the pads are not compared
+    assert torch.equal(got, lmlab.generate(model, PROMPTS, **options))
+
+
 def test_generation_leaves_both_models_in_their_modes():
     model, draft = tiny().train(), tiny(seed=1).train()
     lmlab.generate(model, [PROMPTS[0]], max_new_tokens=3, draft_model=draft)

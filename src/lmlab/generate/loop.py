@@ -105,6 +105,7 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
     was_training = [net.training for net in nets]
     for net in nets:
         net.eval()
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)  # rows past eos / a stop string
     try:
         if draft_model is None:
             steps = _memory_steps if _uses_mems(model) else _cache_steps
@@ -112,17 +113,20 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
                 steps = compiled.static_cache_steps
             logits, advance = steps(model, ids, mask, max_new_tokens)
         else:
-            logits, advance = speculative_steps(model, draft_model, ids, mask, max_new_tokens, draft_tokens)
-        yield from _decode(logits, advance, ids, mask, max_new_tokens, do_sample, temperature, top_k,
-                           top_p, repetition_penalty, eos_token_id, generator, stop_strings, tokenizer, pad)
+            logits, advance = speculative_steps(model, draft_model, ids, mask, max_new_tokens, finished,
+                                                draft_tokens)
+        yield from _decode(logits, advance, ids, mask, finished, max_new_tokens, do_sample, temperature,
+                           top_k, top_p, repetition_penalty, eos_token_id, generator, stop_strings,
+                           tokenizer, pad)
     finally:
         for net, mode in zip(nets, was_training, strict=True):
             net.train(mode)
 
 
-def _decode(logits, advance, ids, mask, max_new_tokens, do_sample, temperature, top_k, top_p,
+def _decode(logits, advance, ids, mask, finished, max_new_tokens, do_sample, temperature, top_k, top_p,
             repetition_penalty, eos_token_id, generator, stop_strings, tokenizer, pad):
-    """The decoding rule over the model's logits; advance(token) feeds the chosen tokens back."""
+    """The decoding rule over the model's logits; advance(token) feeds the chosen tokens back.
+    `finished` (B,) starts all False and is updated in place as rows stop."""
     B = ids.shape[0]
     seen = None
     if repetition_penalty != 1.0:
@@ -131,7 +135,6 @@ def _decode(logits, advance, ids, mask, max_new_tokens, do_sample, temperature, 
         real = (mask if mask is not None else torch.ones_like(ids)).long()
         seen = torch.zeros(logits.shape, dtype=torch.long, device=ids.device).scatter_add_(1, ids, real) > 0
     track_stop = eos_token_id is not None or bool(stop_strings)
-    finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
     produced: list[list[int]] = [[] for _ in range(B)] if stop_strings else []
     for step in range(max_new_tokens):
         if seen is not None:

@@ -3,12 +3,14 @@
 At batch 1 on a CPU a decoding step is bound by memory bandwidth: every token reads all the weights
 (494 MB for gpt2-124m in fp32), and a forward over k + 1 tokens reads them once too. So a cheap draft
 model proposes k tokens one by one, and the model scores all of them in one forward. The decoding
-rule (greedy, sampling, repetition penalty, stop tokens) then runs on the model's own logits, token
-by token, exactly as without a draft: while the chosen token is the one the draft proposed, the
+rule (greedy, repetition penalty, stop tokens) then runs on the model's own logits, token by token,
+exactly as without a draft: while the chosen token is the one the draft proposed, the
 logits for the next position are already computed; at the first token that differs, the cache is
 cut back to the tokens chosen so far and a new round starts. The draft only decides how much work
 is done ahead, never which tokens come out, up to float rounding: the model's logits for a position
 come from a (k + 1)-token forward instead of a 1-token one (different matmul kernels, ~1e-6).
+Sampling is refused: a sampled token rarely is the draft's guess, so nearly every round would be
+thrown away. In a batch a round goes on while every row that has not stopped took the proposal.
 
 `quantized_draft(model)` makes the usual draft on CPU: the same model with int8 linear layers
 (lmlab.nn.quantized), sharing every other tensor with it. For greedy decoding it agrees with the
@@ -59,7 +61,6 @@ def check_draft(model, draft, do_sample: bool, compile: bool) -> None:
         raise GenerationError("draft_model needs a GPT / GPT-2 model and draft (decoders with a KV cache), "
                               f"got {type(model).__name__} and {type(draft).__name__}")
     if do_sample:
-        # A sampled token rarely is the draft's guess, so nearly every round would be thrown away.
         raise GenerationError("draft_model speeds up greedy decoding only; use do_sample=False")
     if compile:
         raise GenerationError("draft_model and compile=True cannot be combined; choose one")
@@ -71,14 +72,19 @@ def check_draft(model, draft, do_sample: bool, compile: bool) -> None:
                               f"{model.config.vocab_size}: they must share the vocabulary")
 
 
-def speculative_steps(model, draft, ids, mask, max_new_tokens, draft_tokens: int = DRAFT_TOKENS):
-    """Prompt through the model and the draft: (last logits (B, V), step: token (B,) -> logits)."""
-    state = _Speculation(model, draft, ids, mask, max_new_tokens, draft_tokens)
+def speculative_steps(model, draft, ids, mask, max_new_tokens, finished: torch.Tensor,
+                      draft_tokens: int = DRAFT_TOKENS):
+    """Prompt through the model and the draft: (last logits (B, V), step: token (B,) -> logits).
+
+    `finished` (B,) is the decoding loop's own mask of stopped rows, read at every step: their
+    tokens (pads from then on) need not match the proposals.
+    """
+    state = _Speculation(model, draft, ids, mask, max_new_tokens, finished, draft_tokens)
     return state.first_logits, state.advance
 
 
 class _Speculation:
-    def __init__(self, model, draft, ids, mask, max_new_tokens, draft_tokens):
+    def __init__(self, model, draft, ids, mask, max_new_tokens, finished, draft_tokens):
         if draft_tokens < 1:
             raise GenerationError(f"draft_tokens must be >= 1, got {draft_tokens}")
         B, T = ids.shape
@@ -86,7 +92,7 @@ class _Speculation:
         if draft.config.max_seq_len < total:
             raise GenerationError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
                                   f"draft model's context ({draft.config.max_seq_len})")
-        self.model, self.draft, self.k = model, draft, draft_tokens
+        self.model, self.draft, self.k, self.finished = model, draft, draft_tokens, finished
         self.last_fed = total - 2  # the last new token is never fed back, so no position beyond this
         self.mask = None if mask is None else torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)
         self.cache, self.draft_cache = model.new_cache(B, total), draft.new_cache(B, total)
@@ -108,9 +114,10 @@ class _Speculation:
         with torch.inference_mode():
             self.tokens[:, self.chosen] = token
             self.chosen += 1
-            if self.used < self.proposed.shape[1] and bool((token == self.proposed[:, self.used]).all()):
-                self.used += 1
-                return self.scored[:, self.used]
+            if self.used < self.proposed.shape[1]:
+                if bool(((token == self.proposed[:, self.used]) | self.finished).all()):
+                    self.used += 1
+                    return self.scored[:, self.used]
             return self._round()
 
     def _round(self) -> torch.Tensor:
