@@ -107,16 +107,18 @@ def run_case(name: str, batch: int, hf_dir: Path, repeats: int, threads: int) ->
             drafted[side] = time.perf_counter() - start
             runs[f"{side}_draft"] = make_run(side, models[side], ids, draft=draft)
     outputs = {run: runs[run]() for run in runs}  # also the first warm-up
-    equal = all(o.shape == (batch, PROMPT_LEN + NEW_TOKENS) and torch.equal(o, outputs["lmlab"])
-                for o in outputs.values())
+    # per run: the full length, and the tokens of plain lmlab decoding
+    same = {run: out.shape == (batch, PROMPT_LEN + NEW_TOKENS) and torch.equal(out, outputs["lmlab"])
+            for run, out in outputs.items()}
     tokens = batch * NEW_TOKENS
-    base = {"config": name, "batch": batch, "tokens_equal": equal,
-            "hf_attention": common.hf_attention(models["hf"])}
+    base = {"config": name, "batch": batch, "hf_attention": common.hf_attention(models["hf"])}
     cpu = {}
     times = common.interleaved(runs, repeats, warmup=0, cpu=cpu)  # the check above was the warm-up
-    rows = [{"case": f"generate {name} b{batch}", **base, **common.speed_fields(times, cpu, tokens)}]
+    rows = [{"case": f"generate {name} b{batch}", **base, "tokens_equal": same["lmlab"] and same["hf"],
+             **common.speed_fields(times, cpu, tokens)}]
     if with_draft:
-        row = {"case": f"generate {name} b{batch} int8 draft", **base, "draft_tokens": DRAFT_TOKENS,
+        row = {"case": f"generate {name} b{batch} int8 draft", **base,
+               "tokens_equal": same["lmlab_draft"] and same["hf_draft"], "draft_tokens": DRAFT_TOKENS,
                "draft_build_seconds": {side: round(t, 2) for side, t in drafted.items()},
                **common.speed_fields(times, cpu, tokens, "lmlab_draft", "hf_draft")}
         row["hf_greedy_ratio"] = row["lmlab_tok_s"] / rows[0]["hf_tok_s"]
