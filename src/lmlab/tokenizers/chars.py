@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from lmlab.errors import TokenizerError
-from lmlab.tokenizers.common import ListVocab, read_spec, specials_regex, unique_ids, write_spec
+from lmlab.tokenizers.common import SpecListVocab, specials_regex, unique_ids
 
 UNK, EOS = "<unk>", "<eos>"
 
 
-class CharTokenizer(ListVocab):
+class CharTokenizer(SpecListVocab):
     """Characters <-> ids; `<unk>` = 0, `<eos>` = 1."""
 
     kind = "chars"
@@ -52,7 +51,8 @@ class CharTokenizer(ListVocab):
         return cls([UNK, EOS, *sorted(chars)])
 
     # ---- the interface ------------------------------------------------------------------------
-    # (vocab_size, special_tokens, token_to_id, id_to_token, add_special_tokens: ListVocab)
+    # (vocab_size, special_tokens, token_to_id, id_to_token, add_special_tokens: ListVocab;
+    # save, load: SpecListVocab)
     @property
     def eos_token_id(self) -> int | None:
         return self._ids[EOS] if EOS in self._ids else None
@@ -77,19 +77,6 @@ class CharTokenizer(ListVocab):
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join([self._tokens[i] for i in self._checked_ids(ids)])
-
-    # ---- files --------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> None:
-        write_spec(directory, self.kind, self._tokens, self._special)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> CharTokenizer:
-        path = Path(directory) / "tokenizer.json"
-        tokens, specials = read_spec(path, cls.kind)
-        return cls(tokens, specials, source=str(path))
-
-    def __repr__(self) -> str:
-        return f"CharTokenizer(vocab_size={self.vocab_size}, special_tokens={self._special})"
 
     def _rebuild(self) -> None:
         pattern = specials_regex(self._special)

@@ -1,8 +1,8 @@
 """What lmlab's tokenizers share: the list vocabulary, tokenizer.json files, and text checks.
 
 `ListVocab` is the bookkeeping of a vocabulary kept as a plain list (id = position) with a list
-of special tokens: chars, words and wordpiece. byte_bpe keeps a token -> id dict with possible
-holes and uses only the functions.
+of special tokens: chars, words and wordpiece; `SpecListVocab` adds the tokenizer.json of chars and
+words. byte_bpe keeps a token -> id dict with possible holes and uses only the functions.
 """
 
 from __future__ import annotations
@@ -128,19 +128,29 @@ def string_list(value, field: str, path: Path) -> list[str]:
     return value
 
 
-def write_spec(directory: str | Path, kind: str, tokens: list[str], special: list[str]) -> None:
-    """tokenizer.json of a tokenizer that is its vocabulary list and special tokens (chars, words)."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    spec = {"kind": kind, "tokens": tokens, "special_tokens": special}
-    write_text(d / "tokenizer.json", json.dumps(spec, ensure_ascii=False, indent=1))
+class SpecListVocab(ListVocab):
+    """A ListVocab stored as nothing but its list and special tokens in tokenizer.json (chars, words).
 
+    The subclass sets `kind` and takes `(tokens, special_tokens, source=...)` in its constructor.
+    """
 
-def read_spec(path: Path, kind: str) -> tuple[list[str], list[str]]:
-    """(tokens, special_tokens) from a tokenizer.json written by `write_spec`, checked."""
-    spec = read_kind(path, kind)
-    return (string_list(spec.get("tokens"), "tokens", path),
-            string_list(spec.get("special_tokens"), "special_tokens", path))
+    kind: str
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        spec = {"kind": self.kind, "tokens": self._tokens, "special_tokens": self._special}
+        write_text(d / "tokenizer.json", json.dumps(spec, ensure_ascii=False, indent=1))
+
+    @classmethod
+    def load(cls, directory: str | Path):
+        path = Path(directory) / "tokenizer.json"
+        spec = read_kind(path, cls.kind)
+        return cls(string_list(spec.get("tokens"), "tokens", path),
+                   string_list(spec.get("special_tokens"), "special_tokens", path), source=str(path))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, special_tokens={self._special})"
 
 
 # ---- text given to the Rust tokenizers --------------------------------------------------------

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from lmlab.errors import TokenizerError
-from lmlab.tokenizers.common import ListVocab, read_spec, specials_regex, unique_ids, write_spec
+from lmlab.tokenizers.common import SpecListVocab, specials_regex, unique_ids
 
 UNK, EOS = "<unk>", "<eos>"
 
 
-class WordTokenizer(ListVocab):
+class WordTokenizer(SpecListVocab):
     """Words <-> ids; `<unk>` = 0, `<eos>` = 1 (one per newline)."""
 
     kind = "words"
@@ -59,7 +58,8 @@ class WordTokenizer(ListVocab):
         return cls([UNK, EOS, *words])
 
     # ---- the interface ------------------------------------------------------------------------
-    # (vocab_size, special_tokens, token_to_id, id_to_token, add_special_tokens: ListVocab)
+    # (vocab_size, special_tokens, token_to_id, id_to_token, add_special_tokens: ListVocab;
+    # save, load: SpecListVocab)
     @property
     def eos_token_id(self) -> int:
         return self._ids[EOS]
@@ -92,19 +92,6 @@ class WordTokenizer(ListVocab):
                 out.append(self._tokens[i] if line_start else " " + self._tokens[i])
                 line_start = False
         return "".join(out)
-
-    # ---- files --------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> None:
-        write_spec(directory, self.kind, self._tokens, self._special)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> WordTokenizer:
-        path = Path(directory) / "tokenizer.json"
-        tokens, specials = read_spec(path, cls.kind)
-        return cls(tokens, specials, source=str(path))
-
-    def __repr__(self) -> str:
-        return f"WordTokenizer(vocab_size={self.vocab_size}, special_tokens={self._special})"
 
     def _rebuild(self) -> None:
         pattern = specials_regex(self._special)
