@@ -54,7 +54,8 @@ PRETRAIN_FLAGS = {
     "masking": (str, None, "bert: dynamic (a fresh mask every step) or static (default: dynamic)"),
     "dupe_factor": (int, None, "bert with --masking static: maskings made of each instance (default: 10)"),
 }
-PRETRAIN_SWITCHES = {"resume": "continue from the newest valid checkpoint in --out",
+PRETRAIN_SWITCHES = {"resume": "continue from the newest valid checkpoint in --out, with the settings the "
+                               "run was started with (OUT/pretrain.json); flags given now win",
                      "compile": "torch.compile the model",
                      "fsdp": "under torchrun: shard weights, gradients and optimizer state with FSDP2 "
                              "instead of DDP (docs/scaling.md)",
@@ -109,13 +110,19 @@ def read_run_yaml(path: Path) -> dict:
 
 
 def cmd_pretrain(args) -> int:
-    from lmlab.train.pretrain import pretrain
+    from lmlab.train.pretrain import pretrain, saved_settings
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("func", "config", "command")}
     values = read_run_yaml(args.config) if args.config else {}
     overrides = dict(values.pop("set", {}) or {})
     overrides.update(parse_overrides(given.pop("set", None)))
     values.update(given)
+    if values.get("resume") and values.get("out"):
+        # The run's own settings come next: `--out DIR --resume` continues it as it was started.
+        saved = saved_settings(values["out"])
+        overrides = {**saved.pop("overrides", {}), **overrides}
+        for name, value in saved.items():
+            values.setdefault(name, value)
     for name, (_, default, _) in PRETRAIN_FLAGS.items():
         values.setdefault(name, default)
     if not values["out"]:

@@ -1,5 +1,6 @@
 """Exact resume (DESIGN.md, Reliability): on CPU a run killed with SIGKILL and restarted with
-`--resume` logs bitwise the same losses, and ends with the same weights, as a run never stopped.
+`--out DIR --resume` alone logs bitwise the same losses, and ends with the same weights, as a run
+never stopped.
 
 Dropout is on, so the torch RNG state has to come back too. The killed run sleeps before every
 step (a wrapper around the CLI) so that the test can kill it after a checkpoint, mid-run.
@@ -87,7 +88,8 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_args, capsys
     assert killed_at >= 6 and not (run / "model.safetensors").exists()
 
     capsys.readouterr()
-    assert main(tiny_args(run, resume=True, **FLAGS)) == 0
+    # Resumed as the README shows: the run's own settings (OUT/pretrain.json) fill in the rest.
+    assert main(["pretrain", "--no-progress", "--out", str(run), "--resume", "--device", "cpu"]) == 0
     resumed_from = int(re.search(r"resumed from step (\d+)", capsys.readouterr().out).group(1))
     assert resumed_from in (4, 8) and resumed_from < killed_at  # lines logged after it were dropped
 

@@ -6,12 +6,14 @@ at a barrier and then read the same files.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
+from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.data.prepare import build_tokenizer_for, check_vocab, prepare_tokens
 from lmlab.data.sampler import ContiguousStreams, RandomWindowSampler, SequentialWindows
 from lmlab.errors import ConfigError
@@ -25,6 +27,13 @@ from lmlab.train.distributed import Dist, barrier, init_distributed, shutdown
 from lmlab.train.loop import RunResult, resolve_device, train
 
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, written before step 0 so resume reuses it
+# What the last `pretrain` into a run dir was asked to do, so that `lmlab pretrain --out DIR
+# --resume` needs no other flag. Left out: how to run rather than what (a resumed run may move
+# to another device or drop --compile), and the run dir itself.
+SETTINGS_FILE = "pretrain.json"
+NOT_SAVED = {"out", "resume", "compile", "fsdp", "device", "progress"}
+SAVED = ({"model", "preset", "data", "valid", "tokenizer", "vocab_size", "masking", "dupe_factor",
+          "overrides"} | {f.name for f in fields(TrainConfig)}) - NOT_SAVED
 
 
 def train_config(values: dict) -> TrainConfig:
@@ -40,6 +49,31 @@ def run_tokenizer(run_dir: Path, data: str, kind: str | None, vocab_size: int | 
         build_tokenizer_for(data, kind, vocab_size).save(saved)
     barrier(d)
     return load_tokenizer(saved)
+
+
+def save_settings(run_dir: Path, settings: dict) -> None:
+    settings = {k: v for k, v in settings.items() if k in SAVED and v is not None}
+    write_bytes_atomic(run_dir / SETTINGS_FILE, json.dumps(settings, indent=1, sort_keys=True).encode())
+
+
+def saved_settings(run_dir: str | Path) -> dict:
+    """The settings of the last `pretrain` into `run_dir` ({} if it has none), checked."""
+    path = Path(run_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: expected a JSON object of pretrain settings")
+    unknown = sorted(set(settings) - SAVED)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(SAVED))}")
+    if not isinstance(settings.get("overrides", {}), dict):
+        raise ConfigError(f"{path}: 'overrides' must be an object of model config fields")
+    return settings
 
 
 def make_evaluator(shard, seq_len: int, batch_size: int, max_batches: int, d: Dist):
@@ -173,6 +207,9 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
              resume: bool = False, masking: str | None = None, dupe_factor: int | None = None,
              **train_values) -> RunResult:
     cfg = train_config(train_values)
+    settings = dict(model=model, preset=preset, data=data, valid=valid, tokenizer=tokenizer,
+                    vocab_size=vocab_size, masking=masking, dupe_factor=dupe_factor,
+                    overrides=overrides or {}, **asdict(cfg))
     family_spec(model)
     build_data, objective = PRETRAINING.get(model, (lm_data, clm_loss))
     if isinstance(objective, type):
@@ -200,6 +237,8 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
         net = family_spec(model).model(config)
         net.family = model
         net.to(device)
+        if d.is_main:  # checked and built: these settings make a run
+            save_settings(run_dir, settings)
         result = train(net, tok, cfg, run_dir, batches, evaluate=evaluate, objective=objective,
                        resume=resume, dist=d)
         if d.is_main:
