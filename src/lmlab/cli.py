@@ -453,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job: pretrain a small GPT-2 on PTB, evaluate, sample",
                           description="Pretrain a small GPT-2 on builtin:ptb for a few minutes, report "
                                       "validation perplexity next to a unigram baseline, sample text.")
-    demo.add_argument("--out", default="runs/demo", help="run dir (default runs/demo)")
+    demo.add_argument("--out", default="runs/demo",
+                      help="run dir (default runs/demo); an earlier demo there is replaced")
     demo.add_argument("--minutes", type=float, default=5.0, help="training time budget (default 5)")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     demo.set_defaults(func=cmd_demo)

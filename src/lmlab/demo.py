@@ -9,6 +9,7 @@ that `lmlab generate` and `lmlab evaluate` accept.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from lmlab.generate.loop import generate
 from lmlab.objectives.clm import clm_loss
 from lmlab.train.distributed import Dist
 from lmlab.train.loop import resolve_device
-from lmlab.train.pretrain import pretrain, run_tokenizer
+from lmlab.train.pretrain import pretrain, run_tokenizer, saved_settings
 
 DATA = "builtin:ptb"
 MODEL = {"d_model": 192, "n_layers": 4, "n_heads": 4, "d_ff": 768, "max_seq_len": 128, "dropout": 0.1}
@@ -47,8 +48,23 @@ def time_per_step(tokenizer, device: torch.device) -> float:
     return sorted(times[1:])[1]
 
 
+def is_earlier_demo(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a demo run: its pretrain settings, or its finished report, say so."""
+    settings = saved_settings(run_dir)
+    if settings:
+        return settings.get("data") == DATA and settings.get("overrides") == MODEL
+    try:
+        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("data") == DATA and all(
+        report.get(k) == v for k, v in MODEL.items())
+
+
 def run_demo(out: str = "runs/demo", minutes: float = 5.0, device: str = "auto") -> dict:
     run_dir = Path(out)
+    if is_earlier_demo(run_dir):
+        shutil.rmtree(run_dir)  # replaced; any other run there is refused by pretrain
     dev = resolve_device(device)
     tokenizer = run_tokenizer(run_dir, DATA, None, None, Dist())
     shards = prepare_tokens(DATA, tokenizer, seq_len=TRAIN["seq_len"])

@@ -9,7 +9,7 @@ import torch
 import lmlab
 import lmlab.train.state
 from lmlab.cli import main
-from lmlab.errors import DataError
+from lmlab.errors import ConfigError, DataError
 from lmlab.tasks.finetune import _backbone, evaluate_task, finetune
 
 FAST = dict(lr=3e-3, batch_size=16, device="cpu", progress=False, log_every=1)
@@ -64,6 +64,15 @@ def test_resume_is_exact(tmp_path, tiny_gpt_dir, task_files, monkeypatch):
                       resume=True, **args)
     assert losses(tmp_path / "b") == losses(tmp_path / "a")  # bitwise, every step
     assert report["dev_metrics"] == json.loads((tmp_path / "a" / "report.json").read_text())["dev_metrics"]
+
+
+def test_a_new_run_into_a_finished_run_dir_is_refused(tmp_path, tiny_gpt_dir, task_files):
+    out = tmp_path / "ft"
+    finetune(tiny_gpt_dir, "classify", task_files["train"], task_files["dev"], out, steps=2, **FAST)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints\); pass --resume"):
+        finetune(tiny_gpt_dir, "classify", task_files["train"], task_files["dev"], out, steps=4, **FAST)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing touched
 
 
 def test_too_long_text_stops_before_training_unless_truncate(tmp_path, tiny_gpt_dir, task_files):

@@ -1,5 +1,6 @@
 """`lmlab pretrain --out DIR --resume` continues a run with the settings it was started with
-(DIR/pretrain.json); flags and --set fields given at the resume win over them."""
+(DIR/pretrain.json); flags and --set fields given at the resume win over them. A new run (no
+--resume) never starts over an earlier one."""
 
 import json
 
@@ -34,12 +35,26 @@ def test_resume_reads_the_run_settings_and_given_flags_win(tmp_path, tiny_args, 
     assert saved["steps"] == 6 and saved["overrides"] == {"d_model": 32, "n_layers": 1, "dropout": 0.0}
 
 
-def test_a_fresh_run_does_not_read_old_settings(tmp_path, tiny_args):
+def test_a_new_run_over_an_old_one_is_refused_and_nothing_is_deleted(tmp_path, tiny_args, capsys):
+    """Without the refusal the old run's step-8 checkpoint would outlive the new run's step-4 (rotation
+    keeps the highest steps) and be what a later --resume picks up."""
     run = tmp_path / "run"
-    (run).mkdir()
-    (run / SETTINGS_FILE).write_text(json.dumps({"overrides": {"d_model": 32}}))
-    assert main(tiny_args(run, steps=2)) == 0
-    assert json.loads((run / "config.json").read_text())["d_model"] == 48  # the tiny preset's
+    assert main(tiny_args(run, steps=8, save_every=4)) == 0
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    capsys.readouterr()
+    assert main(tiny_args(run, steps=4, set=["d_model=32"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds a run" in err and "--resume" in err, err
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+
+
+def test_a_tokenizer_of_another_kind_in_the_run_dir_is_refused(tmp_path, tiny_args, capsys):
+    run = tmp_path / "run"
+    assert main(tiny_args(run, steps=2)) == 0  # chars
+    capsys.readouterr()
+    assert main(tiny_args(run, steps=4, resume=True, tokenizer="words")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds a chars tokenizer, not the words one" in err and len(err.splitlines()) == 1, err
 
 
 def test_a_broken_settings_file_is_a_one_line_error(tmp_path, capsys):

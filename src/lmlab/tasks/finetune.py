@@ -31,6 +31,7 @@ from lmlab.tasks.registry import build_task_model, task_module
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import resolve_device
 from lmlab.train.loop import train as run_training
+from lmlab.train.state import check_new_run
 
 GPT_LR = 6.25e-5  # GPT §4.1
 REPORT = "report.json"
@@ -118,6 +119,8 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
     epoch) are in optimizer steps.
     """
     _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef)
+    if not resume:  # before the data is read and featurized (the training loop checks again)
+        check_new_run(Path(out))
     module = task_module(task)
     options = {"task": task, "text_column": text_column, "text_b_column": text_b_column,
                "label_column": label_column, "regression": regression, "word_column": word_column,

@@ -25,6 +25,7 @@ from lmlab.tokenizers import load_tokenizer
 from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Dist, barrier, init_distributed, shutdown
 from lmlab.train.loop import RunResult, resolve_device, train
+from lmlab.train.state import RUN_OUTPUTS, check_new_run
 
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, written before step 0 so resume reuses it
 # What the last `pretrain` into a run dir was asked to do, so that `lmlab pretrain --out DIR
@@ -48,7 +49,11 @@ def run_tokenizer(run_dir: Path, data: str, kind: str | None, vocab_size: int | 
         saved.mkdir(parents=True, exist_ok=True)
         build_tokenizer_for(data, kind, vocab_size).save(saved)
     barrier(d)
-    return load_tokenizer(saved)
+    tok = load_tokenizer(saved)
+    if kind is not None and tok.kind != kind:
+        raise ConfigError(f"{saved} holds a {tok.kind} tokenizer, not the {kind} one asked for; "
+                          f"choose another --out for a run with another tokenizer")
+    return tok
 
 
 def save_settings(run_dir: Path, settings: dict) -> None:
@@ -225,6 +230,8 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
             device = torch.device("cuda", d.local_rank)
             torch.cuda.set_device(device)
         run_dir = Path(out)
+        if not resume:  # early: before the corpus is tokenized (train() checks again)
+            check_new_run(run_dir, (*RUN_OUTPUTS, SETTINGS_FILE))
         run_dir.mkdir(parents=True, exist_ok=True)
         tok = run_tokenizer(run_dir, data, tokenizer, vocab_size, d)
         batches, evaluate = build_data(data, tok, cfg, d, valid, masking=masking, dupe_factor=dupe_factor)

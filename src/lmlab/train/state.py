@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from lmlab.checkpoints.atomic import MANIFEST, commit_dir, read_manifest, write_bytes_atomic, write_manifest
 from lmlab.checkpoints.io import load_state, save
-from lmlab.errors import CheckpointError
+from lmlab.errors import CheckpointError, ConfigError
 from lmlab.nn.layers import Linear
 
 OPTIMIZER = "optimizer.safetensors"
@@ -122,6 +122,20 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
             if m and (p / MANIFEST).exists():
                 found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+# What a training run leaves in its dir. A new run into a dir holding any of these would mix two
+# runs: rotation keeps the highest step numbers, so the old checkpoints would outlive the new ones
+# and be what a later resume picks up.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "model.safetensors")
+
+
+def check_new_run(run_dir: Path, outputs: tuple[str, ...] = RUN_OUTPUTS) -> None:
+    """Refuse to start a run (not a resume) over an earlier one; nothing of it is deleted."""
+    found = [name for name in outputs if (run_dir / name).exists()]
+    if found:
+        raise ConfigError(f"{run_dir} already holds a run ({found[0]}); pass --resume to continue it, "
+                          f"or choose another --out (or remove the old run)")
 
 
 def remove_stale(run_dir: Path) -> None:
