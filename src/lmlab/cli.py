@@ -36,7 +36,8 @@ PRETRAIN_FLAGS = {
     "steps": (int, 1000, "optimizer steps"),
     "batch_size": (int, 32, "global batch: sequences per optimizer step over all processes"),
     "micro_batch_size": (int, None, "sequences per forward per process (gradient accumulation)"),
-    "seq_len": (int, 128, "tokens per training sequence (transfo-xl: the segment length tgt_len)"),
+    "seq_len": (int, None, "tokens per training sequence (default: 128, or the model's context if shorter; "
+                           "transfo-xl: the segment length tgt_len, default the preset's)"),
     "lr": (float, 3e-4, "peak learning rate"),
     "min_lr_ratio": (float, 0.1, "final lr as a fraction of the peak"),
     "warmup": (int, 100, "linear warmup steps"),

@@ -5,7 +5,7 @@
 import json
 
 from lmlab.cli import main
-from lmlab.train.pretrain import SETTINGS_FILE
+from lmlab.train.pretrain import SETTINGS_FILE, default_seq_len
 
 RESUME = ["pretrain", "--no-progress", "--resume", "--device", "cpu"]
 
@@ -68,3 +68,19 @@ def test_a_broken_settings_file_is_a_one_line_error(tmp_path, capsys):
         assert main([*RESUME, "--out", str(run)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and SETTINGS_FILE in err and expected in err, err
+
+
+def test_default_seq_len_fits_the_model():
+    assert default_seq_len("gpt2", "tiny", {}) == 128
+    assert default_seq_len("gpt2", "gpt2-124m", {}) == 128
+    assert default_seq_len("bert", "tiny", {}) == 64  # its context: 128 would be refused
+    assert default_seq_len("gpt2", "tiny", {"max_seq_len": 32}) == 32
+    assert default_seq_len("transfo-xl", "tiny", {}) == 16  # the preset's segment length tgt_len
+    assert default_seq_len("transfo-xl", "tiny", {"tgt_len": 24}) == 24
+
+
+def test_bert_tiny_pretrains_without_seq_len(tmp_path, tiny_args):
+    run = tmp_path / "bert"
+    assert main(tiny_args(run, model="bert", tokenizer="wordpiece", vocab_size=64, steps=2, batch_size=4,
+                          seq_len=None)) == 0
+    assert json.loads((run / SETTINGS_FILE).read_text())["seq_len"] == 64

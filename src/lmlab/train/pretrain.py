@@ -190,6 +190,18 @@ def make_memory_evaluator(shard, cfg: TrainConfig):
     return evaluate
 
 
+DEFAULT_SEQ_LEN = 128
+
+
+def default_seq_len(model: str, preset: str, overrides: dict) -> int:
+    """--seq-len when none is given: transfo-xl's segment length tgt_len; else 128, or the model's
+    context if shorter (BERT's tiny preset has 64 positions)."""
+    config = make_config(model, preset, **overrides)
+    if model == "transfo-xl":
+        return config.tgt_len
+    return min(DEFAULT_SEQ_LEN, config.max_seq_len)
+
+
 def segment_overrides(model: str, overrides: dict, seq_len: int) -> dict:
     """transfo-xl: --seq-len is the segment length tgt_len (training, and later generation)."""
     if model != "transfo-xl":
@@ -211,6 +223,8 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
              tokenizer: str | None = None, vocab_size: int | None = None, valid: str | None = None,
              resume: bool = False, masking: str | None = None, dupe_factor: int | None = None,
              **train_values) -> RunResult:
+    if train_values.get("seq_len") is None:
+        train_values["seq_len"] = default_seq_len(model, preset, overrides or {})
     cfg = train_config(train_values)
     settings = dict(model=model, preset=preset, data=data, valid=valid, tokenizer=tokenizer,
                     vocab_size=vocab_size, masking=masking, dupe_factor=dupe_factor,
