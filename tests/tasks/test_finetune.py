@@ -10,7 +10,7 @@ import lmlab
 import lmlab.train.state
 from lmlab.cli import main
 from lmlab.errors import ConfigError, DataError
-from lmlab.tasks.finetune import _backbone, evaluate_task, finetune
+from lmlab.tasks.finetune import _backbone, evaluate_task, finetune, summary
 
 FAST = dict(lr=3e-3, batch_size=16, device="cpu", progress=False, log_every=1)
 
@@ -139,3 +139,11 @@ def test_bert_encoder_classify(tmp_path, task_files, make_records):
     assert report["family"] == "bert" and report["dev_metrics"]["accuracy"] > 0.9
     model, _ = lmlab.load(tmp_path / "ft")
     assert model.spec.arch == "encoder" and model.spec.start_id is None
+
+
+def test_summary_names_the_lm_coef_for_decoders_only():
+    report = {"task": "classify", "steps": 10, "n_train": 64, "lm_coef": 0.5, "from_scratch": False,
+              "dev_metrics": {"accuracy": 0.75, "loss": 0.5}, "wall_s": 1.0}
+    assert "lm_coef 0.5" in summary({**report, "family": "gpt2"})
+    line = summary({**report, "family": "bert", "from_scratch": True})
+    assert "lm_coef" not in line and "(64 examples, from scratch): dev accuracy 0.7500" in line

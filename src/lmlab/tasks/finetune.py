@@ -204,6 +204,10 @@ def summary(report: dict) -> str:
     metrics = report["dev_metrics"]
     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                       if isinstance(v, float) and math.isfinite(v) and k != "loss")
-    return (f"fine-tuned {report['task']} for {report['steps']} steps ({report['n_train']} examples, "
-            f"lm_coef {report['lm_coef']}{', from scratch' if report['from_scratch'] else ''}): "
+    how = [f"{report['n_train']} examples"]
+    if arch_of(report["family"]) == "decoder":  # the auxiliary LM loss is a decoder's only
+        how.append(f"lm_coef {report['lm_coef']}")
+    if report["from_scratch"]:
+        how.append("from scratch")
+    return (f"fine-tuned {report['task']} for {report['steps']} steps ({', '.join(how)}): "
             f"dev {shown}; {report['wall_s']} s")
