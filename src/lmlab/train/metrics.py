@@ -17,7 +17,7 @@ class MetricsLog:
         if resume_step is not None:
             self.truncate_after(resume_step)
         elif path.exists():
-            path.unlink()  # a fresh run starts a fresh log
+            path.unlink()  # nothing to resume from (killed before its first checkpoint): start over
 
     def truncate_after(self, step: int) -> None:
         """Drop lines a killed run logged after the checkpoint we resume from: they happen again."""
