@@ -221,6 +221,9 @@ def test_generate_restores_training_mode():
     (dict(max_new_tokens=-3), "max_new_tokens"),
     (dict(temperature=0.0), "temperature"),
     (dict(temperature=-1.0), "temperature"),
+    (dict(temperature=float("inf")), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(stop_strings=[""], tokenizer=CharTokenizer()), "stop strings"),
     (dict(top_k=-1), "top_k"),
     (dict(repetition_penalty=0.0), "repetition_penalty"),
     (dict(num_return_sequences=0), "num_return_sequences"),
@@ -252,3 +255,24 @@ def test_bad_prompts(model):
         lmlab.generate(model, [[1, 2], []], max_new_tokens=2)
     with pytest.raises(GenerationError, match="256"):
         lmlab.generate(model, [1, 256], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("family", ["bert", "task model"])
+def test_a_model_that_is_not_a_causal_lm_cannot_generate(family):
+    from lmlab.tasks.base import TaskSpec
+    from lmlab.tasks.registry import build_task_model
+
+    net = lmlab.build("bert", "tiny")
+    if family == "task model":
+        net = build_task_model(net, TaskSpec(name="classify", labels=["a", "b"], arch="encoder"))
+    with pytest.raises(GenerationError, match="is not a causal language model") as info:
+        lmlab.generate(net, PROMPT, max_new_tokens=2)
+    assert "\n" not in str(info.value)
+
+
+def test_non_finite_logits_are_named_when_sampling():
+    broken = lmlab.build("gpt2", "tiny").eval()
+    with torch.no_grad():
+        broken.blocks[0].mlp.c_fc.weight.fill_(float("nan"))
+    with pytest.raises(GenerationError, match="non-finite logits"):
+        lmlab.generate(broken, PROMPT, max_new_tokens=2, do_sample=True)

@@ -72,6 +72,11 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty,
                         num_return_sequences)
+    if not (hasattr(model, "new_cache") or _uses_mems(model)):
+        raise GenerationError(f"{type(model).__name__} cannot generate: it is not a causal language model "
+                              f"(gpt, gpt2, transfo-xl); BERT encoders and fine-tuned task models are not")
+    if stop_strings is not None and not all(isinstance(s, str) and s for s in stop_strings):
+        raise GenerationError(f"stop strings must be non-empty strings, got {list(stop_strings)!r}")
     if draft_model is not None:
         check_draft(model, draft_model, do_sample, compile)
     if stop_strings and tokenizer is None:

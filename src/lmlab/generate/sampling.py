@@ -5,6 +5,8 @@ Every function works on a whole batch of logits (B, V) with tensor ops: no Pytho
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lmlab.errors import GenerationError
@@ -14,8 +16,8 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | No
                         repetition_penalty: float, num_return_sequences: int) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not temperature > 0:
-        raise GenerationError(f"temperature must be > 0, got {temperature!r}")
+    if not 0 < temperature < math.inf:
+        raise GenerationError(f"temperature must be a finite number > 0, got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
         raise GenerationError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     if not 0 < top_p <= 1:
@@ -64,4 +66,10 @@ def next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_k
     logits = apply_top_k(logits, top_k or 0)
     logits = apply_top_p(logits, top_p)
     probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    try:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    except RuntimeError:  # checked here, not before every token: a check would sync each step
+        if bool(torch.isfinite(probs).all()):
+            raise
+        raise GenerationError("the model gave non-finite logits (NaN or inf): its weights are "
+                              "probably broken") from None
