@@ -115,6 +115,17 @@ def test_json_path_bits_and_errors(saved, tmp_path):
     assert main(["inspect", str(saved["words"]), "--text", "", "--out", str(tmp_path / "b.png")]) == 2
 
 
+@pytest.mark.parametrize("flag", ["--out", "--json"])
+def test_an_output_path_that_is_a_folder_is_refused_before_any_work(saved, tmp_path, capsys, flag):
+    paths = {"--out": str(tmp_path / "a.png"), "--json": str(tmp_path / "a.json"), flag: str(tmp_path)}
+    args = ["inspect", str(saved["words"]), "--text", "the cat sat", "--out", paths["--out"],
+            "--json", paths["--json"]]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{flag} {tmp_path} is a folder; expected the path of a file to write"), err
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "a.json").exists()
+
+
 def test_single_strip_plot(saved, tmp_path):
     model, tok = lmlab.load(saved["words"])
     plot_inspection(inspect_text(model, tok, "the cat sat"), tmp_path / "x.png")

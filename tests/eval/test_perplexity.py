@@ -242,3 +242,6 @@ def test_evaluate_command_errors(saved_char_model, tmp_path):
     lmlab.save(model, None, tmp_path / "bare")
     with pytest.raises(LmlabError, match="no tokenizer"):
         evaluate_command(str(tmp_path / "bare"), data)
+    lmlab.save(lmlab.build("bert", "tiny"), None, tmp_path / "bert")  # MLM logits: no perplexity
+    with pytest.raises(LmlabError, match="BERT encoder; perplexity evaluation needs a causal"):
+        evaluate_command(str(tmp_path / "bert"), data)

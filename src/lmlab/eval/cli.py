@@ -13,6 +13,7 @@ import torch
 from lmlab.errors import ConfigError, DataError, TokenizerError
 from lmlab.eval.detokenize import DETOKENIZERS, detokenizer, original_words
 from lmlab.eval.memory import check_protocol, default_window, evaluate_stream, resolve_settings
+from lmlab.eval.zeroshot import check_causal_lm
 
 PROTOCOLS = ("fixed", "sliding", "memory")
 SPLITS = ("train", "valid", "test", "all")
@@ -119,6 +120,7 @@ def evaluate_command(model_dir: str, data: str, split: str = "valid", protocol: 
     if detokenize not in DETOKENIZERS:
         raise ConfigError(f"unknown detokenizer {detokenize!r}; expected one of {', '.join(DETOKENIZERS)}")
     model, tokenizer = load(model_dir, device=device)
+    check_causal_lm(model, str(model_dir), "perplexity evaluation")
     check_protocol(model, protocol, window, stride)
     settings = resolve_settings(model, eval_preset, tgt_len, mem_len, clamp_len, same_length)
     context = model.config.max_seq_len

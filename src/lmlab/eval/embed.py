@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from lmlab.errors import ConfigError, DataError
+from lmlab.paths import output_file
 
 POOLS = ("none", "word", "mean")
 ENCODERS, DECODERS = ("bert",), ("gpt", "gpt2")
@@ -201,6 +202,7 @@ def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool
 
     from lmlab.checkpoints.io import load
 
+    out = output_file(out, "--out")
     texts, lines = read_lines(input)
     model, tokenizer = load(model_dir, device=device)
     if tokenizer is None:
@@ -210,6 +212,5 @@ def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool
     chosen = parse_layers(layers, net.config.n_layers + 1)
     meta = {"layers": chosen, "pool": pool, "model_dir": str(model_dir), "family": net.family,
             "line_numbers": lines, "texts": len(texts)}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
     return meta

@@ -28,6 +28,7 @@ import torch
 from lmlab.errors import ConfigError, DataError, TokenizerError
 from lmlab.eval.perplexity import _accepts, _device, _windows
 from lmlab.eval.zeroshot import check_causal_lm, context_length
+from lmlab.paths import output_file
 
 UNITS = ("nats", "bits")
 ESCAPES = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "␍"}
@@ -151,13 +152,13 @@ def inspect_command(model_dir: str | Path, text: str, out: str | Path, json_path
     `json_path` (default: `out` with the suffix .json); returns the JSON dict."""
     from lmlab.checkpoints.io import load
 
+    json_path = output_file(Path(out).with_suffix(".json") if json_path is None else json_path, "--json")
+    out = output_file(out, "--out")
     model, tokenizer = load(model_dir, device=device)
-    check_causal_lm(model, str(model_dir))
+    check_causal_lm(model, str(model_dir), "inspect")
     if tokenizer is None:
         raise TokenizerError(f"{model_dir} has no tokenizer.json; inspect needs to read the text")
     result = inspect_text(model, tokenizer, text, unit=unit, stride=stride)
     plot_inspection(result, out, per_strip=per_strip)
-    json_path = Path(out).with_suffix(".json") if json_path is None else Path(json_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
     return result

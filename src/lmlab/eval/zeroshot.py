@@ -44,13 +44,14 @@ def context_length(model) -> int:
     return context
 
 
-def check_causal_lm(model, where: str) -> None:
+def check_causal_lm(model, where: str, purpose: str = "zero-shot scoring") -> None:
     """ConfigError unless `model` is a plain causal LM (not a fine-tuned TaskModel, not BERT)."""
     if hasattr(model, "spec") and hasattr(model, "backbone"):
-        raise ConfigError(f"{where} is a fine-tuned {model.spec.name} model; zero-shot tasks need the "
-                          f"plain language model it was fine-tuned from")
+        name = model.spec.name
+        raise ConfigError(f"{where} is a fine-tuned {name} model; {purpose} needs the plain language model "
+                          f"it was fine-tuned from (its own metrics: --task {name})")
     if getattr(model, "family", None) == "bert":
-        raise ConfigError(f"{where} is a BERT encoder; zero-shot tasks need a causal language model "
+        raise ConfigError(f"{where} is a BERT encoder; {purpose} needs a causal language model "
                           f"(gpt, gpt2, transfo-xl)")
 
 
