@@ -46,6 +46,13 @@ def test_answer_not_at_its_offset_names_the_question(tmp_path):
         {"id": "q-bad-7", "question": "?", "answers": [{"text": "France", "answer_start": 11}]}]}])
     with pytest.raises(DataError, match=r"question q-bad-7: answer 'France' is not at answer_start 11"):
         qa.read_squad(data)
+    context = "Paris is in France."
+    for answer, message in [({"text": "France.", "answer_start": -7}, "is not at answer_start -7"),
+                            ({"text": "", "answer_start": 0}, "an answer's text is empty"),
+                            ({"text": "P", "answer_start": True}, "an int 'answer_start'")]:
+        question = {"id": "q", "question": "?", "answers": [answer]}
+        with pytest.raises(DataError, match=message):
+            qa.read_squad(squad([{"context": context, "qas": [question]}]))
     path = tmp_path / "broken.json"
     path.write_text("{")
     with pytest.raises(DataError, match="broken.json"):

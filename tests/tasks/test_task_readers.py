@@ -51,6 +51,8 @@ def test_jsonl_errors(tmp_path):
     no_b = write(tmp_path / "nob.jsonl", '{"text": "a", "label": "x"}\n')
     error(lambda: classify.read(no_b, "train", {"task": "pair"}), "nob.jsonl:1", "text_b")
     error(lambda: classify.read(str(tmp_path / "nope.jsonl"), "train", {}), "nope.jsonl", "cannot read")
+    empty = write(tmp_path / "empty.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": " "}\n')
+    error(lambda: classify.read(empty, "train", {}), "empty.jsonl:2", "the label is empty")
 
 
 @pytest.mark.parametrize("header,row,expected", [
@@ -76,6 +78,8 @@ def test_tsv_regression_detected_and_errors(tmp_path):
     assert classify.label_set(examples, {}) == ((), True)
     short = write(tmp_path / "short.tsv", "sentence\tlabel\nok\t1\nbroken-row\n")
     error(lambda: classify.read(short, "train", {}), "short.tsv:3", "tab-separated fields")
+    unlabeled = write(tmp_path / "unlabeled.tsv", "sentence\tlabel\nok\t1\nno label\t\n")
+    error(lambda: classify.read(unlabeled, "train", {}), "unlabeled.tsv:3", "the label is empty")
     cols = write(tmp_path / "cols.tsv", "a\tb\nx\ty\n")
     error(lambda: classify.read(cols, "train", {}), "cols.tsv:1", "--text-column")
     error(lambda: classify.read(cols, "train", {"text_column": "zz"}), "cols.tsv:1", "no column 'zz'")

@@ -90,8 +90,14 @@ def _json_label(value, where: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (str, int, float)):
-        return str(value)
+        return _nonempty_label(str(value), where)
     raise DataError(f"{where}: label must be a string or a number, got {type(value).__name__}")
+
+
+def _nonempty_label(label: str, where: str) -> str:
+    if not label.strip():  # would become a class of its own
+        raise DataError(f"{where}: the label is empty")
+    return label
 
 
 def _read_jsonl(path: Path, text: str, options: dict) -> list[Example]:
@@ -148,7 +154,8 @@ def _read_tsv(path: Path, text: str, options: dict) -> list[Example]:
             raise DataError(f"{path}:{lineno}: {len(fields)} tab-separated fields, expected {len(header)} "
                             f"as in the header")
         b = fields[b_col] if b_col is not None else None
-        examples.append(Example(fields[text_col], b, fields[label_col], f"{path}:{lineno}"))
+        where = f"{path}:{lineno}"
+        examples.append(Example(fields[text_col], b, _nonempty_label(fields[label_col], where), where))
     return examples
 
 

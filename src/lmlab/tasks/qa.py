@@ -82,9 +82,12 @@ def parse_squad(data: dict, where: str = "SQuAD data") -> list[QAExample]:
                 for a in qa.get("answers") or []:
                     a = a if isinstance(a, dict) else {}
                     text, start = a.get("text"), a.get("answer_start")
-                    if not isinstance(text, str) or not isinstance(start, int):
+                    if not isinstance(text, str) or not isinstance(start, int) or isinstance(start, bool):
                         raise DataError(f"{at}: an answer needs a string 'text' and an int 'answer_start'")
-                    if context[start:start + len(text)] != text:
+                    if not text.strip():
+                        raise DataError(f"{at}: an answer's text is empty (a question without an answer "
+                                        f"has 'answers': [] in SQuAD v2.0)")
+                    if start < 0 or context[start:start + len(text)] != text:  # no Python negative index
                         found = context[start:start + len(text)]
                         raise DataError(f"{at}: answer {text!r} is not at answer_start {start} "
                                         f"(the context has {found!r} there)")
