@@ -1,0 +1,31 @@
+"""--device names: checked once, with a one-line error, before any work."""
+
+import pytest
+import torch
+
+from lmlab.devices import resolve_device
+from lmlab.errors import ConfigError
+
+
+def test_cpu_and_auto():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("tpu", "is not a device lmlab runs on"),
+    ("meta", "is not a device lmlab runs on"),
+    ("gpu0", "is not a device lmlab runs on"),
+    ("cuda:99", "CUDA"),
+])
+def test_bad_names_are_one_line_errors(name, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        resolve_device(name)
+    assert "\n" not in str(info.value) and name in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu():
+    with pytest.raises(ConfigError, match="no CUDA GPU here"):
+        resolve_device("cuda")
