@@ -25,7 +25,7 @@ FAMILIES: dict[str, Family] = {
 
 
 def family_spec(family: str) -> Family:
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:  # a JSON list would be unhashable
         raise ConfigError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
     return FAMILIES[family]
 
