@@ -60,19 +60,34 @@ def read_manifest(directory: Path, verify: bool = True) -> dict:
         raise CheckpointError(f"{directory}: no such model directory")
     if not path.exists():
         raise CheckpointError(f"{directory}: no {MANIFEST}; the folder is incomplete or not an lmlab model")
-    try:
-        files = json.loads(path.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: unreadable manifest ({e})") from None
+    files = _manifest_files(path)
     for name, entry in files.items():
         target = directory / name
-        if not target.exists():
+        if not target.is_file():
             raise CheckpointError(f"{target}: listed in {MANIFEST} but missing")
         if target.stat().st_size != entry["size"]:
             raise CheckpointError(f"{target}: size {target.stat().st_size} bytes, manifest says "
                                   f"{entry['size']}; the file is truncated or was changed")
         if verify and sha256_file(target) != entry["sha256"]:
             raise CheckpointError(f"{target}: sha256 does not match {MANIFEST}; the file is corrupt")
+    return files
+
+
+def _manifest_files(path: Path) -> dict:
+    """The file table of the manifest at `path`, its shape checked: {name: {"size", "sha256"}}."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable manifest ({e})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    # Names are plain files of this folder: a manifest never makes us read (or hash) elsewhere.
+    ok = isinstance(files, dict) and all(
+        name not in ("", ".", "..") and Path(name).name == name
+        and isinstance(e, dict) and isinstance(e.get("size"), int) and isinstance(e.get("sha256"), str)
+        for name, e in files.items())
+    if not ok:
+        raise CheckpointError(f'{path}: unreadable manifest (expected {{"files": {{NAME: {{"size": '
+                              f'BYTES, "sha256": HEX}}}}}})')
     return files
 
 

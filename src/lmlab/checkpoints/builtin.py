@@ -22,11 +22,12 @@ def is_builtin(source: str | Path) -> bool:
     return str(source).startswith("builtin:")
 
 
-def builtin_weights_dir(source: str) -> Path:
+def builtin_weights_dir(source: str | Path) -> Path:
     """The Hugging Face dir behind `builtin:NAME`; one clear line when its package is missing."""
-    name = str(source).removeprefix("builtin:")
+    source = str(source)  # the CLI passes a Path, whose repr is not what the user typed
+    name = source.removeprefix("builtin:")
     if name not in BUILTIN_WEIGHTS:
-        raise ConversionError(f"unknown built-in weights {source!r}; expected one of "
+        raise ConversionError(f"unknown built-in weights {source}; expected one of "
                               f"{', '.join('builtin:' + n for n in BUILTIN_WEIGHTS)}")
     package, folder, requirement, _ = BUILTIN_WEIGHTS[name]
     spec = importlib.util.find_spec(package)

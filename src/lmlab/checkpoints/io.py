@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmlab.checkpoints.atomic import MANIFEST, read_manifest, write_bytes_atomic, write_manifest
-from lmlab.errors import CheckpointError, LmlabError
+from lmlab.errors import CheckpointError, LmlabError, TokenizerError
 from lmlab.models.config import config_to_dict
 from lmlab.models.registry import build_from_config, family_of
 from lmlab.tasks.base import TaskModel, TaskSpec
@@ -49,6 +49,10 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: s
         if tuple(tensor.shape) != tuple(own[name].shape):
             raise CheckpointError(f"{where}: tensor {name} has shape {tuple(tensor.shape)}, "
                                   f"the model expects {tuple(own[name].shape)}")
+        # Other float widths are cast on copy (fp16/bf16 files load); integer values are not weights.
+        if own[name].is_floating_point() and not tensor.is_floating_point():
+            raise CheckpointError(f"{where}: tensor {name} has dtype {tensor.dtype}, the model expects "
+                                  f"floating point ({own[name].dtype})")
     stored = set(unique_state(module))
     missing = sorted(stored - set(state))
     if missing:
@@ -61,6 +65,8 @@ def save(model: torch.nn.Module, tokenizer, out_dir: str | Path, extra: dict | N
     from lmlab import __version__
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: exists and is not a directory; expected a model dir to write into")
     out.mkdir(parents=True, exist_ok=True)
     # The manifest goes first and comes back last: a crash in between leaves no valid model here.
     (out / MANIFEST).unlink(missing_ok=True)
@@ -86,6 +92,14 @@ def save(model: torch.nn.Module, tokenizer, out_dir: str | Path, extra: dict | N
 def tokenizer_files(directory: Path) -> set[str]:
     names = {"tokenizer.json", "vocab.json", "merges.txt", "vocab.txt"}
     return {n for n in names if (directory / n).exists()}
+
+
+def check_tokenizer_fits(model, tokenizer, directory: Path) -> None:
+    """Fewer tokens than embedding rows is fine (padded vocabularies); more would fail only later, at
+    the first out-of-range id, with a message about the prompt instead of the model dir."""
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise TokenizerError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, more than "
+                             f"the model's vocab_size {model.config.vocab_size}; it belongs to another model")
 
 
 def read_config(directory: Path) -> dict:
@@ -129,5 +143,7 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{directory / WEIGHTS}: not a readable safetensors file ({e})") from None
     load_state(model, state, str(directory / WEIGHTS))
+    tokenizer = load_tokenizer(directory)
+    check_tokenizer_fits(model, tokenizer, directory)
     model.to(device).eval()
-    return model, load_tokenizer(directory)
+    return model, tokenizer

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,8 +24,10 @@ from safetensors.torch import load_file, save_file
 from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.checkpoints.builtin import builtin_weights_dir, is_builtin
 from lmlab.checkpoints.convert import hf_bert, hf_gpt, hf_transfo_xl
+from lmlab.checkpoints.io import check_tokenizer_fits
 from lmlab.errors import ConversionError
 from lmlab.models.registry import family_of
+from lmlab.tasks.base import TaskModel
 
 # config.json model_type -> layout reader: (hf_dir, config, read_weights) -> (model, tokenizer|None).
 FROM_HF = {
@@ -57,16 +60,20 @@ def from_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
     directory = builtin_weights_dir(hf_dir) if is_builtin(hf_dir) else Path(hf_dir)
     config = read_hf_config(directory)
     model_type = config.get("model_type")
-    if model_type not in FROM_HF:
+    if not isinstance(model_type, str) or model_type not in FROM_HF:
         raise ConversionError(f"{directory / CONFIG}: model_type {model_type!r} is not supported; "
                               f"expected one of {', '.join(FROM_HF)}")
     # Weights are read only once the config is known to be convertible (they can be gigabytes).
     model, tokenizer = FROM_HF[model_type](directory, config, lambda: read_hf_weights(directory))
+    check_tokenizer_fits(model, tokenizer, directory)
     return model.to(device).eval(), tokenizer
 
 
 def to_hf(model, tokenizer, hf_dir: str | Path) -> Path:
     """Write `model` (and `tokenizer`, if given) as a Hugging Face model dir of its family's layout."""
+    if isinstance(model, TaskModel):
+        raise ConversionError(f"a fine-tuned task model (TaskModel, task {model.spec.name!r}) has no "
+                              f"Hugging Face layout here; only pretrained backbones convert")
     family = family_of(model)
     if family not in TO_HF:
         raise ConversionError(f"family {family!r} has no Hugging Face layout; "
@@ -77,6 +84,9 @@ def to_hf(model, tokenizer, hf_dir: str | Path) -> Path:
                               f"{', '.join(TOKENIZER_TO_HF)}, or pass tokenizer=None")
     config, state = TO_HF[family](model, tokenizer)
     out = Path(hf_dir)
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"{out}: exists and is not a directory; expected a dir to write the "
+                              f"Hugging Face model into")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f"{SAFETENSORS}.tmp-{os.getpid()}"
     save_file(state, str(tmp), metadata={"format": "pt"})  # "pt": what transformers checks for
@@ -139,12 +149,15 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as e:
             raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
     try:
-        # weights_only: a foreign pickle may hold tensors and containers, never code.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError ...: all mean "unreadable"
-        first_line = (str(e).splitlines() or [""])[0]  # torch's messages run over many lines
-        raise ConversionError(f"{path}: not a readable PyTorch weights file "
-                              f"({type(e).__name__}: {first_line})") from None
+        # weights_only: a foreign pickle may hold tensors and containers, never code. Its warnings
+        # (e.g. about the pickle protocol) are noise on top of the error below or the check after.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # UnpicklingError, RuntimeError (zip), EOFError ...: all mean "unreadable"
+        # Not torch's text: it advises weights_only=False, which would run the file's code.
+        raise ConversionError(f"{path}: not a readable PyTorch weights file (or it holds more than "
+                              f"tensors); convert it to safetensors") from None
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise ConversionError(f"{path}: expected a state dict of tensors")
     return state

@@ -8,6 +8,7 @@ from lmlab.checkpoints import convert
 from lmlab.checkpoints.io import load, save
 from lmlab.errors import ConversionError
 from lmlab.models.registry import family_of
+from lmlab.tasks.base import TaskModel
 
 
 def convert_command(from_hf: str | None, to_hf: str | None, out: str) -> int:
@@ -24,6 +25,9 @@ def convert_command(from_hf: str | None, to_hf: str | None, out: str) -> int:
         what = "lmlab"
     else:
         model, tokenizer = load(source)
+        if isinstance(model, TaskModel):
+            raise ConversionError(f"{source}: holds a fine-tuned task model (TaskModel, task "
+                                  f"{model.spec.name!r}); only pretrained backbones convert to Hugging Face")
         convert.to_hf(model, tokenizer, out)
         what = "Hugging Face"
     n_params = sum(p.numel() for p in model.parameters())

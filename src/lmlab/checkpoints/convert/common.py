@@ -50,8 +50,13 @@ def check_names(present: Iterable[str], wanted: set[str], where: str) -> None:
         raise ConversionError(f"{where}: missing tensor(s) {', '.join(missing[:5])}")
 
 
-def copy_into(own: dict[str, torch.Tensor], converted: dict[str, torch.Tensor]) -> None:
-    """Copy `converted` into `own`, a model's state_dict, once every tensor has been checked."""
+def copy_into(own: dict[str, torch.Tensor], converted: dict[str, torch.Tensor], where: str) -> None:
+    """Copy `converted` into `own`, a model's state_dict, once every shape has been checked."""
+    for name, tensor in converted.items():
+        # copy_ would cast integers silently; fp16/bf16 weights are fine and are cast to the model's.
+        if own[name].is_floating_point() and not tensor.is_floating_point():
+            raise ConversionError(f"{where}: the tensor for {name} has dtype {tensor.dtype}, lmlab "
+                                  f"expects floating point ({own[name].dtype})")
     with torch.no_grad():
         for name, tensor in converted.items():
             own[name].copy_(tensor)  # state_dict tensors share storage with the parameters

@@ -225,7 +225,7 @@ def _load(model, state: dict[str, torch.Tensor], hf_dir: Path) -> None:
     if head is not None and (head.shape != embed.shape or not torch.equal(head, embed)):
         raise ConversionError(f"{where}: cls.predictions.decoder.weight differs from the word embedding; "
                               f"lmlab ties them, an untied MLM decoder is not supported")
-    copy_into(own, converted)
+    copy_into(own, converted, where)
 
 
 # ---- to HF ------------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def _load(model, hf_state: dict[str, torch.Tensor], names: dict[str, str], hf_di
     if head is not None and (head.shape != embed.shape or not torch.equal(head, embed)):
         raise ConversionError(f"{where}: lm_head.weight differs from {names['wte.weight']}; lmlab ties "
                               f"them, an untied LM head is not supported")
-    copy_into(own, converted)
+    copy_into(own, converted, where)
 
 
 def _openai_dir_tokenizer(hf_dir: Path):

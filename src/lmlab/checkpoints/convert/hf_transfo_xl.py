@@ -138,7 +138,7 @@ def _load(model, hf_state: dict[str, torch.Tensor], where: str) -> None:
                 raise ConversionError(f"{where}: {name} differs from {present[0]}, but config.json ties "
                                       f"them (tie_word_embeddings, tie_projs or untie_r=false)")
         converted[ours] = state[present[0]]
-    copy_into(own, converted)
+    copy_into(own, converted, where)
 
 
 # ---- to HF ------------------------------------------------------------------------------------
