@@ -35,7 +35,7 @@ from torch.distributed.tensor import DTensor
 from lmlab.checkpoints.atomic import read_manifest
 from lmlab.errors import CheckpointError
 from lmlab.train.distributed import Dist
-from lmlab.train.state import OPTIMIZER, read_trainer_state
+from lmlab.train.state import OPTIMIZER, optimizer_entry, read_trainer_state
 
 # The repeated transformer layers of each family: one FSDP unit (one all-gather) per layer.
 BLOCK_LISTS = ("blocks", "layers")
@@ -113,10 +113,11 @@ def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim
                               f"{sorted(result.unexpected_keys)[:5]})")
     state = read_trainer_state(path, model)
     names = _param_names(model, optimizer)
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # global shapes
     entries: dict[str, dict] = {}
     for key, tensor in load_file(str(path / OPTIMIZER)).items():
-        _, idx, field = key.split(".", 2)
-        entries.setdefault(names[int(idx)], {})[field] = tensor
+        idx, field = optimizer_entry(str(path / OPTIMIZER), key, tensor, params)
+        entries.setdefault(names[idx], {})[field] = tensor
     groups = [{**g, "params": [names[i] for i in g["params"]]} for g in state["optimizer_groups"]]
     set_optimizer_state_dict(model, optimizer, {"state": entries, "param_groups": groups},
                              options=StateDictOptions(full_state_dict=True))

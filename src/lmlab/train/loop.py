@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from lmlab.checkpoints.io import save
-from lmlab.errors import LmlabError
+from lmlab.errors import CheckpointError, LmlabError
 from lmlab.nn.attention import training_attention
 from lmlab.objectives.clm import clm_loss
 from lmlab.train.config import TrainConfig
@@ -39,11 +40,13 @@ from lmlab.train.metrics import MetricsLog, plot_losses
 from lmlab.train.optim import make_optimizer
 from lmlab.train.schedule import lr_at
 from lmlab.train.state import (
+    TRAINER_STATE,
     check_new_run,
-    latest_valid,
+    check_run_dir,
     load_carried,
     load_checkpoint,
     remove_stale,
+    resume_point,
     rotate,
     save_checkpoint,
     set_rng_state,
@@ -138,15 +141,24 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
         replica = fsdp.shard_model(model, dist)  # before the optimizer: parameters become shards
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
     start, tokens, skipped, bad_run, resumed, ckpt = 0, 0, 0, 0, None, None
+    check_run_dir(run_dir)
     if not resume:
         check_new_run(run_dir)  # on every rank, before rank 0 writes anything
     if dist.is_main:
         remove_stale(run_dir)
     barrier(dist)
-    if resume and (ckpt := latest_valid(run_dir)) is not None:
+    if resume:
+        ckpt, note = resume_point(run_dir)  # CheckpointError when every checkpoint is broken
+        if note and dist.is_main:
+            print(f"lmlab: {note}", file=sys.stderr)
+    if ckpt is not None:
         state = (fsdp.load_sharded_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer)
-        set_rng_state(state["rng"])
-        batches.load_state_dict(state["sampler"])
+        try:
+            set_rng_state(state["rng"])
+            batches.load_state_dict(state["sampler"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt / TRAINER_STATE}: its rng or sampler state cannot be restored "
+                                  f"({type(e).__name__}: {e})") from None
         if stateful:
             mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
             objective.load_state_dict(own_rows(load_carried(ckpt), mine, cfg.batch_size, device))

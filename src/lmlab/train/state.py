@@ -50,6 +50,9 @@ def rng_state() -> dict:
     return state
 
 
+RNG_KINDS = ("python", "numpy", "torch")  # (+ "cuda" where it was saved)
+
+
 def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -67,12 +70,33 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     return tensors, sd["param_groups"]
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+def optimizer_entry(source: str, name: str, tensor: torch.Tensor, params: list) -> tuple[int, str]:
+    """(parameter index, state key) of a saved tensor `state.IDX.KEY`; CheckpointError (naming
+    `source`) when it does not fit its parameter: torch would take it and fail steps later."""
+    parts = name.split(".", 2)
+    if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or int(parts[1]) >= len(params):
+        raise CheckpointError(f"{source}: tensor {name} is not the state of one of the "
+                              f"{len(params)} parameters of this model")
+    idx, key = int(parts[1]), parts[2]
+    shape = () if key == "step" else tuple(params[idx].shape)  # AdamW: moments shaped as their parameter
+    if tuple(tensor.shape) != shape or not tensor.is_floating_point():
+        raise CheckpointError(f"{source}: tensor {name} is {tuple(tensor.shape)} {tensor.dtype}, "
+                              f"expected a float tensor of shape {shape} (parameter {idx}); the "
+                              f"optimizer state does not fit this model")
+    return idx, key
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list,
+                   source: str = OPTIMIZER) -> None:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict] = {}
     for name, tensor in tensors.items():
-        _, idx, key = name.split(".", 2)
-        state.setdefault(int(idx), {})[key] = tensor
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+        idx, key = optimizer_entry(source, name, tensor, params)
+        state.setdefault(idx, {})[key] = tensor
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{source}: the optimizer state does not fit this model ({e})") from None
 
 
 def all_finite(model: torch.nn.Module) -> bool:
@@ -130,8 +154,15 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "model.safetensors")
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """--out names a run dir: refused early if it is a file (else mkdir fails deep in a run)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} exists and is not a directory; --out must be a run dir")
+
+
 def check_new_run(run_dir: Path, outputs: tuple[str, ...] = RUN_OUTPUTS) -> None:
     """Refuse to start a run (not a resume) over an earlier one; nothing of it is deleted."""
+    check_run_dir(run_dir)
     found = [name for name in outputs if (run_dir / name).exists()]
     if found:
         raise ConfigError(f"{run_dir} already holds a run ({found[0]}); pass --resume to continue it, "
@@ -167,9 +198,67 @@ def latest_valid(run_dir: Path) -> Path | None:
     return None
 
 
+def resume_point(run_dir: Path) -> tuple[Path | None, str | None]:
+    """(checkpoint to resume from, one line to tell the user or None) for `--resume` into run_dir.
+
+    No checkpoint at all (a run killed before its first one): (None, a note), the run starts at
+    step 0. Newer broken checkpoints before a valid one: that one, and a note naming what was
+    skipped. Only broken ones: CheckpointError, as starting over would silently undo the run."""
+    found = checkpoints(run_dir)
+    if not found:
+        return None, f"{run_dir} holds no checkpoint to resume from; starting at step 0"
+    broken = []
+    for _, path in reversed(found):
+        try:
+            read_manifest(path)
+        except CheckpointError as e:
+            broken.append((path, e))
+            continue
+        skipped = "; ".join(f"skipped {p.name}: {e}" for p, e in broken)
+        return path, (f"resuming from {path.name} ({skipped})" if broken else None)
+    newest, why = broken[0]
+    older = " (no older checkpoint is valid either)" if len(broken) > 1 else ""
+    raise CheckpointError(f"cannot resume from {newest}: {why}{older}; remove the broken checkpoint to "
+                          f"resume from an older one, or start a new run with another --out")
+
+
+def _check_trainer_state(file: Path, state) -> None:
+    """The fields a resume uses, with the types it needs: one line naming the file, not a
+    KeyError or a misleading message further on."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(state).__name__}")
+    for key in ("step", "tokens", "skipped", "bad_run"):
+        value = state.get(key)
+        if type(value) is not int or value < 0:
+            raise CheckpointError(f"{file}: {key!r} must be a non-negative integer, got {value!r}")
+    m = _STEP_DIR.match(file.parent.name)
+    if m and int(m.group(1)) != state["step"]:
+        raise CheckpointError(f"{file}: 'step' is {state['step']} in checkpoint {file.parent.name}")
+    rng = state.get("rng")
+    if not isinstance(rng, dict) or any(not isinstance(rng.get(k), list) for k in RNG_KINDS):
+        raise CheckpointError(f"{file}: 'rng' must be an object with python, numpy and torch states")
+    if not isinstance(state.get("sampler"), dict):
+        raise CheckpointError(f"{file}: 'sampler' must be an object (the data position)")
+    groups = state.get("optimizer_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and "params" in g for g in groups):
+        raise CheckpointError(f"{file}: 'optimizer_groups' must be a list of parameter groups")
+    layout = state.get("optimizer_layout", 1)  # absent in checkpoints from before the field
+    if type(layout) is not int:
+        raise CheckpointError(f"{file}: 'optimizer_layout' must be an integer, got {layout!r}")
+    if layout > OPTIMIZER_LAYOUT:
+        raise CheckpointError(f"{file}: optimizer_layout {layout} was written by a newer lmlab "
+                              f"(this one reads {OPTIMIZER_LAYOUT}); upgrade lmlab to resume from it")
+
+
 def read_trainer_state(path: Path, model) -> dict:
-    """trainer_state.json of checkpoint `path`, refused when its AdamW moments do not fit `model`."""
-    state = json.loads((path / TRAINER_STATE).read_text())
+    """trainer_state.json of checkpoint `path`, checked, and refused when its AdamW moments do not
+    fit `model`."""
+    file = path / TRAINER_STATE
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{file}: not a readable JSON file ({e})") from None
+    _check_trainer_state(file, state)
     old = state.get("optimizer_layout", 1) != OPTIMIZER_LAYOUT
     if old and any(isinstance(m, Linear) for m in model.modules()):
         raise CheckpointError(f"{path}: its optimizer state predates lmlab holding attention and "
@@ -184,7 +273,8 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
     read_manifest(path)
     load_state(model, load_file(str(path / "model.safetensors")), str(path))
     state = read_trainer_state(path, model)
-    load_optimizer(optimizer, load_file(str(path / OPTIMIZER)), state["optimizer_groups"])
+    file = path / OPTIMIZER
+    load_optimizer(optimizer, load_file(str(file)), state["optimizer_groups"], str(file))
     return state
 
 
