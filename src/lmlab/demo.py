@@ -9,6 +9,7 @@ that `lmlab generate` and `lmlab evaluate` accept.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -17,12 +18,14 @@ import torch
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.data.prepare import prepare_tokens
+from lmlab.errors import ConfigError
 from lmlab.eval.perplexity import perplexity, unigram_perplexity
 from lmlab.generate.loop import generate
 from lmlab.objectives.clm import clm_loss
 from lmlab.train.distributed import Dist
 from lmlab.train.loop import resolve_device
 from lmlab.train.pretrain import pretrain, run_tokenizer, saved_settings
+from lmlab.train.state import check_run_dir
 
 DATA = "builtin:ptb"
 MODEL = {"d_model": 192, "n_layers": 4, "n_heads": 4, "d_ff": 768, "max_seq_len": 128, "dropout": 0.1}
@@ -62,7 +65,10 @@ def is_earlier_demo(run_dir: Path) -> bool:
 
 
 def run_demo(out: str = "runs/demo", minutes: float = 5.0, device: str = "auto") -> dict:
+    if not 0 < minutes < math.inf:
+        raise ConfigError(f"--minutes must be a positive number of minutes, got {minutes:g}")
     run_dir = Path(out)
+    check_run_dir(run_dir)
     if is_earlier_demo(run_dir):
         shutil.rmtree(run_dir)  # replaced; any other run there is refused by pretrain
     dev = resolve_device(device)

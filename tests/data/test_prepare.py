@@ -11,7 +11,7 @@ from lmlab.data.prepare import (
     encode_documents,
     prepare_tokens,
 )
-from lmlab.errors import DataError
+from lmlab.errors import ConfigError, DataError
 from lmlab.tokenizers.byte_bpe import ByteBPETokenizer
 from lmlab.tokenizers.chars import CharTokenizer
 from lmlab.tokenizers.words import WordTokenizer
@@ -113,6 +113,19 @@ def test_check_vocab_names_both_sizes():
 def test_unknown_tokenizer_kind(corpus):
     with pytest.raises(DataError, match="unknown tokenizer kind 'sentencepiece'"):
         build_tokenizer_for(str(corpus), "sentencepiece")
+
+
+@pytest.mark.parametrize("kind, size, expected", [
+    ("byte_bpe", 0, "--vocab-size must be an integer >= 257 for the byte_bpe tokenizer, got 0"),
+    ("byte_bpe", 256, ">= 257 for the byte_bpe"),
+    ("wordpiece", 0, ">= 6 for the wordpiece"),
+    ("words", 0, "--vocab-size must be an integer >= 2 for the words tokenizer, got 0"),
+    ("chars", 100, "--vocab-size does not apply to the chars tokenizer"),
+])
+def test_a_vocab_size_that_cannot_be_honoured_names_the_flag(corpus, kind, size, expected):
+    """0 used to mean the default (byte_bpe took 8192); chars ignored any size."""
+    with pytest.raises(ConfigError, match=expected):
+        build_tokenizer_for(str(corpus), kind, vocab_size=size)
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,23 @@ def test_a_new_run_into_a_finished_run_dir_is_refused(tmp_path, tiny_gpt_dir, ta
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing touched
 
 
+def test_zero_steps_are_refused_not_replaced_by_the_epochs(tmp_path, tiny_gpt_dir, task_files):
+    """--steps 0 used to run epochs x batches steps."""
+    out = tmp_path / "ft"
+    with pytest.raises(ConfigError, match="--steps must be a positive integer, got 0"):
+        finetune(tiny_gpt_dir, "classify", task_files["train"], task_files["dev"], out, steps=0, **FAST)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_an_out_that_is_a_file_is_refused(tmp_path, tiny_gpt_dir, task_files, resume):
+    out = tmp_path / "afile.txt"
+    out.write_text("x")
+    with pytest.raises(ConfigError, match="afile.txt exists and is not a directory; --out must be a run dir"):
+        finetune(tiny_gpt_dir, "classify", task_files["train"], task_files["dev"], out, steps=2,
+                 resume=resume, **FAST)
+
+
 def test_too_long_text_stops_before_training_unless_truncate(tmp_path, tiny_gpt_dir, task_files):
     out = tmp_path / "long"
     with pytest.raises(DataError, match=r"train\.jsonl:\d+: the input is \d+ tokens.*limit of 6.*--truncate"):

@@ -46,3 +46,20 @@ def test_demo_refuses_to_run_over_another_run(tmp_path, tiny_demo, tiny_args, ca
     assert main(["demo", "--out", str(out), "--minutes", "0.001", "--device", "cpu"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert not (out / "report.json").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--minutes", "0"], "--minutes must be a positive number of minutes, got 0"),
+    (["--minutes", "-1"], "--minutes must be a positive number of minutes, got -1"),
+    (["--out", "FILE"], "exists and is not a directory; --out must be a run dir"),
+])
+def test_demo_refuses_a_bad_budget_or_out(tmp_path, tiny_demo, capsys, argv, expected):
+    """--minutes 0 and -1 used to train 50 steps ("~-1 min"); a file as --out was a traceback."""
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    argv = [str(afile) if a == "FILE" else a for a in argv]
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "demo")]
+    assert main(["demo", *out, *argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "demo").exists()

@@ -4,6 +4,8 @@
 
 import json
 
+import pytest
+
 from lmlab.cli import main
 from lmlab.train.pretrain import SETTINGS_FILE, default_seq_len
 
@@ -84,3 +86,28 @@ def test_bert_tiny_pretrains_without_seq_len(tmp_path, tiny_args):
     assert main(tiny_args(run, model="bert", tokenizer="wordpiece", vocab_size=64, steps=2, batch_size=4,
                           seq_len=None)) == 0
     assert json.loads((run / SETTINGS_FILE).read_text())["seq_len"] == 64
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_an_out_that_is_a_file_is_a_one_line_error(tmp_path, tiny_args, capsys, resume):
+    path = tmp_path / "afile.txt"
+    path.write_text("keep me")
+    assert main(tiny_args(path, resume=resume)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"lmlab pretrain: error: {path} exists and is not a directory; --out must be a run dir"
+    assert path.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (dict(tokenizer="byte_bpe", vocab_size=0), "--vocab-size must be an integer >= 257"),
+    (dict(model="bert", tokenizer="wordpiece", vocab_size=64, masking="static", dupe_factor=0),
+     "--dupe-factor must be an integer >= 1, got 0"),
+    (dict(weight_decay=-1), "weight_decay must be >= 0"),
+])
+def test_zero_or_negative_flags_are_refused_not_replaced(tmp_path, tiny_args, capsys, flags, expected):
+    """--vocab-size 0 used to train 8192 ids and --dupe-factor 0 to make 10 maskings."""
+    out = tmp_path / "run"
+    assert main(tiny_args(out, **flags)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (out / "metrics.jsonl").exists()

@@ -25,10 +25,13 @@ import numpy as np
 from lmlab.data.corpora import builtin, fingerprint, is_builtin, read_corpus
 from lmlab.data.corpora import cache_dir as default_cache_dir
 from lmlab.data.shards import Shard, open_shard, write_shard
-from lmlab.errors import DataError
+from lmlab.errors import ConfigError, DataError
 
 CACHE_VERSION = 1
 DEFAULT_BPE_VOCAB = 8192
+# The smallest --vocab-size each tokenizer kind can train (see its `train`): words need <unk> and
+# <eos>, byte_bpe the 256 bytes and <|endoftext|>, wordpiece its 5 specials and one more id.
+MIN_VOCAB = {"words": 2, "chars": None, "byte_bpe": 257, "wordpiece": 6}
 _BATCH_CHARS = 1 << 20  # encode about 1M characters per call: bounded memory, a live progress bar
 # Long documents are cut only at a newline with non-space on both sides: every tokenizer here
 # (characters, whitespace words, GPT-2's pre-tokenizer regex) treats such a newline as its own
@@ -63,6 +66,15 @@ def build_tokenizer_for(source: str, kind: str | None = None, vocab_size: int | 
     corpus's own) on the train split of `source`. `vocab_size` caps words (default: every word)
     and sets the byte_bpe and wordpiece sizes (default 8192); characters take every character seen."""
     kind = kind or default_tokenizer_kind(source)
+    if kind not in MIN_VOCAB:
+        raise DataError(f"unknown tokenizer kind {kind!r}; expected words, chars, byte_bpe or wordpiece")
+    if vocab_size is not None:  # before the corpus is read
+        if MIN_VOCAB[kind] is None:
+            raise ConfigError(f"--vocab-size does not apply to the {kind} tokenizer (it takes every "
+                              f"character seen); leave it out")
+        if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB[kind]:
+            raise ConfigError(f"--vocab-size must be an integer >= {MIN_VOCAB[kind]} for the {kind} "
+                              f"tokenizer, got {vocab_size!r}")
     docs = read_corpus(source, "train", valid=valid)
     if kind == "words":
         from lmlab.tokenizers.words import WordTokenizer
@@ -72,15 +84,14 @@ def build_tokenizer_for(source: str, kind: str | None = None, vocab_size: int | 
         from lmlab.tokenizers.chars import CharTokenizer
 
         return CharTokenizer.train(docs)
+    size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
     if kind == "byte_bpe":
         from lmlab.tokenizers.byte_bpe import ByteBPETokenizer
 
-        return ByteBPETokenizer.train(docs, vocab_size or DEFAULT_BPE_VOCAB)
-    if kind == "wordpiece":
-        from lmlab.tokenizers.wordpiece import WordPieceTokenizer
+        return ByteBPETokenizer.train(docs, size)
+    from lmlab.tokenizers.wordpiece import WordPieceTokenizer
 
-        return WordPieceTokenizer.train(docs, vocab_size or DEFAULT_BPE_VOCAB)
-    raise DataError(f"unknown tokenizer kind {kind!r}; expected words, chars, byte_bpe or wordpiece")
+    return WordPieceTokenizer.train(docs, size)
 
 
 def tokenizer_digest(tokenizer) -> str:

@@ -31,7 +31,7 @@ from lmlab.tasks.registry import build_task_model, task_module
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import resolve_device
 from lmlab.train.loop import train as run_training
-from lmlab.train.state import check_new_run
+from lmlab.train.state import check_new_run, check_run_dir
 
 GPT_LR = 6.25e-5  # GPT §4.1
 REPORT = "report.json"
@@ -90,8 +90,9 @@ def _backbone(model_dir, from_scratch: bool, seed: int):
     return model, tokenizer, family
 
 
-def _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef) -> None:
-    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--max-len", max_len)):
+def _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_every) -> None:
+    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--max-len", max_len),
+                        ("--steps", 1 if steps is None else steps), ("--log-every", log_every)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if not 0 <= warmup_ratio < 1:
@@ -118,7 +119,8 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
     steps (default epochs × full batches per epoch), eval_every and save_every (default: once an
     epoch) are in optimizer steps.
     """
-    _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef)
+    _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_every)
+    check_run_dir(Path(out))
     if not resume:  # before the data is read and featurized (the training loop checks again)
         check_new_run(Path(out))
     module = task_module(task)
@@ -144,11 +146,11 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
 
     bs = min(batch_size, len(train_f))
     per_epoch = len(train_f) // bs
-    total = steps or epochs * per_epoch
+    total = epochs * per_epoch if steps is None else steps
     cfg = TrainConfig(steps=total, batch_size=bs, seq_len=spec.max_len, lr=lr, min_lr_ratio=0.0,
                       warmup=round(warmup_ratio * total), schedule="linear", weight_decay=weight_decay,
                       beta1=0.9, beta2=0.999, grad_clip=1.0, seed=seed,
-                      log_every=max(1, min(log_every, total)),
+                      log_every=min(log_every, total),
                       eval_every=per_epoch if eval_every is None else eval_every, eval_batches=1,
                       save_every=per_epoch if save_every is None else save_every, device=device,
                       progress=progress)

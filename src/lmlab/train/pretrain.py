@@ -25,7 +25,7 @@ from lmlab.tokenizers import load_tokenizer
 from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Dist, barrier, init_distributed, shutdown
 from lmlab.train.loop import RunResult, resolve_device, train
-from lmlab.train.state import RUN_OUTPUTS, check_new_run
+from lmlab.train.state import RUN_OUTPUTS, check_new_run, check_run_dir
 
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, written before step 0 so resume reuses it
 # What the last `pretrain` into a run dir was asked to do, so that `lmlab pretrain --out DIR
@@ -132,8 +132,9 @@ def pair_data(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, mask
         barrier(d)
     ids = (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
     batches = PairSampler(splits["train"], cfg.seq_len, cfg.batch_size, spec, *ids, seed=cfg.seed,
-                          rank=d.rank, world_size=d.world_size, masking=masking or "dynamic",
-                          dupe_factor=dupe_factor or DUPE_FACTOR)
+                          rank=d.rank, world_size=d.world_size,
+                          masking="dynamic" if masking is None else masking,
+                          dupe_factor=DUPE_FACTOR if dupe_factor is None else dupe_factor)
     per_rank = cfg.batch_size // d.world_size
     fixed = PairSampler(splits["valid"], cfg.seq_len, per_rank * cfg.eval_batches * d.world_size, spec, *ids,
                         seed=cfg.seed, rank=d.rank, world_size=d.world_size).batch(0)
@@ -236,6 +237,8 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
     overrides = segment_overrides(model, overrides or {}, cfg.seq_len)
     if model not in PRETRAINING and (masking is not None or dupe_factor is not None):
         raise ConfigError(f"--masking and --dupe-factor are for masked LM pretraining (bert), not {model}")
+    if dupe_factor is not None and (type(dupe_factor) is not int or dupe_factor < 1):
+        raise ConfigError(f"--dupe-factor must be an integer >= 1, got {dupe_factor!r}")
     tokenizer = tokenizer or DEFAULT_TOKENIZER.get(model)
     device = resolve_device(cfg.device)
     d = init_distributed(device.type)
@@ -244,6 +247,7 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
             device = torch.device("cuda", d.local_rank)
             torch.cuda.set_device(device)
         run_dir = Path(out)
+        check_run_dir(run_dir)
         if not resume:  # early: before the corpus is tokenized (train() checks again)
             check_new_run(run_dir, (*RUN_OUTPUTS, SETTINGS_FILE))
         run_dir.mkdir(parents=True, exist_ok=True)
