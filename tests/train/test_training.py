@@ -235,6 +235,11 @@ def test_bad_train_config_value_is_a_config_error():
         TrainConfig(keep_checkpoints=1)
     with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(schedule="exponential")
+    with pytest.raises(ConfigError, match="weight_decay must be >= 0, got -1"):
+        TrainConfig(weight_decay=-1)
+    for name, value in (("beta1", -0.1), ("beta2", 1.0)):
+        with pytest.raises(ConfigError, match=rf"{name} must be in \[0, 1\), got {value}"):
+            TrainConfig(**{name: value})
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -45,3 +45,7 @@ class TrainConfig:
         require(self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0")
         require(self.keep_checkpoints >= 2, f"keep_checkpoints must be >= 2, got {self.keep_checkpoints}")
         require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
+        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            require(0 <= value < 1, f"{name} must be in [0, 1), got {value!r}")
