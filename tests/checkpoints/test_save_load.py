@@ -194,3 +194,11 @@ def test_weights_missing_or_unexpected_tensor(saved):
 def test_weights_not_safetensors(saved):
     rewrite(saved, "model.safetensors", b"\x00" * 64)
     load_error(saved, "model.safetensors")
+
+
+def test_an_unknown_device_is_refused_before_the_weights_are_read(saved, monkeypatch):
+    from lmlab.checkpoints import io
+
+    monkeypatch.setattr(io, "load_file", lambda *a: pytest.fail("weights read before the device check"))
+    with pytest.raises(lmlab.errors.ConfigError, match="--device 'tpu' is not a device"):
+        lmlab.load(saved, device="tpu")

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmlab.checkpoints.atomic import MANIFEST, read_manifest, write_bytes_atomic, write_manifest
+from lmlab.devices import resolve_device
 from lmlab.errors import CheckpointError, LmlabError, TokenizerError
 from lmlab.models.config import config_to_dict
 from lmlab.models.registry import build_from_config, family_of
@@ -120,6 +121,7 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool
 
     A fine-tuned dir (config.json with "task") gives a TaskModel and its extended tokenizer.
     """
+    device = resolve_device(device)  # a bad --device fails before the weights are read
     directory = Path(model_dir)
     read_manifest(directory, verify=verify)
     config = read_config(directory)
