@@ -29,3 +29,19 @@ def test_bad_names_are_one_line_errors(name, message):
 def test_cuda_without_a_gpu():
     with pytest.raises(ConfigError, match="no CUDA GPU here"):
         resolve_device("cuda")
+
+
+@pytest.mark.parametrize("command", [
+    ["pretrain", "--out", "{tmp}/run"],
+    ["finetune", "{tmp}/no-model", "--task", "classify", "--train", "{tmp}/no.jsonl",
+     "--dev", "{tmp}/no.jsonl", "--out", "{tmp}/ft"],
+    ["demo", "--out", "{tmp}/demo"],
+])
+def test_commands_check_the_device_before_any_work(command, tmp_path, capsys):
+    from lmlab.cli import main
+
+    assert main([arg.format(tmp=tmp_path) for arg in command] + ["--device", "tpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--device 'tpu' is not a device lmlab runs on; expected auto, cpu, cuda, "
+                        "cuda:N or mps")
+    assert list(tmp_path.iterdir()) == []  # nothing was written

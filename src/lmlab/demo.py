@@ -18,12 +18,12 @@ import torch
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.data.prepare import prepare_tokens
+from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError
 from lmlab.eval.perplexity import perplexity, unigram_perplexity
 from lmlab.generate.loop import generate
 from lmlab.objectives.clm import clm_loss
 from lmlab.train.distributed import Dist
-from lmlab.train.loop import resolve_device
 from lmlab.train.pretrain import pretrain, run_tokenizer, saved_settings
 from lmlab.train.state import check_run_dir
 

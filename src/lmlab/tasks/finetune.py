@@ -24,12 +24,12 @@ import torch
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.checkpoints.io import load
+from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError
 from lmlab.models.registry import build_from_config, config_fields, family_of
 from lmlab.tasks.base import TaskModel, TaskSpec, add_task_tokens, arch_of, lm_aux_loss
 from lmlab.tasks.registry import build_task_model, task_module
 from lmlab.train.config import TrainConfig
-from lmlab.train.loop import resolve_device
 from lmlab.train.loop import train as run_training
 from lmlab.train.state import check_new_run, check_run_dir
 
@@ -120,6 +120,7 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
     epoch) are in optimizer steps.
     """
     _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_every)
+    target = resolve_device(device)  # a bad --device fails before the data is read
     check_run_dir(Path(out))
     if not resume:  # before the data is read and featurized (the training loop checks again)
         check_new_run(Path(out))
@@ -142,7 +143,7 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
     # Features before training: a too-long text or an unseen dev label stops the run at once.
     train_f = module.featurize(train_ex, tokenizer, spec, truncate)
     dev_f = module.featurize(dev_ex, tokenizer, spec, truncate)
-    model = build_task_model(backbone, spec).to(resolve_device(device))
+    model = build_task_model(backbone, spec).to(target)
 
     bs = min(batch_size, len(train_f))
     per_epoch = len(train_f) // bs

@@ -70,12 +70,6 @@ class RunResult:
     resumed_from: int | None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 # A batch is a tuple/list of tensors (x, y) or a dict of named tensors (task batches).
 def to_device(batch, device):
     def move(t: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.data.prepare import build_tokenizer_for, check_vocab, prepare_tokens
 from lmlab.data.sampler import ContiguousStreams, RandomWindowSampler, SequentialWindows
+from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError
 from lmlab.models.registry import family_spec, make_config
 from lmlab.objectives.clm import clm_loss
@@ -24,7 +25,7 @@ from lmlab.objectives.mlm_nsp import mlm_nsp_loss
 from lmlab.tokenizers import load_tokenizer
 from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Dist, barrier, init_distributed, shutdown
-from lmlab.train.loop import RunResult, resolve_device, train
+from lmlab.train.loop import RunResult, train
 from lmlab.train.state import RUN_OUTPUTS, check_new_run, check_run_dir
 
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, written before step 0 so resume reuses it
