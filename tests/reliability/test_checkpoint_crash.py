@@ -23,7 +23,7 @@ import lmlab
 from lmlab.checkpoints.atomic import MANIFEST, read_manifest, write_manifest
 from lmlab.cli import main
 from lmlab.errors import CheckpointError
-from lmlab.train.state import checkpoints, latest_valid, remove_stale, rotate
+from lmlab.train.state import checkpoints, remove_stale, resume_point, rotate
 
 FLAGS = dict(schedule="constant", save_every=4, eval_every=4, set=["dropout=0.1"])
 TORN = ["weights", "optimizer", "state", "manifest"]  # the write is incomplete at these stages
@@ -69,12 +69,12 @@ def test_crash_while_writing_a_checkpoint(stage, tmp_path, first_four, reference
     step4, step8 = run / "checkpoints" / "step-4", run / "checkpoints" / "step-8"
     if stage == "committed":
         assert names(run) == ["step-4", "step-8"]
-        assert latest_valid(run) == step8
+        assert resume_point(run)[0] == step8
         read_manifest(step8)
     else:
         left = names(run)
         assert "step-8" not in left and any(re.fullmatch(r"step-8\.tmp-\d+", n) for n in left), left
-        assert latest_valid(run) == step4
+        assert resume_point(run)[0] == step4
         assert [step for step, _ in checkpoints(run)] == [4]  # the temp folder is not a checkpoint
     model, tokenizer = lmlab.load(step4)
     assert tokenizer is not None and model.config.dropout == 0.1
@@ -101,7 +101,7 @@ def test_rotation_never_deletes_the_checkpoint_resumed_from(tmp_path, tiny_args,
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="sha256"):
         read_manifest(run / "checkpoints" / "step-12")
-    assert latest_valid(run) == run / "checkpoints" / "step-8"
+    assert resume_point(run)[0] == run / "checkpoints" / "step-8"
     # ... and writing step-10 next to the corrupt step-12 must not delete step-8.
     capsys.readouterr()
     assert main(tiny_args(run, steps=16, save_every=2, resume=True)) == 0

@@ -187,17 +187,6 @@ def rotate(run_dir: Path, keep: int, protect: Path | None = None) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def latest_valid(run_dir: Path) -> Path | None:
-    """The newest checkpoint whose files all match its manifest; broken ones are skipped."""
-    for _, path in reversed(checkpoints(run_dir)):
-        try:
-            read_manifest(path)
-            return path
-        except CheckpointError:
-            continue
-    return None
-
-
 def resume_point(run_dir: Path) -> tuple[Path | None, str | None]:
     """(checkpoint to resume from, one line to tell the user or None) for `--resume` into run_dir.
 
