@@ -24,7 +24,7 @@ from lmlab.eval.perplexity import perplexity, unigram_perplexity
 from lmlab.generate.loop import generate
 from lmlab.objectives.clm import clm_loss
 from lmlab.train.distributed import Dist
-from lmlab.train.pretrain import pretrain, run_tokenizer, saved_settings
+from lmlab.train.pretrain import RUN_FILES, pretrain, run_tokenizer, saved_settings
 from lmlab.train.state import check_run_dir
 
 DATA = "builtin:ptb"
@@ -68,9 +68,9 @@ def run_demo(out: str = "runs/demo", minutes: float = 5.0, device: str = "auto")
     if not 0 < minutes < math.inf:
         raise ConfigError(f"--minutes must be a positive number of minutes, got {minutes:g}")
     run_dir = Path(out)
-    check_run_dir(run_dir)
     if is_earlier_demo(run_dir):
-        shutil.rmtree(run_dir)  # replaced; any other run there is refused by pretrain
+        shutil.rmtree(run_dir)  # replaced; any other run there is refused, before any work
+    check_run_dir(run_dir, True, RUN_FILES)
     dev = resolve_device(device)
     tokenizer = run_tokenizer(run_dir, DATA, None, None, Dist())
     shards = prepare_tokens(DATA, tokenizer, seq_len=TRAIN["seq_len"])

@@ -31,7 +31,7 @@ from lmlab.tasks.base import TaskModel, TaskSpec, add_task_tokens, arch_of, lm_a
 from lmlab.tasks.registry import build_task_model, task_module
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import train as run_training
-from lmlab.train.state import check_new_run, check_run_dir
+from lmlab.train.state import check_run_dir
 
 GPT_LR = 6.25e-5  # GPT §4.1
 REPORT = "report.json"
@@ -121,9 +121,7 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
     """
     _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_every)
     target = resolve_device(device)  # a bad --device fails before the data is read
-    check_run_dir(Path(out))
-    if not resume:  # before the data is read and featurized (the training loop checks again)
-        check_new_run(Path(out))
+    check_run_dir(Path(out), not resume)  # before the data is read (the training loop checks again)
     module = task_module(task)
     options = {"task": task, "text_column": text_column, "text_b_column": text_b_column,
                "label_column": label_column, "regression": regression, "word_column": word_column,

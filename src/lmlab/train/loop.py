@@ -41,7 +41,6 @@ from lmlab.train.optim import make_optimizer
 from lmlab.train.schedule import lr_at
 from lmlab.train.state import (
     TRAINER_STATE,
-    check_new_run,
     check_run_dir,
     load_carried,
     load_checkpoint,
@@ -135,9 +134,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
         replica = fsdp.shard_model(model, dist)  # before the optimizer: parameters become shards
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
     start, tokens, skipped, bad_run, resumed, ckpt = 0, 0, 0, 0, None, None
-    check_run_dir(run_dir)
-    if not resume:
-        check_new_run(run_dir)  # on every rank, before rank 0 writes anything
+    check_run_dir(run_dir, not resume)  # on every rank, before rank 0 writes anything
     if dist.is_main:
         remove_stale(run_dir)
     barrier(dist)

@@ -26,13 +26,14 @@ from lmlab.tokenizers import load_tokenizer
 from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Dist, barrier, init_distributed, shutdown
 from lmlab.train.loop import RunResult, train
-from lmlab.train.state import RUN_OUTPUTS, check_new_run, check_run_dir
+from lmlab.train.state import RUN_OUTPUTS, check_run_dir
 
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, written before step 0 so resume reuses it
 # What the last `pretrain` into a run dir was asked to do, so that `lmlab pretrain --out DIR
 # --resume` needs no other flag. Left out: how to run rather than what (a resumed run may move
 # to another device or drop --compile), and the run dir itself.
 SETTINGS_FILE = "pretrain.json"
+RUN_FILES = (*RUN_OUTPUTS, SETTINGS_FILE)  # any of them in --out: a run is there
 NOT_SAVED = {"out", "resume", "compile", "fsdp", "device", "progress"}
 SAVED = ({"model", "preset", "data", "valid", "tokenizer", "vocab_size", "masking", "dupe_factor",
           "overrides"} | {f.name for f in fields(TrainConfig)}) - NOT_SAVED
@@ -248,9 +249,7 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
             device = torch.device("cuda", d.local_rank)
             torch.cuda.set_device(device)
         run_dir = Path(out)
-        check_run_dir(run_dir)
-        if not resume:  # early: before the corpus is tokenized (train() checks again)
-            check_new_run(run_dir, (*RUN_OUTPUTS, SETTINGS_FILE))
+        check_run_dir(run_dir, not resume, RUN_FILES)  # before the corpus is read
         run_dir.mkdir(parents=True, exist_ok=True)
         tok = run_tokenizer(run_dir, data, tokenizer, vocab_size, d)
         batches, evaluate = build_data(data, tok, cfg, d, valid, masking=masking, dupe_factor=dupe_factor)

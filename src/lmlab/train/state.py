@@ -154,16 +154,12 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "model.safetensors")
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """--out names a run dir: refused early if it is a file (else mkdir fails deep in a run)."""
+def check_run_dir(run_dir: Path, new_run: bool, outputs: tuple[str, ...] = RUN_OUTPUTS) -> None:
+    """--out, checked before any work: a dir (or nothing yet), and for a new run (not a resume)
+    not one that holds an earlier run, which is never deleted or mixed in."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir} exists and is not a directory; --out must be a run dir")
-
-
-def check_new_run(run_dir: Path, outputs: tuple[str, ...] = RUN_OUTPUTS) -> None:
-    """Refuse to start a run (not a resume) over an earlier one; nothing of it is deleted."""
-    check_run_dir(run_dir)
-    found = [name for name in outputs if (run_dir / name).exists()]
+    found = [name for name in outputs if (run_dir / name).exists()] if new_run else []
     if found:
         raise ConfigError(f"{run_dir} already holds a run ({found[0]}); pass --resume to continue it, "
                           f"or choose another --out (or remove the old run)")
