@@ -254,8 +254,9 @@ def read_trainer_state(path: Path, model) -> dict:
 
 
 def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore model and optimizer in place; return trainer_state (RNG restored by the caller)."""
-    read_manifest(path)
+    """Restore model and optimizer in place; return trainer_state (RNG restored by the caller).
+    `path` comes from resume_point, which has just checked every file's sha256: sizes only here."""
+    read_manifest(path, verify=False)
     load_state(model, load_file(str(path / "model.safetensors")), str(path))
     state = read_trainer_state(path, model)
     file = path / OPTIMIZER
@@ -264,7 +265,7 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
 
 
 def load_carried(path: Path) -> dict[str, torch.Tensor]:
-    """The carried state saved in checkpoint `path` (verified by load_checkpoint first)."""
+    """The carried state saved in checkpoint `path` (verified by resume_point first)."""
     file = path / CARRIED
     if not file.is_file():
         raise CheckpointError(f"{path} has no {CARRIED}: the run that wrote it carried no state, so "
