@@ -317,11 +317,11 @@ def static_vs_eager(model, ids: torch.Tensor, new: int, steps: int = 8) -> float
     """Teacher-forced check of the compiled path: max |logits - eager logits| / max |eager logits|
     over the prompt and `steps` tokens (both fed the eager argmax). bf16: about 1e-2; a bug: ~1."""
     from lmlab.generate.compiled import static_cache_steps
-    from lmlab.generate.loop import _cache_steps
+    from lmlab.generate.loop import state_steps
 
     model.eval()
     with torch.no_grad():
-        want, eager_step = _cache_steps(model, ids, None, new)
+        want, eager_step = state_steps(model, ids, None, new)
         got, static_step = static_cache_steps(model, ids, None, new)  # the decoder generate() made
         worst = 0.0
         for _ in range(steps):

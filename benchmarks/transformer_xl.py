@@ -12,7 +12,7 @@ lengths A = 128, 256, 512 (keys each prediction attends to):
 The paper reports speed-ups up to 1,874x at A = 3,800 (GPU, large enwik8 model); the ratio grows
 with A because vanilla's cost per token grows with A (about A x the memory protocol's work).
 
-Training: tokens/s of training steps with the memory objective (`MemoryCLM`, batch 8 x tgt_len
+Training: tokens/s of training steps with the memory objective (`CarriedStateCLM`, batch 8 x tgt_len
 64) with mem_len 0 (no recurrence) and 128 (= 2 x tgt_len): what carrying memory costs.
 
 Timing follows benchmarks/common.py: warm-up, then repeats alternating the two sides, median.
@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 import lmlab  # noqa: E402
 from lmlab.eval.memory import EvalSettings, eval_settings, memory_token_losses  # noqa: E402
-from lmlab.objectives.clm_memory import MemoryCLM  # noqa: E402
+from lmlab.objectives.clm_state import CarriedStateCLM  # noqa: E402
 from lmlab.train.optim import make_optimizer  # noqa: E402
 
 MODEL = dict(vocab_size=256, d_model=128, n_layers=4, n_heads=4, d_head=32, d_ff=512, cutoffs=(),
@@ -99,7 +99,7 @@ def eval_row(model, device: str, repeats: int, attn_len: int, n_predict: int, st
 
 def train_run(model, optimizer, data: torch.Tensor, steps: int, device: str):
     """`steps` training steps of consecutive segments of `data` (B, steps*SEGMENT + 1), with memory."""
-    objective = MemoryCLM()
+    objective = CarriedStateCLM()
     rows = slice(0, data.shape[0])
 
     def run():

@@ -59,3 +59,19 @@ def tiny_args(corpus):
         return args
 
     return make
+
+
+@pytest.fixture
+def register_family(monkeypatch):
+    """Declare a test model class as a family for one test: lmlab asks the registry what a model is
+    (its kind and state), so a test model must be declared like any family. Returns a function
+    register(name, model_class, kind=..., state=...) -> name; set `model.family = name`."""
+    from lmlab.models import registry
+
+    def register(name, model_cls, kind="causal_lm", state="none", **fields):
+        family = registry.Family(type(None), model_cls, {"tiny": {}}, kind=kind, state=state, paper="test",
+                                 **fields)
+        monkeypatch.setitem(registry.FAMILIES, name, family)
+        return name
+
+    return register

@@ -1,24 +1,48 @@
-"""lmlab: the 2017-2019 lineage of pretrained language models in one PyTorch toolkit."""
+"""lmlab: the 2017-2019 lineage of pretrained language models in one PyTorch toolkit.
 
-__version__ = "0.1.0"
+`import lmlab` is fast: the names below and the subpackages (`lmlab.eval`, `lmlab.generate`, ...)
+load on first use.
 
-from lmlab.checkpoints.io import load, save
-from lmlab.generate import generate, stream
-from lmlab.models.registry import build
+    lmlab.build(family, preset, **fields)          lmlab.load(dir) / lmlab.save(model, tok, dir)
+    lmlab.from_hf(dir) / lmlab.to_hf(model, tok, dir)
+    lmlab.generate(model, ids, ...) / lmlab.stream(...)
+    lmlab.embed(model, tokenizer, sentences)        lmlab.eval.span_f1, lmlab.eval.squad_scores
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from lmlab.version import __version__
+
+# name -> (module, attribute), imported on first access
+_NAMES = {
+    "build": ("lmlab.models.registry", "build"),
+    "load": ("lmlab.checkpoints.io", "load"),
+    "save": ("lmlab.checkpoints.io", "save"),
+    "from_hf": ("lmlab.checkpoints.convert", "from_hf"),
+    "to_hf": ("lmlab.checkpoints.convert", "to_hf"),
+    "generate": ("lmlab.generate.loop", "generate"),
+    "stream": ("lmlab.generate.loop", "stream"),
+    "embed": ("lmlab.eval.embed", "embed"),
+}
+_SUBPACKAGES = ("checkpoints", "data", "eval", "generate", "models", "nn", "objectives", "tasks",
+                "tokenizers", "train")
+
+__all__ = ["__version__", *_NAMES, *_SUBPACKAGES]
 
 
-def from_hf(hf_dir, device="cpu"):
-    """(model, tokenizer) from a Hugging Face model dir (gpt2, openai-gpt, bert, transfo-xl layouts)."""
-    from lmlab.checkpoints.convert import from_hf as _from_hf
-
-    return _from_hf(hf_dir, device=device)
-
-
-def to_hf(model, tokenizer, hf_dir):
-    """Write `model` (and tokenizer) in the Hugging Face layout of its family."""
-    from lmlab.checkpoints.convert import to_hf as _to_hf
-
-    return _to_hf(model, tokenizer, hf_dir)
+def __getattr__(name: str):
+    if name in _NAMES:
+        module, attribute = _NAMES[name]
+        value = getattr(importlib.import_module(module), attribute)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"lmlab.{name}")
+    else:
+        raise AttributeError(f"module 'lmlab' has no attribute {name!r}")
+    globals()[name] = value  # the next access does not come here
+    return value
 
 
-__all__ = ["__version__", "build", "load", "save", "generate", "stream", "from_hf", "to_hf"]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -112,6 +112,7 @@ def read_run_yaml(path: Path) -> dict:
 
 def cmd_pretrain(args) -> int:
     from lmlab.train.pretrain import pretrain, saved_settings
+    from lmlab.train.recipes import option_fields
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("func", "config", "command")}
     values = read_run_yaml(args.config) if args.config else {}
@@ -129,7 +130,8 @@ def cmd_pretrain(args) -> int:
     if not values["out"]:
         raise ConfigError("pretrain needs --out DIR (or out: in --config)")
     values["progress"] = not values.pop("no_progress", False)
-    pretrain(overrides=overrides, **values)
+    recipe_options = {name: values.pop(name) for name in option_fields() if name in values}
+    pretrain(overrides=overrides, recipe_options=recipe_options, **values)
     return 0
 
 

@@ -19,8 +19,8 @@ import lmlab
 from lmlab.checkpoints.atomic import MANIFEST, write_manifest
 from lmlab.cli import main
 from lmlab.errors import CheckpointError, ConversionError, TokenizerError
-from lmlab.tasks.base import TaskSpec, add_task_tokens
-from lmlab.tasks.registry import build_task_model
+from lmlab.models.heads import TaskSpec, build_task_model
+from lmlab.tasks.base import add_task_tokens
 from lmlab.tokenizers.chars import CharTokenizer
 
 TEXT = "the quick brown fox jumps over the lazy dog 0123456789"
@@ -187,7 +187,7 @@ def test_to_hf_out_that_is_a_file(saved, tmp_path, capsys):
 
 def test_to_hf_of_a_task_model_names_it(tmp_path, capsys):
     backbone = tiny()
-    model = build_task_model(backbone, TaskSpec("classify", labels=("a", "b"), arch="encoder"))
+    model = build_task_model(backbone, TaskSpec("classify", labels=("a", "b"), reader="pooled_cls"))
     lmlab.save(model, None, tmp_path / "task")
     err = cli_error(capsys, "convert", "--to-hf", str(tmp_path / "task"), "--out", str(tmp_path / "hf"))
     assert f"{tmp_path / 'task'}: holds a fine-tuned task model (TaskModel" in err

@@ -40,8 +40,8 @@ def goldens(name: str) -> dict[str, torch.Tensor]:
 def run_segments(model, ids):
     mems, logprobs, all_mems = None, [], []
     for s in range(SEGMENTS):
-        out = model(ids[:, s * T:(s + 1) * T], mems=mems)
-        mems = out.mems
+        out = model(ids[:, s * T:(s + 1) * T], state=mems)
+        mems = out.state
         logprobs.append(out.logits)
         all_mems.append(mems)
     return logprobs, all_mems
@@ -67,7 +67,7 @@ def test_hf_default_zero_memory_start(name):
     ids = goldens(name)["input_ids"][:, :T]
     zeros = [torch.zeros(ids.shape[0], c.mem_len, c.d_model) for _ in range(c.n_layers)]
     with torch.no_grad():
-        got = model(ids, mems=zeros).logits
+        got = model(ids, state=zeros).logits
     torch.testing.assert_close(got, goldens(name)["logprobs_zero_mems.0"], atol=1e-4, rtol=0)
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lmlab.data import pairs
+from lmlab.data.masking import IGNORE, MaskingSpec
 from lmlab.data.pairs import (
     PairData,
     PairSampler,
@@ -15,7 +16,6 @@ from lmlab.data.pairs import (
     split_sentences,
 )
 from lmlab.errors import ConfigError, DataError
-from lmlab.objectives.mlm_nsp import IGNORE, MaskingSpec
 
 CLS, SEP, PAD, MASK = 2, 3, 0, 4
 SPEC = MaskingSpec(mask_id=MASK, vocab_size=500, never_mask=(0, 2, 3, 4), special_ids=(0, 1, 2, 3, 4))

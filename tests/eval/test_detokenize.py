@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import torch
 
 import lmlab
 from lmlab.cli import main
@@ -68,11 +67,10 @@ WIKI = "".join(f" = = Part {i} = = \n The ship 's hull , {i} @,@ 000 tons , was 
 
 
 @pytest.fixture(scope="module")
-def bpe_dir(tmp_path_factory):
+def bpe_dir(tmp_path_factory, tiny_model_dir):
     d = tmp_path_factory.mktemp("bpe")
     tok = ByteBPETokenizer.train([WIKI, wikitext_detokenize(WIKI)], vocab_size=320)
-    torch.manual_seed(0)
-    lmlab.save(lmlab.build("gpt2", "tiny", vocab_size=tok.vocab_size, max_seq_len=32), tok, d / "m")
+    tiny_model_dir("gpt2", tok, max_seq_len=32).rename(d / "m")
     (d / "wiki.txt").write_text(WIKI)
     return d
 

@@ -19,23 +19,13 @@ TRAIN = [" ".join(TEXTS)] * 3 + ["the cats and dogs sat on mats and ran home"] *
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    tok = WordPieceTokenizer.train(TRAIN, vocab_size=80)
-    torch.manual_seed(0)
-    model = lmlab.build("bert", "tiny", vocab_size=tok.vocab_size)
-    out = tmp_path_factory.mktemp("bert")
-    lmlab.save(model, tok, out)
-    return out
+def bert_dir(tiny_model_dir):
+    return tiny_model_dir("bert", WordPieceTokenizer.train(TRAIN, vocab_size=80))
 
 
 @pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory):
-    tok = ByteBPETokenizer.train(TRAIN, vocab_size=300)
-    torch.manual_seed(0)
-    model = lmlab.build("gpt2", "tiny", vocab_size=tok.vocab_size)
-    out = tmp_path_factory.mktemp("gpt2")
-    lmlab.save(model, tok, out)
-    return out
+def gpt2_dir(tiny_model_dir):
+    return tiny_model_dir("gpt2", ByteBPETokenizer.train(TRAIN, vocab_size=300))
 
 
 @pytest.fixture

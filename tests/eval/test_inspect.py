@@ -29,14 +29,8 @@ def tokenizers():
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    out = {}
-    for kind, tok in tokenizers().items():
-        d = tmp_path_factory.mktemp(kind)
-        torch.manual_seed(0)
-        lmlab.save(lmlab.build("gpt2", "tiny", vocab_size=tok.vocab_size, max_seq_len=16), tok, d)
-        out[kind] = d
-    return out
+def saved(tiny_model_dir):
+    return {kind: tiny_model_dir("gpt2", tok, max_seq_len=16) for kind, tok in tokenizers().items()}
 
 
 def by_hand(model, ids):

@@ -2,7 +2,7 @@
 
 BigramLM is a stand-in causal LM: the next-token log-probabilities depend only on the current
 token (a fixed V x V table), so every score below is a sum of table entries. It has the small
-surface `lmlab.generate` needs (config, parameters, new_cache, logits_to_keep). A real tiny GPT-2
+surface `lmlab.generate` needs (config, parameters, init_state, logits_to_keep). A real tiny GPT-2
 with a short context checks windowing (texts longer than the context) and batching.
 """
 
@@ -19,10 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import lmlab
+from fakes import lm_output
 from lmlab.cli import main
 from lmlab.errors import ConfigError, DataError
+from lmlab.eval.scoring import check_causal_lm, score_targets, split_target
 from lmlab.eval.text_metrics import bleu, lcs_length, rouge_l, rouge_n, rouge_scores
-from lmlab.eval.zeroshot import check_causal_lm, score_targets, split_target, zeroshot_command
+from lmlab.eval.zeroshot import zeroshot_command
 from lmlab.eval.zeroshot_data import (
     Cloze,
     Pair,
@@ -35,7 +37,6 @@ from lmlab.eval.zeroshot_data import (
 )
 from lmlab.eval.zeroshot_lambada import evaluate_cloze, evaluate_lambada, stop_word_mask
 from lmlab.eval.zeroshot_text import evaluate_summarize, evaluate_translate, first_sentences
-from lmlab.models.output import ModelOutput
 from lmlab.tokenizers.chars import CharTokenizer
 from lmlab.tokenizers.words import WordTokenizer
 
@@ -46,19 +47,25 @@ WORDS = ["<unk>", "<eos>", "the", "cat", "dog", "sat", "ran", "mat", "on", "a", 
 class BigramLM(nn.Module):
     """logits[b, t] = table[input_ids[b, t]]: p(next | everything before) = p(next | current)."""
 
+    family = "bigram-test"  # declared by the autouse fixture below
+
     def __init__(self, table: torch.Tensor, context: int = 64):
         super().__init__()
         self.table = nn.Parameter(table.double(), requires_grad=False)
         self.config = SimpleNamespace(max_seq_len=context, vocab_size=table.shape[0])
 
-    def new_cache(self, batch, max_len=None, dtype=None, device=None):
+    def init_state(self, batch, max_len=None, device=None):
         return SimpleNamespace(length=0)  # a bigram needs no past
 
-    def forward(self, input_ids, attention_mask=None, cache=None, logits_to_keep: int = 0, **_):
-        if cache is not None:
-            cache.length += input_ids.shape[1]
-        logits = self.table[input_ids]
-        return ModelOutput(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
+    def forward(self, input_ids, attention_mask=None, state=None, logits_to_keep: int = 0, targets=None):
+        if state is not None:
+            state.length += input_ids.shape[1]
+        return lm_output(self.table[input_ids], logits_to_keep, targets, state)
+
+
+@pytest.fixture(autouse=True)
+def bigram_family(register_family):
+    register_family(BigramLM.family, BigramLM, state="kv_cache")
 
 
 def random_table(v: int, seed: int = 0) -> torch.Tensor:
@@ -366,9 +373,13 @@ def test_missing_and_misaligned_files(tmp_path):
 
 
 def test_task_models_and_encoders_are_refused():
+    from lmlab.models.heads import TaskSpec, build_task_model
+
+    spec = TaskSpec("classify", labels=("a", "b"), reader="pooled_cls")
+    task = build_task_model(lmlab.build("bert", "tiny"), spec)
     with pytest.raises(ConfigError, match="fine-tuned"):
-        check_causal_lm(SimpleNamespace(spec=SimpleNamespace(name="classify"), backbone=None), "d")
-    with pytest.raises(ConfigError, match="BERT"):
+        check_causal_lm(task, "d")
+    with pytest.raises(ConfigError, match="bert model"):
         check_causal_lm(lmlab.build("bert", "tiny"), "d")
 
 
@@ -376,11 +387,8 @@ def test_task_models_and_encoders_are_refused():
 
 
 @pytest.fixture(scope="module")
-def gpt_dir(tmp_path_factory, words):
-    out = tmp_path_factory.mktemp("gpt2")
-    torch.manual_seed(0)
-    lmlab.save(lmlab.build("gpt2", "tiny", vocab_size=len(WORDS), max_seq_len=16), words, out)
-    return out
+def gpt_dir(tiny_model_dir, words):
+    return tiny_model_dir("gpt2", words, vocab_size=len(WORDS), max_seq_len=16)
 
 
 def test_cli_runs_every_task(tmp_path, gpt_dir, capsys):

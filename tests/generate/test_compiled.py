@@ -12,7 +12,7 @@ import torch
 
 import lmlab
 from lmlab.generate import compiled, left_pad
-from lmlab.generate.loop import _cache_steps
+from lmlab.generate.loop import state_steps
 
 PROMPTS = [[5, 17, 200, 3, 9, 41, 77], [8], [100, 101, 102, 250]]  # different lengths -> left pads
 
@@ -50,7 +50,7 @@ def test_step_logits_match_and_buffers_are_reused(model):
     assert len(decoder_ids) == 1  # same batch and slot count: one set of buffers
 
     ids, mask = left_pad(PROMPTS, 0, "cpu")
-    eager_logits, eager_step = _cache_steps(model, ids, mask, 8)
+    eager_logits, eager_step = state_steps(model, ids, mask, 8)
     static_logits, static_step = compiled.static_cache_steps(model, ids, mask, 8)
     for _ in range(7):
         torch.testing.assert_close(static_logits, eager_logits, atol=1e-5, rtol=1e-5)

@@ -259,12 +259,11 @@ def test_bad_prompts(model):
 
 @pytest.mark.parametrize("family", ["bert", "task model"])
 def test_a_model_that_is_not_a_causal_lm_cannot_generate(family):
-    from lmlab.tasks.base import TaskSpec
-    from lmlab.tasks.registry import build_task_model
+    from lmlab.models.heads import TaskSpec, build_task_model
 
     net = lmlab.build("bert", "tiny")
     if family == "task model":
-        net = build_task_model(net, TaskSpec(name="classify", labels=["a", "b"], arch="encoder"))
+        net = build_task_model(net, TaskSpec(name="classify", labels=["a", "b"], reader="pooled_cls"))
     with pytest.raises(GenerationError, match="is not a causal language model") as info:
         lmlab.generate(net, PROMPT, max_new_tokens=2)
     assert "\n" not in str(info.value)

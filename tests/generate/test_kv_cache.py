@@ -38,11 +38,11 @@ def cached_step_logits(model, prompts, new_tokens: torch.Tensor) -> list[torch.T
     ids, mask = left_pad(prompts, 0, "cpu")
     B, T = ids.shape
     n = new_tokens.shape[1]
-    cache = model.new_cache(B, T + n)
+    cache = model.init_state(B, T + n)
     full_mask = torch.cat([mask, mask.new_ones(B, n)], 1)
-    out = [model(ids, attention_mask=mask, cache=cache).logits[:, -1]]
+    out = [model(ids, attention_mask=mask, state=cache).logits[:, -1]]
     for i in range(n - 1):
-        step = model(new_tokens[:, i:i + 1], attention_mask=full_mask[:, :T + i + 1], cache=cache)
+        step = model(new_tokens[:, i:i + 1], attention_mask=full_mask[:, :T + i + 1], state=cache)
         out.append(step.logits[:, -1])
     assert cache.length == T + n - 1
     return out

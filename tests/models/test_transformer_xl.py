@@ -33,9 +33,9 @@ def stream(n: int, B: int = 2, vocab: int = 256, seed: int = 1) -> torch.Tensor:
 def by_segments(model, ids: torch.Tensor, seg: int, mems=None):
     outs = []
     for s in range(0, ids.shape[1], seg):
-        out = model(ids[:, s:s + seg], mems=mems)
+        out = model(ids[:, s:s + seg], state=mems)
         outs.append(out.logits)
-        mems = out.mems
+        mems = out.state
     return torch.cat(outs, 1), mems
 
 
@@ -48,9 +48,9 @@ def test_tiny_preset_size_and_output_fields():
     assert out.logits.shape == (2, 7, c.vocab_size)
     assert out.hidden.shape == (2, 7, c.d_model)
     assert len(out.hidden_states) == c.n_layers + 1 and torch.equal(out.hidden_states[-1], out.hidden)
-    # logits are log-probabilities; cache is unused.
+    # logits are log-probabilities; the state is the new memory.
     torch.testing.assert_close(out.logits.exp().sum(-1), torch.ones(2, 7))
-    assert out.cache is None and len(out.mems) == c.n_layers
+    assert len(out.state) == c.n_layers
     assert model(ids, logits_to_keep=2).logits.shape == (2, 2, c.vocab_size)
     torch.testing.assert_close(model(ids, logits_to_keep=2).logits, out.logits[:, -2:])
 
@@ -60,16 +60,16 @@ def test_memory_is_the_layer_inputs_truncated_and_detached():
     model.train()  # dropout is 0 in tiny: train mode only switches autograd bookkeeping on
     a, b = stream(4), stream(5, seed=2)
     out_a = model(a, output_hidden_states=True)
-    assert [m.shape for m in out_a.mems] == [(2, 4, 32)] * 2
-    for layer, m in enumerate(out_a.mems):  # the input of layer l is hidden_states[l]
+    assert [m.shape for m in out_a.state] == [(2, 4, 32)] * 2
+    for layer, m in enumerate(out_a.state):  # the input of layer l is hidden_states[l]
         torch.testing.assert_close(m, out_a.hidden_states[layer])
         assert not m.requires_grad
-    out_b = model(b, mems=out_a.mems, output_hidden_states=True)
-    for layer, m in enumerate(out_b.mems):  # [old; new][-6:]
+    out_b = model(b, state=out_a.state, output_hidden_states=True)
+    for layer, m in enumerate(out_b.state):  # [old; new][-6:]
         want = torch.cat([out_a.hidden_states[layer], out_b.hidden_states[layer]], 1)[:, -6:]
         torch.testing.assert_close(m, want)
-    assert torch.equal(model.init_mems(2)[0], torch.zeros(2, 0, 32))
-    torch.testing.assert_close(model(a, mems=model.init_mems(2)).logits, model(a).logits)
+    assert torch.equal(model.init_state(2)[0], torch.zeros(2, 0, 32))
+    torch.testing.assert_close(model(a, state=model.init_state(2)).logits, model(a).logits)
 
 
 def test_segments_with_memory_equal_one_pass_when_memory_covers_everything():
@@ -106,10 +106,10 @@ def test_nll_matches_log_probs_and_carries_memory():
         nll, mems = model.nll(x, y)
         out = model(x)
         torch.testing.assert_close(nll, -out.logits.gather(2, y[..., None]).squeeze(2))
-        for a, b in zip(mems, out.mems, strict=True):
+        for a, b in zip(mems, out.state, strict=True):
             torch.testing.assert_close(a, b)
-        nll2, _ = model.nll(x, y, mems=mems)
-        out2 = model(x, mems=out.mems)
+        nll2, _ = model.nll(x, y, state=mems)
+        out2 = model(x, state=out.state)
         torch.testing.assert_close(nll2, -out2.logits.gather(2, y[..., None]).squeeze(2))
         tail = model(x, targets=y[:, -3:], logits_to_keep=3).nll  # score the last 3 positions only
         torch.testing.assert_close(tail, nll[:, -3:])
@@ -167,12 +167,12 @@ def test_generation_with_memory_equals_recomputation():
     short = tiny(mem_len=3, tgt_len=4)
     ids, mems = prompt, None
     for s in range(0, 10, 4):
-        out = short(prompt[:, s:s + 4], mems=mems)
-        mems = out.mems
+        out = short(prompt[:, s:s + 4], state=mems)
+        mems = out.state
     for _ in range(5):
         nxt = out.logits[:, -1].argmax(-1)
         ids = torch.cat([ids, nxt[:, None]], 1)
-        out = short(nxt[:, None], mems=out.mems)
+        out = short(nxt[:, None], state=out.state)
     assert torch.equal(lmlab.generate(short, prompt, max_new_tokens=5), ids)
 
 
@@ -195,25 +195,26 @@ def test_generation_sampling_options_and_batches():
 def test_bad_input_errors():
     model = tiny()
     ids = stream(4)
-    mems = model(ids).mems
+    mems = model(ids).state
     cases = [
-        (dict(mems=mems[:1]), "list of 2 tensors"),
-        (dict(mems=[m[:1] for m in mems]), r"mems\[0\] has shape \(1, 4, 32\)"),  # batch 1 vs 2
-        (dict(mems=[m[..., :16] for m in mems]), r"\(2, M, 32\)"),  # another d_model
-        (dict(mems=[mems[0], mems[1][:, :2]]), "same M"),
+        (dict(state=mems[:1]), "list of 2 tensors"),
+        (dict(state=[m[:1] for m in mems]), r"layer 0 has shape \(1, 4, 32\)"),  # batch 1 vs 2
+        (dict(state=[m[..., :16] for m in mems]), r"\(2, M, 32\)"),  # another d_model
+        (dict(state=[mems[0], mems[1][:, :2]]), "same M"),
         (dict(attention_mask=torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])), "padding"),
-        (dict(cache=object()), "mems"),
-        (dict(token_type_ids=torch.zeros_like(ids)), "token type"),
     ]
     for kwargs, message in cases:
         with pytest.raises(LmlabError, match=message):
+            model(ids, **kwargs)
+    for kwargs in (dict(cache=object()), dict(token_type_ids=torch.zeros_like(ids))):  # no such inputs
+        with pytest.raises(TypeError):
             model(ids, **kwargs)
     with pytest.raises(LmlabError, match=r"\[0, 256\)"):
         model(torch.tensor([[1, 256]]))
     with pytest.raises(LmlabError, match="targets"):
         model.nll(ids, ids[:, :3])
-    with pytest.raises(LmlabError, match="mems"):
-        model.nll(ids, ids, mems=mems[:1])
+    with pytest.raises(LmlabError, match="memory"):
+        model.nll(ids, ids, state=mems[:1])
     model(ids, attention_mask=torch.ones_like(ids))  # all ones is fine
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import lmlab
 from lmlab.errors import LmlabError
 from lmlab.nn import lm_loss
-from lmlab.nn.lm_loss import linear_cross_entropy, linear_nll
+from lmlab.nn.lm_loss import linear_cross_entropy, linear_nll, token_nll
 from lmlab.objectives.clm import clm_loss
 
 N, D, V = 37, 8, 50
@@ -69,6 +69,24 @@ def test_only_the_inputs_that_need_a_gradient_get_one():
                                    F.cross_entropy(hidden @ weight.T, targets))
 
 
+@pytest.mark.parametrize("weighting", ["uniform", "sum", "rows"])
+def test_per_token_nll_gradients_for_any_weighting_of_the_rows(weighting):
+    """Objectives reduce the per-token losses: a mean (the precomputed case), another uniform scale,
+    or rows weighted differently (recomputed) all give the logits path's gradients."""
+    hidden, weight, targets = inputs(7)
+    g = torch.Generator().manual_seed(3)
+    weights = {"uniform": torch.full((N,), 0.25, dtype=torch.float64),
+               "sum": torch.ones(N, dtype=torch.float64),
+               "rows": torch.rand(N, generator=g, dtype=torch.float64)}[weighting]
+    nll = token_nll(hidden, weight, targets)
+    want_nll = F.cross_entropy(hidden @ weight.T, targets, reduction="none")
+    torch.testing.assert_close(nll, want_nll, rtol=0, atol=1e-12)
+    got = torch.autograd.grad((nll * weights).sum(), (hidden, weight))
+    want = torch.autograd.grad((want_nll * weights).sum(), (hidden, weight))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 def test_every_target_ignored_gives_zero_not_nan():
     hidden, weight, targets = inputs(4)
     loss = linear_cross_entropy(hidden, weight, torch.full_like(targets, -100))
@@ -92,7 +110,8 @@ def test_bf16_autocast_matches_the_plain_path():
 
 @pytest.mark.parametrize("family", ["gpt", "gpt2"])
 def test_model_targets_path_equals_logits_path(family):
-    """model(x, targets=y).loss and its gradients = cross-entropy of model(x).logits (tied weights)."""
+    """clm_loss (the mean of model(x, targets=y).nll) and its gradients = cross-entropy of
+    model(x).logits (tied weights)."""
     torch.manual_seed(0)
     model = lmlab.build(family, "tiny", dropout=0.0).double()
     x = torch.randint(0, 256, (3, 20))
@@ -137,7 +156,7 @@ def test_backward_accumulates_the_logits_path_gradients(family, frozen_embedding
             (loss_of(x, y) / 2).backward()
         return {name: p.grad for name, p in model.named_parameters()}
 
-    got = run(lambda x, y: model(x, token_type_ids=segments, targets=y).loss)
+    got = run(lambda x, y: model(x, token_type_ids=segments, targets=y).nll.mean())
     want = run(lambda x, y: F.cross_entropy(model(x, token_type_ids=segments).logits.flatten(0, 1),
                                             y.flatten()))
     assert (got["wte.weight"] is None) == frozen_embedding
@@ -206,9 +225,7 @@ def test_compiled_model_takes_the_fused_logits_path_with_the_same_result():
 def test_padded_output_matrix_changes_nothing_but_the_shapes(monkeypatch, compiled):
     """The GPU's padding (output rows up to a multiple of 64, left out of the softmax), run on CPU:
     float64 loss and gradients equal the plain logits path's, compiled (sliced logits) or not."""
-    from lmlab.models import gpt
-
-    monkeypatch.setattr(gpt, "PAD_OUTPUT_ON", {"cpu"})
+    monkeypatch.setattr(lm_loss, "PAD_OUTPUT_ON", {"cpu"})
     torch.manual_seed(0)
     model = lmlab.build("gpt2", "tiny", vocab_size=250, dropout=0.0).double()
     x = torch.randint(0, 250, (2, 16))

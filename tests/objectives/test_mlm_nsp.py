@@ -10,19 +10,11 @@ import torch.nn.functional as F
 
 import lmlab
 from lmlab.cli import main
+from lmlab.data.masking import IGNORE, MaskingSpec, dynamic_mask, mask_tokens, static_mask
 from lmlab.data.pairs import PairData, PairSampler
 from lmlab.errors import ConfigError
-from lmlab.objectives.mlm_nsp import (
-    IGNORE,
-    MaskingSpec,
-    dynamic_mask,
-    labelled_positions,
-    mask_tokens,
-    metrics_from_sums,
-    mlm_nsp_loss,
-    mlm_nsp_sums,
-    static_mask,
-)
+from lmlab.nn.lm_loss import labelled_positions
+from lmlab.objectives.mlm_nsp import metrics_from_sums, mlm_nsp_loss, mlm_nsp_sums
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 V = 1000

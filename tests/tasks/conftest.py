@@ -8,9 +8,7 @@ import json
 import random
 
 import pytest
-import torch
 
-import lmlab
 from lmlab.tokenizers.words import WordTokenizer
 
 FILLER = "the cat sat on a mat and dog ran to big red house with small blue car".split()
@@ -46,12 +44,9 @@ def word_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def tiny_gpt_dir(tmp_path_factory, word_tokenizer):
+def tiny_gpt_dir(tiny_model_dir, word_tokenizer):
     """A saved tiny GPT-2 (random weights) with the word tokenizer."""
-    out = tmp_path_factory.mktemp("gpt2")
-    torch.manual_seed(0)
-    lmlab.save(lmlab.build("gpt2", "tiny", vocab_size=word_tokenizer.vocab_size), word_tokenizer, out)
-    return out
+    return tiny_model_dir("gpt2", word_tokenizer)
 
 
 @pytest.fixture(scope="module")

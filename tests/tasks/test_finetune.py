@@ -155,12 +155,12 @@ def test_bert_encoder_classify(tmp_path, task_files, make_records):
                       epochs=3, **FAST)
     assert report["family"] == "bert" and report["dev_metrics"]["accuracy"] > 0.9
     model, _ = lmlab.load(tmp_path / "ft")
-    assert model.spec.arch == "encoder" and model.spec.start_id is None
+    assert model.spec.reader == "pooled_cls" and model.spec.start_id is None
 
 
 def test_summary_names_the_lm_coef_for_decoders_only():
     report = {"task": "classify", "steps": 10, "n_train": 64, "lm_coef": 0.5, "from_scratch": False,
               "dev_metrics": {"accuracy": 0.75, "loss": 0.5}, "wall_s": 1.0}
-    assert "lm_coef 0.5" in summary({**report, "family": "gpt2"})
-    line = summary({**report, "family": "bert", "from_scratch": True})
+    assert "lm_coef 0.5" in summary({**report, "family": "gpt2", "reader": "extract_token"})
+    line = summary({**report, "family": "bert", "reader": "pooled_cls", "from_scratch": True})
     assert "lm_coef" not in line and "(64 examples, from scratch): dev accuracy 0.7500" in line

@@ -11,9 +11,8 @@ import torch
 
 import lmlab
 from lmlab.errors import ConfigError, DataError
-from lmlab.models.output import ModelOutput
+from lmlab.models.heads import QAHead, TaskOutput, TaskSpec
 from lmlab.tasks import qa
-from lmlab.tasks.base import TaskSpec
 from lmlab.tokenizers.chars import CharTokenizer
 from lmlab.tokenizers.wordpiece import WordPieceTokenizer
 
@@ -81,7 +80,7 @@ def _wordpiece(texts, size=120):
 
 
 def _spec(max_len=24, **extra):
-    return TaskSpec(name="qa", arch="encoder", max_len=max_len, pad_id=0, extra={**qa.DEFAULTS, **extra})
+    return TaskSpec(name="qa", reader="pooled_cls", max_len=max_len, pad_id=0, extra={**qa.DEFAULTS, **extra})
 
 
 def test_features_mark_exactly_one_max_context_window():
@@ -175,10 +174,10 @@ def test_postprocess_scores_only_max_context_starts():
 
 
 def test_head_masks_padding_and_loss_targets():
-    head = qa.QAHead(4)
+    head = QAHead(4)
     hidden = torch.randn(2, 5, 4)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    out = head(ModelOutput(hidden=hidden), {"attention_mask": mask})
+    out = head(TaskOutput(hidden=hidden), {"attention_mask": mask})
     assert out.start_logits.shape == (2, 5) and bool((out.end_logits[1, 3:] < -1e30).all())
     labels = torch.tensor([[1, 2], [0, 0]])
     expected = (torch.nn.functional.cross_entropy(out.start_logits, labels[:, 0])

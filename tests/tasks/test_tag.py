@@ -17,9 +17,8 @@ import lmlab
 from lmlab.data.corpora import _archive_path
 from lmlab.errors import ConfigError, DataError
 from lmlab.eval.span_f1 import chunks
-from lmlab.models.output import ModelOutput
+from lmlab.models.heads import TaskOutput, TaskSpec
 from lmlab.tasks import tag
-from lmlab.tasks.base import TaskSpec
 from lmlab.tokenizers.chars import CharTokenizer
 from lmlab.tokenizers.wordpiece import WordPieceTokenizer
 
@@ -115,7 +114,7 @@ def _wordpiece():
 
 
 def _spec(labels, **kw):
-    return TaskSpec(name="tag", labels=tuple(labels), arch=kw.pop("arch", "encoder"), pad_id=0, **kw)
+    return TaskSpec(name="tag", labels=tuple(labels), reader=kw.pop("reader", "pooled_cls"), pad_id=0, **kw)
 
 
 def test_label_on_the_first_sub_token_only():
@@ -133,14 +132,14 @@ def test_label_on_the_first_sub_token_only():
     # only the labelled positions count in the loss
     logits = torch.zeros(2, 7, 2)
     logits[0, 3:5, 1] = 100.0  # confidently wrong at the ignored sub-tokens: no effect
-    loss = tag.loss(ModelOutput(logits=logits), batch, spec)
+    loss = tag.loss(TaskOutput(logits=logits), batch, spec)
     assert loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
 
 
 def test_decoder_tokenizers_label_the_word_not_its_space():
     tok = CharTokenizer.train(["ab cd"])
     sent = tag.Sentence(("ab", "cd"), ("X", "Y"), "f:1")
-    (f,) = tag.featurize([sent], tok, _spec(["X", "Y"], max_len=16, arch="decoder"))
+    (f,) = tag.featurize([sent], tok, _spec(["X", "Y"], max_len=16, reader="extract_token"))
     assert tok.decode(f.input_ids) == "ab cd" and f.token_type_ids is None
     assert f.positions == [0, 3] and f.labels == [0, -100, -100, 1, -100]  # "c", not " ", carries Y
 

@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 
 import lmlab
 from lmlab.errors import CheckpointError
+from lmlab.models.heads import TaskSpec, build_task_model
 from lmlab.tasks import choice, classify
-from lmlab.tasks.base import TaskSpec, add_task_tokens, lm_aux_loss
+from lmlab.tasks.base import add_task_tokens, lm_aux_loss
 from lmlab.tasks.finetune import make_objective
-from lmlab.tasks.registry import build_task_model
 
 
 def decoder_task(tokenizer, name="classify", pair_mode="concat", labels=("bad", "good"), family="gpt2"):
@@ -105,9 +105,10 @@ def test_aux_lm_loss_and_objective(word_tokenizer):
     batch = classify.collate(classify.featurize(examples, tok, spec), spec)
     out = model(**batch)
     # By hand: next-token NLL over the real tokens of each row, averaged over all of them.
+    lm_logits = model.backbone(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     nll = []
     for i, n in enumerate(batch["attention_mask"].sum(-1).tolist()):
-        lp = torch.log_softmax(out.lm_logits[i, :n - 1].float(), -1)
+        lp = torch.log_softmax(lm_logits[i, :n - 1].float(), -1)
         nll += [-lp[t, batch["input_ids"][i, t + 1]] for t in range(n - 1)]
     torch.testing.assert_close(lm_aux_loss(out, batch), torch.stack(nll).mean())
     cls = classify.loss(out, batch, spec)
@@ -158,7 +159,7 @@ def test_encoder_reads_pooled_cls_and_ignores_padding():
     tok = wordpiece.WordPieceTokenizer.train(["the cat sat on a mat good bad red car"] * 5, vocab_size=60)
     torch.manual_seed(0)
     backbone = lmlab.build("bert", "tiny", vocab_size=tok.vocab_size)
-    spec = TaskSpec("pair", labels=("bad", "good"), arch="encoder", pad_id=tok.pad_token_id, dropout=0.0)
+    spec = TaskSpec("pair", labels=("bad", "good"), reader="pooled_cls", pad_id=tok.pad_token_id, dropout=0.0)
     model = build_task_model(backbone, spec).eval()
     examples = [classify.Example("the cat good", "red car", "good", "x:1"),
                 classify.Example("a mat", "the cat sat on a red car", "bad", "x:2")]

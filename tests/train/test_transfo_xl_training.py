@@ -13,7 +13,7 @@ import lmlab
 from lmlab.cli import main
 from lmlab.data.sampler import ContiguousStreams
 from lmlab.errors import CheckpointError
-from lmlab.objectives.clm_memory import MemoryCLM
+from lmlab.objectives.clm_state import CarriedStateCLM
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import train
 from lmlab.train.state import load_carried
@@ -61,7 +61,7 @@ def test_loss_at_every_step_is_the_hand_computed_loss_with_carried_memory(tmp_pa
     cfg = TrainConfig(steps=8, batch_size=B, micro_batch_size=micro, seq_len=T, lr=1e-30, warmup=0,
                       schedule="constant", log_every=1, eval_every=0, save_every=0, device="cpu",
                       progress=False)
-    objective = MemoryCLM()
+    objective = CarriedStateCLM()
     train(model, None, cfg, tmp_path / "run", streams, objective=objective)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], atol=1e-20, rtol=0)
@@ -78,8 +78,8 @@ def test_loss_at_every_step_is_the_hand_computed_loss_with_carried_memory(tmp_pa
 
     # The memory the objective holds now is the rows' last mem_len layer inputs, in row order.
     state = objective.state_dict()
-    assert sorted(state) == [f"mems.{i}" for i in range(model.config.n_layers)]
-    assert state["mems.0"].shape == (B, model.config.mem_len, model.config.d_model)
+    assert sorted(state) == [f"state.{i}" for i in range(model.config.n_layers)]
+    assert state["state.0"].shape == (B, model.config.mem_len, model.config.d_model)
     saved = load_file(str(tmp_path / "run" / "checkpoints" / "step-8" / "carried.safetensors"))
     assert all(torch.equal(saved[k], state[k]) for k in state)
 
@@ -87,12 +87,12 @@ def test_loss_at_every_step_is_the_hand_computed_loss_with_carried_memory(tmp_pa
 def test_objective_state_round_trips_over_a_different_micro_batch_split():
     model = tiny_txl().eval()
     x = torch.randint(0, V, (B, T))
-    a = MemoryCLM()
+    a = CarriedStateCLM()
     for rows in (slice(0, 2), slice(2, 4)):
         a(model, (x[rows], x[rows]), rows)
-    b = MemoryCLM()
+    b = CarriedStateCLM()
     b.load_state_dict(a.state_dict())
-    whole = MemoryCLM()
+    whole = CarriedStateCLM()
     whole.load_state_dict(a.state_dict())
     with torch.no_grad():
         parts = [b(model, (x[r], x[r]), r) for r in (slice(0, 1), slice(1, 2), slice(2, 3), slice(3, 4))]
@@ -136,7 +136,7 @@ def test_stopped_after_a_checkpoint_and_resumed_gives_bitwise_the_same_losses(tm
         want, got = load_file(str(reference / name)), load_file(str(run / name))
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), name
     mems = load_file(str(run / "checkpoints" / "step-12" / "carried.safetensors"))
-    assert mems["mems.0"].shape == (4, 48, 32)  # (global rows, mem_len, d_model)
+    assert mems["state.0"].shape == (4, 48, 32)  # (global rows, mem_len, d_model)
 
 
 def test_seq_len_is_the_segment_length(tmp_path, tiny_args, capsys):

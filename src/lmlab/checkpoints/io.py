@@ -1,9 +1,9 @@
 """`lmlab.save` / `lmlab.load`: a model dir is config.json + model.safetensors + tokenizer files,
 with MANIFEST.json written last. Never pickle: weights are safetensors, everything else JSON.
 
-A fine-tuned TaskModel (lmlab.tasks) is saved the same way: config.json holds its backbone's
+A fine-tuned TaskModel (lmlab.models.heads) is saved the same way: config.json holds its backbone's
 family and config fields plus `"task"` (the TaskSpec as a dict), the weights are named
-`backbone.*` and `head.*`, and `load` rebuilds the TaskModel (head from the task registry).
+`backbone.*` and `head.*`, and `load` rebuilds the TaskModel (head from `lmlab.models.heads.HEADS`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from lmlab.checkpoints.atomic import MANIFEST, read_manifest, write_bytes_atomic
 from lmlab.devices import resolve_device
 from lmlab.errors import CheckpointError, LmlabError, TokenizerError
 from lmlab.models.config import config_to_dict
+from lmlab.models.heads import TaskModel, TaskSpec, build_task_model
 from lmlab.models.registry import build_from_config, family_of
-from lmlab.tasks.base import TaskModel, TaskSpec
 from lmlab.tokenizers import load_tokenizer
+from lmlab.version import __version__
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -63,8 +64,6 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: s
 
 def save(model: torch.nn.Module, tokenizer, out_dir: str | Path, extra: dict | None = None) -> Path:
     """Write model (and tokenizer, if given) into `out_dir`; other files there are left alone."""
-    from lmlab import __version__
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a directory; expected a model dir to write into")
@@ -133,8 +132,6 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool
     try:
         model = build_from_config(family, config, where=where)
         if task is not None:
-            from lmlab.tasks.registry import build_task_model
-
             model = build_task_model(model, TaskSpec.from_dict(task, where=f'{where} "task"'))
     except LmlabError as e:
         # Unknown families and bad field values do not know which file they came from.

@@ -22,7 +22,7 @@ function of its generator: the label is an exact coin flip, and batch k depends 
 An IsNext start is a sentence that has a successor in its document; a NotNext pair starts from the
 same distribution, so A alone says nothing about the label.
 
-Masking (`lmlab.objectives.mlm_nsp`): dynamic (each row of each step masked afresh, keyed by
+Masking (`lmlab.data.masking`): dynamic (each row of each step masked afresh, keyed by
 (seed, step, row)) or static (a pool of `num_instances` pairs, each masked `dupe_factor` times
 once; each epoch reads the pool in a fresh order keyed by (seed, epoch)).
 
@@ -45,11 +45,11 @@ import torch
 
 from lmlab.data.corpora import cache_dir as default_cache_dir
 from lmlab.data.corpora import fingerprint, read_corpus
+from lmlab.data.masking import MaskingSpec, dynamic_mask, static_mask
 from lmlab.data.prepare import _slug, tokenizer_digest
 from lmlab.data.sampler import _Stepper
 from lmlab.data.shards import open_shard, write_shard
 from lmlab.errors import ConfigError, DataError
-from lmlab.objectives.mlm_nsp import MaskingSpec, dynamic_mask, static_mask
 
 PAIRS_VERSION = 1
 PSEUDO_DOC_SENTENCES = 64

@@ -31,10 +31,26 @@ import numpy as np
 import torch
 
 from lmlab.errors import ConfigError, DataError
+from lmlab.models.heads import TaskModel
+from lmlab.models.registry import FAMILIES, spec_of
 from lmlab.paths import output_file
 
 POOLS = ("none", "word", "mean")
-ENCODERS, DECODERS = ("bert",), ("gpt", "gpt2")
+
+
+def _embeddable(family) -> bool:
+    """Families whose layers `embed` reads: encoders and decoders without carried memory."""
+    return family.kind in ("masked_lm", "causal_lm") and family.state in ("none", "kv_cache")
+
+
+def _network(model):
+    """The pretrained network of `model` (a fine-tuned dir: its backbone), checked to be embeddable."""
+    net = model.backbone if isinstance(model, TaskModel) else model
+    spec = spec_of(net)
+    if not _embeddable(spec):
+        names = ", ".join(name for name, f in FAMILIES.items() if _embeddable(f))
+        raise ConfigError(f"embed supports {names} models, not {spec.name!r}")
+    return net, spec
 
 
 def parse_layers(spec: str | list[int] | None, num_states: int) -> list[int]:
@@ -104,7 +120,7 @@ def word_index(text: str, offsets: list[tuple[int, int]]) -> list[int]:
     return out
 
 
-def _encode(model_family: str, tokenizer, texts: list[str], lines: list[int], limit: int, truncate: bool,
+def _encode(wrap: bool, tokenizer, texts: list[str], lines: list[int], limit: int, truncate: bool,
             source: str, with_words: bool) -> list[tuple[list[int], list[int]]]:
     """Per text: (model input ids, word index per position (-1 for none))."""
     rows = []
@@ -115,7 +131,7 @@ def _encode(model_family: str, tokenizer, texts: list[str], lines: list[int], li
         else:
             ids = tokenizer.encode(text)
             words = [-1] * len(ids)
-        extra = 2 if model_family in ENCODERS else 0
+        extra = 2 if wrap else 0
         if len(ids) + extra > limit:
             if not truncate:
                 raise DataError(f"{source}:{line}: {len(ids) + extra} tokens, more than the model's "
@@ -123,7 +139,7 @@ def _encode(model_family: str, tokenizer, texts: list[str], lines: list[int], li
             ids, words = ids[: limit - extra], words[: limit - extra]
         if not ids and extra == 0:
             raise DataError(f"{source}:{line}: the text gives no tokens")
-        if model_family in ENCODERS:
+        if wrap:
             ids, words = [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id], [-1, *words, -1]
         rows.append((ids, words))
     return rows
@@ -134,10 +150,8 @@ def embed_texts(model, tokenizer, texts: list[str], layers: str | list[int] | No
                 pool: str = "none", batch_size: int = 16, max_len: int | None = None,
                 lines: list[int] | None = None, source: str = "input") -> dict[str, torch.Tensor]:
     """The tensors `lmlab embed` writes (see the module docstring), float32 on the CPU."""
-    model = getattr(model, "backbone", model)  # a fine-tuned dir: its pretrained network
-    family = getattr(model, "family", None)
-    if family not in ENCODERS + DECODERS:
-        raise ConfigError(f"embed supports bert, gpt and gpt2 models, not {family!r}")
+    model, spec = _network(model)
+    wrap = spec.kind == "masked_lm"  # BERT reads [CLS] text [SEP]
     if pool not in POOLS:
         raise ConfigError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
     if batch_size < 1:
@@ -147,7 +161,7 @@ def embed_texts(model, tokenizer, texts: list[str], layers: str | list[int] | No
         raise ConfigError(f"--max-len must be in [1, {positions}] (the model's positions), got {max_len}")
     chosen = parse_layers(layers, model.config.n_layers + 1)
     lines = lines or list(range(1, len(texts) + 1))
-    rows = _encode(family, tokenizer, texts, lines, max_len or positions, max_len is not None, source,
+    rows = _encode(wrap, tokenizer, texts, lines, max_len or positions, max_len is not None, source,
                    pool == "word")
     device = next(model.parameters()).device
     model.eval()
@@ -160,7 +174,7 @@ def embed_texts(model, tokenizer, texts: list[str], layers: str | list[int] | No
         mask = torch.zeros(len(chunk), width, dtype=torch.long)
         for r, (row, _) in enumerate(chunk):
             ids[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
-        if family in ENCODERS:
+        if wrap:
             ids[mask == 0] = tokenizer.pad_token_id
         out_b = model(ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
         states = out_b.hidden_states  # n_layers + 1 of (b, width, D)
@@ -207,10 +221,37 @@ def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool
     model, tokenizer = load(model_dir, device=device)
     if tokenizer is None:
         raise DataError(f"{model_dir}: the model dir holds no tokenizer")
-    net = getattr(model, "backbone", model)
+    net, _ = _network(model)
     tensors = embed_texts(model, tokenizer, texts, layers, pool, batch_size, max_len, lines, str(input))
     chosen = parse_layers(layers, net.config.n_layers + 1)
     meta = {"layers": chosen, "pool": pool, "model_dir": str(model_dir), "family": net.family,
             "line_numbers": lines, "texts": len(texts)}
     save_file(tensors, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
     return meta
+
+
+def embed(model, tokenizer, sentences, stateful: bool = False) -> list[torch.Tensor]:
+    """Per sentence, the features of every layer at every token: (n_layers + 1, n_tokens, dim).
+
+    `sentences` is a list of token lists (words) or of strings (split on whitespace). Layer 0 is
+    the embedding output. A word that the model's tokenizer cuts into pieces gets the mean of its
+    pieces' states (`--pool word`); BERT's [CLS] and [SEP] are left out. `stateful` (each batch
+    row carrying its state into the next call) is for models that carry state and have none here.
+    """
+    net, spec = _network(model)
+    if stateful:
+        raise ConfigError(f"stateful embedding carries a recurrent state from call to call; {spec.name} "
+                          f"has no such state")
+    texts = [s if isinstance(s, str) else " ".join(s) for s in sentences]
+    for i, text in enumerate(texts):
+        if not text.split():
+            raise DataError(f"sentence {i} is empty")
+    tensors = embed_texts(model, tokenizer, texts, "all", "word", source="sentences")
+    out = []
+    for i, text in enumerate(texts):
+        kept = tensors[f"text.{i}.words"].tolist()
+        if len(kept) != len(text.split()):
+            lost = sorted(set(range(len(text.split()))) - set(kept))
+            raise DataError(f"sentence {i}: word {lost[0]} ({text.split()[lost[0]]!r}) gives no token")
+        out.append(torch.stack([tensors[f"text.{i}.layer.{j}"] for j in range(net.config.n_layers + 1)]))
+    return out

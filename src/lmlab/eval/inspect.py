@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from lmlab.errors import ConfigError, DataError, TokenizerError
-from lmlab.eval.perplexity import _accepts, _device, _windows
-from lmlab.eval.zeroshot import check_causal_lm, context_length
+from lmlab.eval.perplexity import model_device, windows
+from lmlab.eval.scoring import check_causal_lm, context_length
 from lmlab.paths import output_file
 
 UNITS = ("nats", "bits")
@@ -50,16 +50,15 @@ def token_statistics(model, ids, window: int | None = None, stride: int | None =
     stride = max(1, window // 2) if stride is None else stride
     if not isinstance(stride, int) or not 1 <= stride <= window:
         raise ConfigError(f"stride must be in [1, window={window}], got {stride!r}")
-    device = _device(model)
-    keep_ok = _accepts(model, "logits_to_keep")
+    device = model_device(model)
     ids = ids.to(device)
     out = {"loss": [], "entropy": [], "rank": []}
     was_training = model.training
     model.eval()
     try:
-        for start, length, n in _windows(ids.numel() - 1, window, stride):
+        for start, length, n in windows(ids.numel() - 1, window, stride):
             inputs = ids[None, start:start + length]
-            logits = model(inputs, logits_to_keep=n).logits if keep_ok else model(inputs).logits[:, -n:]
+            logits = model(inputs, logits_to_keep=n).logits
             logp = logits[0].float().log_softmax(-1)  # (n, V)
             target = ids[start + length - n + 1:start + length + 1]
             true = logp.gather(1, target[:, None])  # (n, 1)
@@ -74,7 +73,7 @@ def token_statistics(model, ids, window: int | None = None, stride: int | None =
 
 def token_label(tokenizer, token_id: int) -> str:
     """Readable text of one token: decoded alone, whitespace made visible."""
-    if hasattr(tokenizer, "decode_bytes"):  # byte-level: a token may hold part of a character
+    if tokenizer.kind == "byte_bpe":  # byte-level: a token may hold part of a character
         text = tokenizer.decode_bytes([token_id]).decode("utf-8", errors="backslashreplace")
     else:
         text = tokenizer.decode([token_id])

@@ -1,6 +1,10 @@
-"""Evaluation of models that carry memory (Transformer-XL, Dai et al. 2019): the memory protocol,
-the paper's evaluation settings, and eval-only overrides of tgt_len / mem_len / clamp_len /
-same_length.
+"""Evaluation of models that carry state from call to call (declared state `memory`, Transformer-XL,
+Dai et al. 2019; or `rnn`, LSTM LMs): the memory protocol, the paper's evaluation settings, and
+eval-only overrides of tgt_len / mem_len / clamp_len / same_length.
+
+A recurrent model (`rnn`) reads the stream the same way, in segments of `tgt_len` tokens (default
+RNN_SEGMENT) carrying its (h, c) state: the state holds the whole history, so the segment length
+changes the cost, never the numbers. Memory lengths and the other settings are Transformer-XL's.
 
 Memory protocol. The stream is read in consecutive segments of `tgt_len` tokens; each segment is
 scored given the memory the segments before it left (the last `mem_len` hidden states of every
@@ -38,7 +42,11 @@ import torch
 from tqdm import tqdm
 
 from lmlab.errors import ConfigError, DataError
-from lmlab.eval.perplexity import LN2, bits_per_character, perplexity, scored_text_size
+from lmlab.eval.perplexity import LN2, bits_per_character, model_device, perplexity, scored_text_size
+from lmlab.models.registry import FAMILIES, spec_of
+from lmlab.nn.state import state_rows
+
+RNN_SEGMENT = 128  # tokens per call of the memory protocol for a recurrent model
 
 
 @dataclass(frozen=True)
@@ -74,13 +82,9 @@ EVAL_PRESETS: dict[str, EvalSettings] = {
 }
 
 
-def uses_memory(model) -> bool:
-    """True for models that carry memory across calls (they have `init_mems`)."""
-    return callable(getattr(model, "init_mems", None))
-
-
-def _name(model) -> str:
-    return getattr(model, "family", None) or type(model).__name__
+def carries_state(model) -> bool:
+    """True for models whose declared state continues across calls (`memory` or `rnn`)."""
+    return spec_of(model).carries_state
 
 
 def resolve_settings(model, preset: str | None = None, tgt_len: int | None = None,
@@ -88,14 +92,23 @@ def resolve_settings(model, preset: str | None = None, tgt_len: int | None = Non
                      same_length: bool | None = None) -> EvalSettings | None:
     """Flags given win over the preset, which wins over the model's own config.
 
-    None for a model without memory, which takes none of these settings (ConfigError if given)."""
-    if not uses_memory(model):
-        flags = (("eval_preset", preset), ("tgt_len", tgt_len), ("mem_len", mem_len),
-                 ("clamp_len", clamp_len), ("same_length", same_length))
-        given = [f"--{n.replace('_', '-')}" for n, v in flags if v is not None]
-        if given:
-            raise ConfigError(f"{', '.join(given)} apply to models with memory (transfo-xl); "
-                              f"this model ({_name(model)}) has none")
+    None for a model that carries no state, which takes none of these settings (ConfigError if
+    given); a recurrent model takes tgt_len (the segment length) only."""
+    spec = spec_of(model)
+    flags = (("eval_preset", preset), ("tgt_len", tgt_len), ("mem_len", mem_len),
+             ("clamp_len", clamp_len), ("same_length", same_length))
+    given_flags = [f"--{n.replace('_', '-')}" for n, v in flags if v is not None]
+    if spec.state == "rnn":
+        extra = [f for f in given_flags if f != "--tgt-len"]
+        if extra:
+            raise ConfigError(f"{', '.join(extra)} apply to models with Transformer-XL memory; this "
+                              f"model ({spec.name}) carries a recurrent state: only --tgt-len (the segment) "
+                              f"applies")
+        return EvalSettings(RNN_SEGMENT if tgt_len is None else tgt_len, 0, 0, False)
+    if spec.state != "memory":
+        if given_flags:
+            raise ConfigError(f"{', '.join(given_flags)} apply to models with memory "
+                              f"({_families('memory')}); this model ({spec.name}) has none")
         return None
     c = model.config
     base = EvalSettings(c.tgt_len, c.mem_len, c.clamp_len, c.same_length)
@@ -110,9 +123,18 @@ def resolve_settings(model, preset: str | None = None, tgt_len: int | None = Non
     return dataclasses.replace(base, **given)
 
 
+def settings_dict(model, settings: EvalSettings) -> dict:
+    """The settings a result reports: all four for memory, the segment length for a recurrent model."""
+    return settings.as_dict() if spec_of(model).state == "memory" else {"tgt_len": settings.tgt_len}
+
+
 @contextlib.contextmanager
 def eval_settings(model, settings: EvalSettings):
-    """Run `model` with these tgt_len / mem_len / clamp_len / same_length; restore the config after."""
+    """Run a memory model with these tgt_len / mem_len / clamp_len / same_length; restore the config
+    after. (A recurrent model has none of them in its config: nothing to change.)"""
+    if spec_of(model).state != "memory":
+        yield model
+        return
     saved = model.config
     model.config = dataclasses.replace(saved, **settings.as_dict())  # validated by the config too
     try:
@@ -121,14 +143,19 @@ def eval_settings(model, settings: EvalSettings):
         model.config = saved
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
+def _families(*states: str) -> str:
+    return ", ".join(name for name, f in FAMILIES.items() if f.state in states)
+
+
+def _no_state_error(model) -> ConfigError:
+    return ConfigError(f"the memory protocol needs a model that carries memory or a recurrent state "
+                       f"({_families('memory', 'rnn')}); {spec_of(model).name} has none: use --protocol "
+                       f"fixed or sliding")
 
 
 def _check_stream(model, ids: torch.Tensor, streams: int) -> None:
-    if not uses_memory(model):
-        raise ConfigError(f"the memory protocol needs a model that carries memory (transfo-xl); "
-                          f"{_name(model)} has none: use --protocol fixed or sliding")
+    if not carries_state(model):
+        raise _no_state_error(model)
     if ids.dim() != 1:
         raise DataError(f"expected a 1-D tensor of token ids, got shape {tuple(ids.shape)}")
     if ids.numel() < 2:
@@ -141,16 +168,19 @@ def _check_stream(model, ids: torch.Tensor, streams: int) -> None:
 
 
 @torch.no_grad()
-def memory_token_losses(model, ids: torch.Tensor, streams: int = 1, progress: bool = False) -> torch.Tensor:
-    """Per-token NLL in nats, (len(ids) - 1,): entry t-1 is -ln p(ids[t] | memory, segment so far).
+def memory_token_losses(model, ids: torch.Tensor, streams: int = 1, progress: bool = False,
+                        segment: int | None = None) -> torch.Tensor:
+    """Per-token NLL in nats, (len(ids) - 1,): entry t-1 is -ln p(ids[t] | state, segment so far).
 
-    Uses the model's current tgt_len / mem_len / clamp_len / same_length (wrap the call in
-    `eval_settings` to change them). The model runs in eval mode; its mode is restored after.
+    A memory model uses its current tgt_len / mem_len / clamp_len / same_length (wrap the call in
+    `eval_settings` to change them); `segment` overrides the segment length (a recurrent model's
+    default: RNN_SEGMENT). The model runs in eval mode; its mode is restored after.
     """
     ids = torch.as_tensor(ids).long()
     _check_stream(model, ids, streams)
-    ids = ids.to(_device(model))
-    n, seg = ids.numel() - 1, model.config.tgt_len
+    ids = ids.to(model_device(model))
+    default = model.config.tgt_len if spec_of(model).state == "memory" else RNN_SEGMENT
+    n, seg = ids.numel() - 1, segment or default
     B = min(streams, n)
     L = n // B  # targets per stream; stream b scores targets b*L+1 .. (b+1)*L
     index = (torch.arange(B, device=ids.device) * L)[:, None] + torch.arange(L, device=ids.device)  # (B, L)
@@ -160,19 +190,19 @@ def memory_token_losses(model, ids: torch.Tensor, streams: int = 1, progress: bo
     was_training = model.training
     model.eval()
     try:
-        pieces, mems = [], None
+        pieces, state = [], None
         for s in range(0, L, seg):
-            out = model(x[:, s:s + seg], mems=mems, targets=y[:, s:s + seg])
+            out = model(x[:, s:s + seg], state=state, targets=y[:, s:s + seg])
             pieces.append(out.nll.float())  # (B, seg)
-            mems = out.mems
+            state = out.state
             bar.update(1)
         losses = [torch.cat(pieces, dim=1).reshape(-1)]  # row-major: stream order
-        mems = [m[-1:] for m in mems]
+        state = state_rows(state, slice(-1, None))  # the tail continues the last stream
         for s in range(B * L, n, seg):
             e = min(s + seg, n)
-            out = model(ids[None, s:e], mems=mems, targets=ids[None, s + 1:e + 1])
+            out = model(ids[None, s:e], state=state, targets=ids[None, s + 1:e + 1])
             losses.append(out.nll.float().reshape(-1))
-            mems = out.mems
+            state = out.state
             bar.update(1)
     finally:
         bar.close()
@@ -198,15 +228,16 @@ def summarize(losses: torch.Tensor, ids: torch.Tensor, tokenizer=None, per_char:
 def memory_perplexity(model, ids: torch.Tensor, settings: EvalSettings | None = None, streams: int = 1,
                       tokenizer=None, per_char: bool = False, progress: bool = False) -> dict:
     """{"loss", "ppl", "tokens", "protocol": "memory", "streams", tgt_len, mem_len, clamp_len,
-    same_length (+ bpc / bits_per_character as `perplexity`)}. settings None = the model's own."""
-    if not uses_memory(model):
-        _check_stream(model, torch.as_tensor(ids), streams)  # raises the clear error
+    same_length (a recurrent model: tgt_len only) (+ bpc / bits_per_character as `perplexity`)}.
+    settings None = the model's own."""
+    if not carries_state(model):
+        raise _no_state_error(model)
     settings = settings or resolve_settings(model)
     with eval_settings(model, settings):
-        losses = memory_token_losses(model, ids, streams, progress)
+        losses = memory_token_losses(model, ids, streams, progress, segment=settings.tgt_len)
     streams = min(streams, torch.as_tensor(ids).numel() - 1)
     return {**summarize(losses, ids, tokenizer, per_char), "protocol": "memory", "streams": streams,
-            **settings.as_dict()}
+            **settings_dict(model, settings)}
 
 
 def evaluate_stream(model, ids: torch.Tensor, protocol: str, settings: EvalSettings | None,
@@ -222,24 +253,24 @@ def evaluate_stream(model, ids: torch.Tensor, protocol: str, settings: EvalSetti
     with eval_settings(model, settings):
         result = perplexity(model, ids, window, stride, batch_size, tokenizer=tokenizer,
                             per_char=per_char, progress=progress)
-    return {**result, **{k: v for k, v in settings.as_dict().items() if k != "tgt_len"}}
+    return {**result, **{k: v for k, v in settings_dict(model, settings).items() if k != "tgt_len"}}
 
 
 def check_protocol(model, protocol: str, window: int | None, stride: int | None) -> None:
     """Clear errors for the memory protocol, before any data is read."""
     if protocol != "memory":
         return
-    if not uses_memory(model):
-        raise ConfigError(f"the memory protocol needs a model that carries memory (transfo-xl); "
-                          f"{_name(model)} has none: use --protocol fixed or sliding")
+    if not carries_state(model):
+        raise _no_state_error(model)
     if window is not None or stride is not None:
         raise ConfigError("--window and --stride apply to the fixed and sliding protocols; the memory "
                           "protocol reads segments of --tgt-len with --mem-len positions of memory")
 
 
 def default_window(model, settings: EvalSettings | None) -> int:
-    """The fixed / sliding window when none is given: the model's context, or for a model with
-    memory (no hard limit) the attention span of the memory protocol, tgt_len + mem_len."""
+    """The fixed / sliding window when none is given: the model's context, or for a model that carries
+    state (no hard limit) the span of the memory protocol, tgt_len + mem_len (a recurrent model: its
+    segment)."""
     if settings is None:
         return model.config.max_seq_len
     return settings.tgt_len + settings.mem_len

@@ -19,12 +19,10 @@ What `context_t` is depends on the protocol (window W = number of input tokens p
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from lmlab.errors import ConfigError, DataError
@@ -32,7 +30,7 @@ from lmlab.errors import ConfigError, DataError
 LN2 = math.log(2.0)
 
 
-def _windows(n_targets: int, window: int, stride: int | None) -> list[tuple[int, int, int]]:
+def windows(n_targets: int, window: int, stride: int | None) -> list[tuple[int, int, int]]:
     """(start, length, n_scored) per forward pass; a window scores its last n_scored targets.
 
     Window inputs are x[start : start+length], its targets x[start+1 : start+length+1].
@@ -64,24 +62,16 @@ def _check(model, ids: torch.Tensor, window: int, stride: int | None, batch_size
         raise ConfigError(f"stride must be an integer in [1, window={window}], got {stride!r}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    config = getattr(model, "config", None)
-    max_len = getattr(config, "max_seq_len", None)
-    if max_len is not None and window > max_len:
+    max_len, vocab = model.config.max_seq_len, model.config.vocab_size
+    if window > max_len:
         raise ConfigError(f"window {window} is longer than the model's context (max_seq_len={max_len})")
-    vocab = getattr(config, "vocab_size", None)
-    if vocab is not None and (int(ids.max()) >= vocab or int(ids.min()) < 0):
+    if int(ids.max()) >= vocab or int(ids.min()) < 0:
         bad = int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())
         raise DataError(f"token id {bad} is outside the model's vocabulary [0, {vocab})")
 
 
-def _accepts(model, argument: str) -> bool:
-    try:
-        return argument in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _device(model) -> torch.device:
+def model_device(model) -> torch.device:
+    """The device of the model's first parameter or buffer (the CPU for a model with neither)."""
     for t in (*model.parameters(), *model.buffers()):
         return t.device
     return torch.device("cpu")
@@ -97,11 +87,9 @@ def token_losses(model, ids: torch.Tensor, window: int, stride: int | None = Non
     """
     ids = torch.as_tensor(ids).long()
     _check(model, ids, window, stride, batch_size)
-    plan = _windows(ids.numel() - 1, window, stride)
-    device = _device(model)
+    plan = windows(ids.numel() - 1, window, stride)
+    device = model_device(model)
     ids = ids.to(device)
-    keep_ok = _accepts(model, "logits_to_keep")
-    targets_ok = keep_ok and _accepts(model, "targets")
     was_training = model.training
     model.eval()
     pieces = []
@@ -114,7 +102,7 @@ def token_losses(model, ids: torch.Tensor, window: int, stride: int | None = Non
                 j = i + 1
                 while j < len(plan) and j - i < batch_size and plan[j][1] == plan[i][1]:
                     j += 1
-                pieces.append(_score_batch(model, ids, plan[i:j], keep_ok, targets_ok))
+                pieces.append(_score_batch(model, ids, plan[i:j]))
                 bar.update(j - i)
                 i = j
     finally:
@@ -123,28 +111,17 @@ def token_losses(model, ids: torch.Tensor, window: int, stride: int | None = Non
     return torch.cat(pieces)
 
 
-def _score_batch(model, ids: torch.Tensor, batch: list[tuple[int, int, int]], keep_ok: bool,
-                 targets_ok: bool):
+def _score_batch(model, ids: torch.Tensor, batch: list[tuple[int, int, int]]):
     length = batch[0][1]
     starts = torch.tensor([b[0] for b in batch], device=ids.device)
     n_scored = torch.tensor([b[2] for b in batch], device=ids.device)
     index = starts[:, None] + torch.arange(length, device=ids.device)  # (B, L)
     inputs, targets = ids[index], ids[index + 1]
     keep = max(b[2] for b in batch)  # from the plan, not the tensor: no device sync
-    keep_arg = keep if keep < length else 0
-    if targets_ok:
-        # lmlab's decoders score targets themselves, chunk by chunk, never holding (B, L, V) logits.
-        nll = model(inputs, logits_to_keep=keep_arg, targets=targets[:, -keep:]).nll.float()
-    else:
-        if keep_ok and keep_arg:
-            # Sliding windows score only their tail: skip the LM head (B×L×V) on the rest.
-            logits = model(inputs, logits_to_keep=keep_arg).logits  # (B, keep, V)
-        else:
-            logits = model(inputs).logits[:, -keep:]  # (B, keep, V)
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()  # a half-precision log-softmax loses ~3 digits of the loss
-        nll = F.cross_entropy(logits.flatten(0, 1), targets[:, -keep:].flatten(), reduction="none")
-        nll = nll.view(len(batch), keep)  # (B, keep)
+    # The model scores its targets itself (lmlab's LMs chunk by chunk, never holding (B, L, V)
+    # logits), only for the tail a sliding window scores.
+    nll = model(inputs, logits_to_keep=keep if keep < length else 0, targets=targets[:, -keep:]).nll
+    nll = nll.to(torch.promote_types(nll.dtype, torch.float32))  # half precision loses ~3 digits
     # Row b scores its last n_scored[b] positions; boolean indexing keeps row-major (stream) order.
     mask = torch.arange(keep, device=ids.device)[None] >= keep - n_scored[:, None]
     return nll[mask]

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 
 from lmlab.errors import ConfigError, DataError
-from lmlab.eval.zeroshot import score_targets, split_target
+from lmlab.eval.scoring import score_targets, split_target
 from lmlab.eval.zeroshot_data import BLANK, Cloze, Passage
 
 # English function words: articles, pronouns, auxiliaries, prepositions, conjunctions, particles.

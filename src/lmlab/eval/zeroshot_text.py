@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from lmlab.eval.scoring import generate_texts
 from lmlab.eval.text_metrics import bleu, rouge_scores
-from lmlab.eval.zeroshot import generate_texts
 from lmlab.eval.zeroshot_data import Pair, Summary
 
 TLDR = "\nTL;DR:"

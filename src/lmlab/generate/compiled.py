@@ -1,6 +1,9 @@
-"""Fixed-shape decoding steps: `lmlab.generate(..., compile=True)` for GPT and GPT-2.
+"""Fixed-shape decoding steps: `lmlab.generate(..., compile=True)` for models with a KV cache.
 
-Eager decoding (`loop._cache_steps`) launches every kernel of every layer from Python for each new
+The step below is written for the GPT block layout (token and position tables `wte`/`wpe`, `blocks`,
+`ln_f`, `lm_head`), which every `kv_cache` family has today (gpt, gpt2).
+
+Eager decoding (`loop.state_steps`) launches every kernel of every layer from Python for each new
 token; at batch 1 a 124M model spends most of a step launching ~200 small kernels. Here a decoding
 step has the same shapes every time:
 - the KV cache holds L slots for the whole generation (prompt + new tokens, rounded up to a multiple
@@ -34,10 +37,6 @@ from lmlab.models.gpt import GPT
 
 SLOT_MULTIPLE = 64
 WARMUP_STEPS = 3  # before capture: compile, autotune and create cuBLAS handles outside the graph
-
-
-def supports(model) -> bool:
-    return isinstance(model, GPT)
 
 
 def slots_for(tokens: int, max_len: int) -> int:
@@ -117,8 +116,8 @@ class StaticDecoder:
     def prefill(self, model: GPT, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Run the prompt (B, T) through the normal forward, copy its keys/values into slots [0, T)."""
         B, T = ids.shape
-        cache = model.new_cache(B, T)
-        logits = model(ids, attention_mask=mask, cache=cache, logits_to_keep=1).logits[:, -1]
+        cache = model.init_state(B, T)
+        logits = model(ids, attention_mask=mask, state=cache, logits_to_keep=1).logits[:, -1]
         for layer, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
             keys[:, :, :T].copy_(cache.k[layer])
             values[:, :, :T].copy_(cache.v[layer])
@@ -168,7 +167,7 @@ def decoder_for(model: GPT, batch: int, length: int, compile: bool) -> StaticDec
 
 def static_cache_steps(model: GPT, ids: torch.Tensor, mask: torch.Tensor | None, max_new_tokens: int,
                        compile: bool = True):
-    """`loop._cache_steps` with fixed-shape steps: (last logits (B, V), step: token (B,) -> logits)."""
+    """`loop.state_steps` with fixed-shape steps: (last logits (B, V), step: token (B,) -> logits)."""
     B, T = ids.shape
     with torch.inference_mode():  # every use of the decoder's tensors is inside inference mode
         decoder = decoder_for(model, B, slots_for(T + max_new_tokens, model.config.max_seq_len), compile)

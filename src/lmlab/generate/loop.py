@@ -1,12 +1,15 @@
-"""`lmlab.generate` and its streaming form.
+"""`lmlab.generate` and its streaming form, for every causal LM through one decoding-state protocol:
 
-The prompt is run once through the model, filling a preallocated KV cache; each new token then
-costs one position. Prompts of different lengths are left-padded, and the attention mask keeps the
-pads invisible (the model counts positions over real tokens, so padding changes nothing).
+    state = model.init_state(batch_size, max_len, device)   # KV cache, memory or LSTM state
+    out = model(ids, state=state)                            # out.logits, out.state (passed on)
 
-Models that carry memory instead of a cache (Transformer-XL: they have `init_mems`) consume the
-prompt in segments of `config.tgt_len`, each continuing the memory of the one before, then one token
-per step with the memory. They have no padding support, so prompts must have equal lengths.
+The prompt goes through the model once, filling the state (a preallocated KV cache for decoders:
+each new token then costs one position); then one token per step. Prompts of different lengths
+are left-padded, and the attention mask keeps the pads invisible (the model counts positions over
+real tokens, so padding changes nothing); a model without padding support says so.
+
+A model with Transformer-XL memory (declared state `memory`) consumes the prompt in segments of
+`config.tgt_len`, each continuing the memory of the one before, as it was trained to read text.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from lmlab.errors import GenerationError
 from lmlab.generate import compiled
 from lmlab.generate.sampling import apply_repetition_penalty, check_sampling_args, next_tokens
 from lmlab.generate.speculative import DRAFT_TOKENS, check_draft, speculative_steps
+from lmlab.models.heads import TaskModel
+from lmlab.models.registry import FAMILIES, spec_of
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,18 +68,17 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
     """Yield the next token of every row, (B,), until max_new_tokens or all rows have stopped.
 
     Rows that stopped (end-of-text or a stop string) yield the pad id from then on.
-    compile=True (GPT / GPT-2): fixed-shape decoding steps, on CUDA compiled and replayed as one CUDA
-    graph per token (lmlab.generate.compiled); the same tokens, and the same code path uncompiled on
-    CPU. Other models ignore it.
-    draft_model (greedy only; GPT / GPT-2 with the same vocabulary, e.g. `quantized_draft(model)` on
-    CPU): speculative decoding (lmlab.generate.speculative). The draft proposes `draft_tokens` tokens,
-    the model scores them in one forward; the same tokens come out, sooner when the draft guesses well.
+    compile=True (models with a KV cache): fixed-shape decoding steps, on CUDA compiled and replayed as
+    one CUDA graph per token (lmlab.generate.compiled); the same tokens, and the same code path
+    uncompiled on CPU. Other models ignore it.
+    draft_model (greedy only; KV-cache models with the same vocabulary, e.g. `quantized_draft(model)`
+    on CPU): speculative decoding (lmlab.generate.speculative). The draft proposes `draft_tokens`
+    tokens, the model scores them in one forward; the same tokens come out, sooner when the draft
+    guesses well.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty,
                         num_return_sequences)
-    if not (hasattr(model, "new_cache") or _uses_mems(model)):
-        raise GenerationError(f"{type(model).__name__} cannot generate: it is not a causal language model "
-                              f"(gpt, gpt2, transfo-xl); BERT encoders and fine-tuned task models are not")
+    check_generator(model)
     if stop_strings is not None and not all(isinstance(s, str) and s for s in stop_strings):
         raise GenerationError(f"stop strings must be non-empty strings, got {list(stop_strings)!r}")
     if draft_model is not None:
@@ -95,7 +99,8 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
         raise GenerationError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
                               f"model's context ({context}); ask for at most {context - T} new tokens")
     _check_vocab(ids, model.config.vocab_size)
-    if _uses_mems(model) and mask is not None and not bool(mask.all()):
+    state_kind = spec_of(model).state
+    if state_kind == "memory" and mask is not None and not bool(mask.all()):
         raise GenerationError("this model has no padding support: prompts of different lengths (or an "
                               "attention_mask with zeros) cannot be batched; generate them one at a time")
     generator = None
@@ -113,9 +118,7 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)  # rows past eos / a stop string
     try:
         if draft_model is None:
-            steps = _memory_steps if _uses_mems(model) else _cache_steps
-            if compile and compiled.supports(model):
-                steps = compiled.static_cache_steps
+            steps = compiled.static_cache_steps if compile and state_kind == "kv_cache" else state_steps
             logits, advance = steps(model, ids, mask, max_new_tokens)
         else:
             logits, advance = speculative_steps(model, draft_model, ids, mask, max_new_tokens, finished,
@@ -162,47 +165,42 @@ def _decode(logits, advance, ids, mask, finished, max_new_tokens, do_sample, tem
         logits = advance(token)
 
 
-def _uses_mems(model) -> bool:
-    return hasattr(model, "init_mems")
+def check_generator(model) -> None:
+    """GenerationError unless `model` is a causal LM (not BERT, not a fine-tuned task model)."""
+    causal = ", ".join(name for name, f in FAMILIES.items() if f.kind == "causal_lm")
+    if isinstance(model, TaskModel) or spec_of(model).kind != "causal_lm":
+        raise GenerationError(f"{type(model).__name__} cannot generate: it is not a causal language model "
+                              f"({causal}); BERT encoders and fine-tuned task models are not")
 
 
-def _cache_steps(model, ids, mask, max_new_tokens):
-    """Prompt through a preallocated KV cache: (last logits (B, V), step: token (B,) -> logits)."""
+def state_steps(model, ids, mask, max_new_tokens):
+    """The prompt through the model's decoding state, then one token per step:
+    (last logits (B, V), step: token (B,) -> logits (B, V))."""
     B, T = ids.shape
     full_mask = None
     if mask is not None:
         full_mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)
-    cache = model.new_cache(B, T + max_new_tokens)
-    # inference_mode (stricter than no_grad) skips autograd's view and version bookkeeping on every
-    # op of every step. Only the model call runs in it: the cache is a normal tensor written in
-    # place, and the logits leave as inputs of out-of-place ops, so what the loop yields is normal.
-    with torch.inference_mode():
-        logits = model(ids, attention_mask=mask, cache=cache, logits_to_keep=1).logits[:, -1]
+    state = model.init_state(B, T + max_new_tokens, ids.device)
+    # Transformer-XL reads text in segments of tgt_len carrying its memory (§3.2); other models
+    # take the whole prompt at once.
+    chunk = model.config.tgt_len if spec_of(model).state == "memory" else T
+    seen = 0
 
-    def step(token):
-        step_mask = None if full_mask is None else full_mask[:, :cache.length + 1]
+    def run(x):
+        nonlocal state, seen
+        seen += x.shape[1]
+        step_mask = None if full_mask is None else full_mask[:, :seen]
+        # inference_mode (stricter than no_grad) skips autograd's view and version bookkeeping on
+        # every op of every step. Only the model call runs in it: a KV cache is a normal tensor
+        # written in place, and the logits leave as inputs of out-of-place ops.
         with torch.inference_mode():
-            out = model(token[:, None], attention_mask=step_mask, cache=cache, logits_to_keep=1)
+            out = model(x, attention_mask=step_mask, state=state, logits_to_keep=1)
+        state = out.state
         return out.logits[:, -1]
 
-    return logits, step
-
-
-def _memory_steps(model, ids, mask, max_new_tokens):
-    """Prompt in segments of tgt_len carrying the memory (Transformer-XL §3.2), then one token a step."""
-    mems = model.init_mems(ids.shape[0])
-    segment = model.config.tgt_len
-    for start in range(0, ids.shape[1], segment):
-        out = model(ids[:, start:start + segment], mems=mems, logits_to_keep=1)
-        mems = out.mems
-    state = {"mems": mems}
-
-    def step(token):
-        out = model(token[:, None], mems=state["mems"], logits_to_keep=1)
-        state["mems"] = out.mems
-        return out.logits[:, -1]
-
-    return out.logits[:, -1], step
+    for start in range(0, T, chunk):
+        logits = run(ids[:, start:start + chunk])
+    return logits, lambda token: run(token[:, None])
 
 
 def _hit_stop_string(token, finished, produced, stop_strings, tokenizer) -> torch.Tensor:

@@ -13,7 +13,8 @@ Sampling is refused: a sampled token rarely is the draft's guess, so nearly ever
 thrown away. In a batch a round goes on while every row that has not stopped took the proposal.
 
 `quantized_draft(model)` makes the usual draft on CPU: the same model with int8 linear layers
-(lmlab.nn.quantized), sharing every other tensor with it. For greedy decoding it agrees with the
+(lmlab.nn.quantized), sharing every other tensor with it. Any causal LM with a KV cache (declared
+state `kv_cache`) can be the model or the draft. For greedy decoding it agrees with the
 fp32 model on nearly every token, so most rounds keep all k proposals.
 """
 
@@ -22,23 +23,31 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import nn
 
 from lmlab.errors import GenerationError
-from lmlab.models.gpt import GPT
+from lmlab.models.heads import TaskModel
+from lmlab.models.registry import spec_of
 from lmlab.nn.layers import Linear
 from lmlab.nn.quantized import Int8Linear
 
 DRAFT_TOKENS = 8  # proposals per round; gpt2-124m + int8 draft, 2 Xeon cores: 4 -> 1.3x, 8 -> 1.4-1.7x
 
 
-def quantized_draft(model: GPT) -> GPT:
-    """A copy of `model` whose linear layers (and output layer) are int8: a draft for CPU decoding.
+def _has_kv_cache(model) -> bool:
+    return not isinstance(model, TaskModel) and spec_of(model).state == "kv_cache"
 
-    Embeddings, layer norms and biases are shared with `model`, not copied; the int8 weights are a
-    snapshot, so make a new draft after changing the model's weights.
+
+def quantized_draft(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose linear layers (the output layer too) are int8: a draft for CPU decoding.
+
+    Embeddings, layer norms and biases are shared with `model`, not copied (a tied output layer
+    shares nothing: its int8 copy is new); the int8 weights are a snapshot, so make a new draft
+    after changing the model's weights.
     """
-    if not isinstance(model, GPT):
-        raise GenerationError(f"quantized_draft takes a GPT / GPT-2 model, got {type(model).__name__}")
+    if not _has_kv_cache(model):
+        raise GenerationError(f"quantized_draft takes a causal LM with a KV cache (gpt, gpt2), got "
+                              f"{type(model).__name__}")
     weight = next(model.parameters())
     if weight.device.type != "cpu":
         raise GenerationError("quantized_draft runs on CPU (int8 kernels); on GPU pass a smaller model "
@@ -52,13 +61,14 @@ def quantized_draft(model: GPT) -> GPT:
         for name, child in list(module.named_children()):
             if isinstance(child, Linear):
                 setattr(module, name, Int8Linear(child.weight.t(), child.bias))  # Linear holds W as (in, out)
-    draft.lm_head = Int8Linear(model.wte.weight)  # the tied output layer
+            elif isinstance(child, nn.Linear):  # the output layer
+                setattr(module, name, Int8Linear(child.weight, child.bias))
     return draft.eval()
 
 
 def check_draft(model, draft, do_sample: bool, compile: bool) -> None:
-    if not isinstance(model, GPT) or not isinstance(draft, GPT):
-        raise GenerationError("draft_model needs a GPT / GPT-2 model and draft (decoders with a KV cache), "
+    if not (_has_kv_cache(model) and _has_kv_cache(draft)):
+        raise GenerationError("draft_model needs a model and a draft with a KV cache (gpt, gpt2), "
                               f"got {type(model).__name__} and {type(draft).__name__}")
     if do_sample:
         raise GenerationError("draft_model speeds up greedy decoding only; use do_sample=False")
@@ -95,7 +105,7 @@ class _Speculation:
         self.model, self.draft, self.k, self.finished = model, draft, draft_tokens, finished
         self.last_fed = total - 2  # the last new token is never fed back, so no position beyond this
         self.mask = None if mask is None else torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)
-        self.cache, self.draft_cache = model.new_cache(B, total), draft.new_cache(B, total)
+        self.cache, self.draft_cache = model.init_state(B, total), draft.init_state(B, total)
         with torch.inference_mode():
             self.tokens = ids.new_zeros(B, total)  # every chosen token, prompt included
             self.tokens[:, :T] = ids
@@ -108,7 +118,7 @@ class _Speculation:
 
     def _forward(self, net, cache, x, keep=None):
         mask = None if self.mask is None else self.mask[:, :cache.length + x.shape[1]]
-        return net(x, attention_mask=mask, cache=cache, logits_to_keep=keep or x.shape[1]).logits
+        return net(x, attention_mask=mask, state=cache, logits_to_keep=keep or x.shape[1]).logits
 
     def advance(self, token: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -25,13 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models.config import check_positive, check_probability, require
-from lmlab.models.output import ModelOutput
+from lmlab.models.output import MaskedLMOutput
 from lmlab.nn.attention import SelfAttention, attention_mask_4d
-from lmlab.nn.layers import ACTIVATIONS, FeedForward, Linear
+from lmlab.nn.layers import ACTIVATIONS, FeedForward, Linear, parameter_groups
+from lmlab.nn.lm_loss import labelled_positions
 
 HEADS = ("none", "mlm", "mlm_nsp")
 
@@ -137,17 +139,23 @@ class Bert(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Embeddings, each block, then the pooler and pretraining heads: bottom to top."""
+        embeddings = [self.word_emb, self.pos_emb, self.type_emb, self.emb_ln]
+        heads = [m for m in (self.pooler, self.mlm, self.nsp) if m is not None]
+        return parameter_groups(embeddings, *self.blocks, heads)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 output_hidden_states: bool = False, mlm_positions: torch.Tensor | None = None,
-                **ignored) -> ModelOutput:
+                targets: torch.Tensor | None = None) -> MaskedLMOutput:
         """input_ids (B, T); attention_mask (B, T), 1 = real token, 0 = pad; token_type_ids (B, T),
         0 for segment A and 1 for segment B (default all 0); position_ids default 0..T-1.
 
         mlm_positions (B, P) computes MLM logits only at those positions, (B, P, V) instead of
         (B, T, V): pretraining predicts ~15% of the tokens, and the V-wide output layer dominates
-        the cost of a small model. Other keyword arguments (mems, cache, ...) are accepted and
-        ignored so every family can be called alike.
+        the cost of a small model. `targets` (B, T) (the original ids at masked positions, -100
+        elsewhere) gives `nll` (B, T) instead of logits, computed at the labelled positions only.
         """
         B, T = input_ids.shape
         if T > self.config.max_seq_len:
@@ -170,17 +178,32 @@ class Bert(nn.Module):
                 states.append(x)
 
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, D)
-        logits = nsp_logits = None
-        if self.mlm is not None:
-            h = x
-            if mlm_positions is not None:
-                index = mlm_positions.long()[:, :, None].expand(-1, -1, x.shape[-1])  # (B, P, D)
-                h = x.gather(1, index)
-            logits = self.mlm(h)  # (B, T or P, V)
+        out = MaskedLMOutput(hidden=x, pooled=pooled,
+                             hidden_states=tuple(states) if output_hidden_states else None)
         if self.nsp is not None:
-            nsp_logits = self.nsp(pooled)  # (B, 2): 0 = IsNext, 1 = NotNext
-        return ModelOutput(logits=logits, hidden=x, pooled=pooled, nsp_logits=nsp_logits,
-                           hidden_states=tuple(states) if output_hidden_states else None)
+            out.nsp_logits = self.nsp(pooled)  # (B, 2): 0 = IsNext, 1 = NotNext
+        if self.mlm is None:
+            return out
+        if targets is not None:
+            out.nll = self._mlm_nll(x, targets)
+        else:
+            h = x if mlm_positions is None else _gather_rows(x, mlm_positions)
+            out.logits = self.mlm(h)  # (B, T or P, V)
+        return out
+
+    def _mlm_nll(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, T) cross-entropy of the MLM head at the labelled positions (0 elsewhere)."""
+        positions = labelled_positions(targets)  # (B, P)
+        logits = self.mlm(_gather_rows(x, positions)).float()  # (B, P, V)
+        picked = targets.gather(1, positions)  # (B, P), IGNORE_INDEX in the filler
+        nll = F.cross_entropy(logits.flatten(0, 1), picked.flatten(), reduction="none")
+        return torch.zeros(targets.shape, dtype=nll.dtype, device=x.device).scatter(
+            1, positions, nll.view(picked.shape))
+
+
+def _gather_rows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x (B, T, D) at positions (B, P) -> (B, P, D)."""
+    return x.gather(1, positions.long()[:, :, None].expand(-1, -1, x.shape[-1]))
 
 
 # Family -> preset -> config fields. The registry builds BertConfig(**fields, **overrides).

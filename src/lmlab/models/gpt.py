@@ -12,18 +12,18 @@ the same row unpadded (the original code has no padding at all).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models.config import check_positive, check_probability, require
-from lmlab.models.output import ModelOutput
+from lmlab.models.output import CausalLMOutput
 from lmlab.nn.attention import KVCache, SelfAttention, attention_mask_4d
-from lmlab.nn.layers import FeedForward, init_normal_, scaled_residual_std
-from lmlab.nn.lm_loss import IGNORE_INDEX, linear_cross_entropy, linear_nll
+from lmlab.nn.layers import FeedForward, init_normal_, parameter_groups, scaled_residual_std
+from lmlab.nn.lm_loss import output_nll, tied_lookup
 
 
 @dataclass(frozen=True)
@@ -90,25 +90,45 @@ class GPT(nn.Module):
                 nn.init.normal_(block.attn.c_proj.weight, std=std)
                 nn.init.normal_(block.mlp.c_proj.weight, std=std)
 
-    def new_cache(self, batch: int, max_len: int | None = None, dtype=None, device=None) -> KVCache:
-        c = self.config
-        return KVCache(c.n_layers, batch, c.n_heads, max_len or c.max_seq_len, c.d_model // c.n_heads,
-                       dtype or self.wte.weight.dtype, device or self.wte.weight.device)
+    def init_state(self, batch_size: int, max_len: int | None = None, device=None) -> KVCache:
+        """An empty KV cache for `batch_size` rows and up to `max_len` positions (default: the context)."""
+        c, w = self.config, self.wte.weight
+        return KVCache(c.n_layers, batch_size, c.n_heads, max_len or c.max_seq_len, c.d_model // c.n_heads,
+                       w.dtype, device or w.device)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Embeddings, each block, the final LayerNorm (GPT-2): bottom to top."""
+        return parameter_groups([self.wte, self.wpe], *self.blocks, self.ln_f)
+
+    def init_token_rows(self, ids: list[int], vocab_size: int) -> None:
+        """Grow the tied token table to `vocab_size` rows (if smaller) and give rows `ids` N(0, init_std):
+        the new task tokens of GPT §3.3."""
+        old, (n, d) = self.wte.weight, self.wte.weight.shape
+        if vocab_size > n:
+            self.wte = nn.Embedding(vocab_size, d, device=old.device, dtype=old.dtype)
+            self.lm_head = nn.Linear(d, vocab_size, bias=False, device=old.device, dtype=old.dtype)
+            self.lm_head.weight = self.wte.weight
+            with torch.no_grad():
+                self.wte.weight[:n] = old
+            self.config = dataclasses.replace(self.config, vocab_size=vocab_size)
+        with torch.no_grad():
+            for i in ids:
+                self.wte.weight[i].normal_(0.0, self.config.init_std)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, mems=None, cache: KVCache | None = None,
+                token_type_ids: torch.Tensor | None = None, state: KVCache | None = None,
                 position_ids: torch.Tensor | None = None, output_hidden_states: bool = False,
-                logits_to_keep: int = 0, targets: torch.Tensor | None = None) -> ModelOutput:
-        """input_ids (B, T). With a cache, attention_mask covers the cached prefix too (B, past+T).
+                logits_to_keep: int = 0, targets: torch.Tensor | None = None) -> CausalLMOutput:
+        """input_ids (B, T). With a KV cache as `state`, attention_mask covers the cached prefix too
+        (B, past+T), and the cache is advanced past these tokens (`out.state`).
 
         logits_to_keep > 0 computes logits for the last that many positions only (generation).
         With `targets` (B, T) - or (B, logits_to_keep) - holding the next token of every position
-        (-100 = not scored), the output holds `loss`, their mean cross-entropy, instead of logits,
-        computed chunk by chunk without the (B, T, V) logits (lmlab.nn.lm_loss); under no_grad also
-        `nll`, the per-token losses (B, T).
+        (-100 = not scored), the output holds their per-token loss `nll` instead of logits
+        (lmlab.nn.lm_loss: chunked, never the (B, T, V) logits).
         """
         B, T = input_ids.shape
-        past = cache.length if cache is not None else 0
+        past = state.length if state is not None else 0
         if past + T > self.config.max_seq_len:
             raise LmlabError(f"sequence of {past + T} positions is longer than the model's context "
                              f"(max_seq_len={self.config.max_seq_len})")
@@ -119,11 +139,8 @@ class GPT(nn.Module):
                 # Count real tokens only, so left padding does not shift positions.
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:past + T]
             positions = self.wpe(position_ids)  # (B|1, T, D)
-        sparse = self._sparse_lookup(targets)
-        head = self.lm_head.weight if targets is not None else None  # loss only: int8 drafts have none
-        if sparse:
-            head = _BackwardLast.apply(head)  # made before the lookup: its backward runs after it
-        x = F.embedding(input_ids, self.wte.weight, sparse=sparse) + positions  # (B, T, D)
+        tokens, head = tied_lookup(input_ids, self.wte.weight, scoring=targets is not None)
+        x = tokens + positions  # (B, T, D)
         if token_type_ids is not None:  # both papers' code embed segment ids with the token table
             x = x + self.wte(token_type_ids)
         if self.training:  # dropout is the identity in eval: skip the module call on every token
@@ -136,72 +153,24 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             if output_hidden_states:
                 states.append(x)
-            x = block(x, mask, cache, i)
+            x = block(x, mask, state, i)
         x = self.ln_f(x)
         if output_hidden_states:
             states.append(x)
-        if cache is not None:
-            cache.advance(T)
+        if state is not None:
+            state.advance(T)
         kept = x[:, -logits_to_keep:] if logits_to_keep else x
-        hidden_states = tuple(states) if output_hidden_states else None
-        if targets is not None:
-            return self._loss(kept, targets, head, x, hidden_states)
-        return ModelOutput(logits=self.lm_head(kept), hidden=x, cache=cache, hidden_states=hidden_states)
-
-    def _sparse_lookup(self, targets) -> bool:
-        """Whether the token lookup hands back a sparse gradient (CPU training with targets).
-
-        The tied matrix then gets the output layer's dense gradient plus a sparse one for the
-        looked-up rows. Autograd adds the two in place only when the sparse one comes first, so the
-        output layer reads the matrix through _BackwardLast. Otherwise the lookup's gradient is a
-        zero-filled (V, D) tensor plus a (V, D) addition: ~100 ms of a 3.4 s gpt2-124m step on CPU,
-        page faults included.
-        """
-        return (targets is not None and torch.is_grad_enabled() and self.wte.weight.requires_grad
-                and self.wte.weight.device.type == "cpu" and not torch.compiler.is_compiling())
-
-    def _loss(self, kept: torch.Tensor, targets: torch.Tensor, weight, hidden, states) -> ModelOutput:
-        if targets.shape != kept.shape[:2]:
+        out = CausalLMOutput(hidden=x, state=state,
+                             hidden_states=tuple(states) if output_hidden_states else None)
+        if targets is None:
+            out.logits = self.lm_head(kept)  # (B, T or logits_to_keep, V)
+        elif targets.shape != kept.shape[:2]:
             raise LmlabError(f"targets have shape {tuple(targets.shape)}; expected {tuple(kept.shape[:2])}, "
                              f"one next token per scored position")
-        flat, y = kept.flatten(0, 1), targets.flatten()
-        vocab = weight.shape[0]
-        if weight.device.type in PAD_OUTPUT_ON and vocab % VOCAB_MULTIPLE:
-            # 50,257 rows make misaligned GPU matmul shapes (cuBLAS falls back to older, slower
-            # kernels); zero rows up to a multiple of 64 are left out of the softmax. The pad fuses
-            # with autocast's bf16 copy of the weight (compiled) or is one cast-sized pass (eager).
-            weight = F.pad(weight, (0, 0, 0, -vocab % VOCAB_MULTIPLE))
-        if torch.compiler.is_compiling():
-            # Compiled, inductor fuses the softmax into the loss itself and beats the chunks (H100,
-            # gpt2-124m 16x1024: 433k tokens/s vs 414k chunked).
-            logits = F.linear(flat, weight)[:, :vocab]
-            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16: fp32 softmax
-            nll = F.cross_entropy(logits, y, reduction="none")
         else:
-            if torch.is_grad_enabled():
-                loss = linear_cross_entropy(flat, weight, y, vocab)
-                return ModelOutput(loss=loss, hidden=hidden, hidden_states=states)
-            nll = linear_nll(flat, weight, y, vocab)
-        scored = (y != IGNORE_INDEX).sum().clamp(min=1)
-        per_token = None if torch.is_grad_enabled() else nll.view(targets.shape)
-        return ModelOutput(loss=nll.sum() / scored, nll=per_token, hidden=hidden, hidden_states=states)
+            out.nll = output_nll(kept, head, targets)  # (B, T)
+        return out
 
-
-class _BackwardLast(torch.autograd.Function):
-    """The identity. Autograd runs the backward of later-made operations first, so applied to a
-    weight before its other uses, this hands the weight's gradient on after theirs."""
-
-    @staticmethod
-    def forward(ctx, weight):
-        return weight.view_as(weight)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
-VOCAB_MULTIPLE = 64  # the training loss pads the output matrix to a multiple of this many rows...
-PAD_OUTPUT_ON = {"cuda"}  # ...on these devices (on CPU the extra rows would only cost time)
 
 _GPT = dict(pre_ln=False, max_seq_len=512, vocab_size=40478)
 # d_ff = 4·d_model as in both papers (and as the HF openai-gpt layout requires).

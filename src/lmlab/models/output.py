@@ -1,4 +1,9 @@
-"""The one output type every lmlab model returns (fields a family does not produce stay None)."""
+"""What lmlab models return: a small base and one output type per kind of model.
+
+Every model returns a `ModelOutput` or a subclass of it. Fields a call did not ask for stay None.
+Given `targets`, a language model scores them itself and returns the per-token negative
+log-likelihood `nll` (B, T) in nats (0 where the target is -100); objectives reduce it.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,27 @@ import torch
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor | None = None  # LM / MLM / task logits, (B, T, V) for language models
-    hidden: torch.Tensor | None = None  # last layer, (B, T, D)
+    logits: torch.Tensor | None = None  # (B, T, V) for language models; task heads: their scores
+    hidden: torch.Tensor | None = None  # the last layer, (B, T, D)
     hidden_states: tuple[torch.Tensor, ...] | None = None  # every layer, when asked for
-    cache: object | None = None  # decoders: the KV cache, advanced past this call's tokens
-    mems: list[torch.Tensor] | None = None  # Transformer-XL memory
-    pooled: torch.Tensor | None = None  # BERT pooler output, (B, D)
-    nsp_logits: torch.Tensor | None = None  # BERT pretraining
-    start_logits: torch.Tensor | None = None  # span QA
-    end_logits: torch.Tensor | None = None
-    lm_logits: torch.Tensor | None = None  # task models: the backbone's LM logits (GPT's auxiliary loss)
-    nll: torch.Tensor | None = None  # (B, T) per-token NLL in nats, when forward got targets
-    loss: torch.Tensor | None = None  # scalar mean NLL over the scored targets (GPT/GPT-2 with targets)
+
+
+@dataclass
+class CausalLMOutput(ModelOutput):
+    """kind `causal_lm`: next-token logits (or `nll` of given targets) and the decoding state."""
+
+    nll: torch.Tensor | None = None  # (B, T) when forward got targets (then logits stay None)
+    state: object | None = None  # KV cache, memory or recurrent state after this call
+
+
+@dataclass
+class MaskedLMOutput(ModelOutput):
+    """kind `masked_lm` (BERT): MLM logits, the pooled [CLS] state and the NSP logits."""
+
+    pooled: torch.Tensor | None = None  # (B, D)
+    nsp_logits: torch.Tensor | None = None  # (B, 2)
+    nll: torch.Tensor | None = None  # (B, T) MLM loss at the labelled positions, 0 elsewhere
+
+
+# kind -> the output type a model of that kind returns (tests check every family against it).
+OUTPUTS = {"causal_lm": CausalLMOutput, "masked_lm": MaskedLMOutput}

@@ -1,33 +1,83 @@
-"""Family name -> (config class, model class, presets). A literal dict: no import-time registration."""
+"""Every model family, declared once: what it is and what it can do. A literal dict, no import-time
+registration.
+
+The rest of lmlab asks these declarations (`spec_of(model).state == "kv_cache"`), never a family
+name or `hasattr(model, ...)`. A family declares:
+
+- `kind`: what the network computes: `causal_lm` (next token), `masked_lm` (BERT), `bilm` (forward
+  and backward LMs, ELMo), `seq2seq` (source -> target, CoVe) or `tagger` (labels per token, CVT);
+  its forward returns `models.output.OUTPUTS[kind]`.
+- `state`: what a decoding or streaming call carries to the next one: `none`, `kv_cache` (keys and
+  values of the prefix), `memory` (Transformer-XL's segment memory; its config has tgt_len,
+  mem_len, clamp_len, same_length) or `rnn` (LSTM (h, c)). Every family with a state has
+  `init_state(batch_size, max_len, device)` and takes `forward(..., state=)`, returning `out.state`;
+  every state tensor holds the batch in dim 0. `memory` and `rnn` states are *carried*: training,
+  evaluation and embedding continue them across calls.
+- `tokenizer`: the tokenizer kind `lmlab pretrain` builds by default (None: the corpus's own).
+- `readers`: how task heads read the network, first = default: `pooled_cls` (the pooled [CLS]
+  state), `extract_token` (GPT's <extract> token; the model has `init_token_rows`), `scalar_mix`
+  (a learned mix of every layer over a frozen network), `concat_pool` (ULMFiT's pooling).
+
+Every model also has `layer_groups()` (parameters bottom to top, for discriminative learning rates
+and gradual unfreezing) and a config with `vocab_size` and `max_seq_len`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from dataclasses import dataclass, field
 
 from lmlab.errors import ConfigError
 from lmlab.models import bert, gpt, transformer_xl
 from lmlab.models.config import config_from_dict
 
+KINDS = ("causal_lm", "masked_lm", "bilm", "seq2seq", "tagger")
+STATES = ("none", "kv_cache", "memory", "rnn")
+CARRIED = ("memory", "rnn")  # states that continue from one call (segment, batch) to the next
+READERS = ("pooled_cls", "extract_token", "scalar_mix", "concat_pool")
 
-class Family(NamedTuple):
+
+@dataclass(frozen=True)
+class Family:
     config: type
     model: type
     presets: dict[str, dict]
+    kind: str
+    state: str
+    paper: str
+    tokenizer: str | None = None
+    readers: tuple[str, ...] = ()
+    name: str = field(default="", compare=False)  # filled in from the FAMILIES key
+
+    def __post_init__(self):
+        if self.kind not in KINDS or self.state not in STATES or not set(self.readers) <= set(READERS):
+            raise ValueError(f"family declaration: kind {self.kind!r}, state {self.state!r}, readers "
+                             f"{self.readers!r}; expected kind in {KINDS}, state in {STATES}, readers in "
+                             f"{READERS}")
+        if "tiny" not in self.presets:
+            raise ValueError("family declaration: every family has a 'tiny' preset (the tests use it)")
+
+    @property
+    def carries_state(self) -> bool:
+        return self.state in CARRIED
 
 
 FAMILIES: dict[str, Family] = {
-    "gpt": Family(gpt.GPTConfig, gpt.GPT, gpt.PRESETS["gpt"]),
-    "gpt2": Family(gpt.GPTConfig, gpt.GPT, gpt.PRESETS["gpt2"]),
-    "bert": Family(bert.BertConfig, bert.Bert, bert.PRESETS),
-    "transfo-xl": Family(transformer_xl.TransfoXLConfig, transformer_xl.TransfoXL, transformer_xl.PRESETS),
+    "gpt": Family(gpt.GPTConfig, gpt.GPT, gpt.PRESETS["gpt"], kind="causal_lm", state="kv_cache",
+                  paper="Radford et al. 2018", readers=("extract_token",)),
+    "gpt2": Family(gpt.GPTConfig, gpt.GPT, gpt.PRESETS["gpt2"], kind="causal_lm", state="kv_cache",
+                   paper="Radford et al. 2019", readers=("extract_token",)),
+    "bert": Family(bert.BertConfig, bert.Bert, bert.PRESETS, kind="masked_lm", state="none",
+                   paper="Devlin et al. 2018", tokenizer="wordpiece", readers=("pooled_cls",)),
+    "transfo-xl": Family(transformer_xl.TransfoXLConfig, transformer_xl.TransfoXL, transformer_xl.PRESETS,
+                         kind="causal_lm", state="memory", paper="Dai et al. 2019"),
 }
 
 
 def family_spec(family: str) -> Family:
     if not isinstance(family, str) or family not in FAMILIES:  # a JSON list would be unhashable
         raise ConfigError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
-    return FAMILIES[family]
+    return dataclasses.replace(FAMILIES[family], name=family)
 
 
 def make_config(family: str, preset: str = "tiny", **overrides):
@@ -58,6 +108,11 @@ def family_of(model) -> str:
     if family not in FAMILIES:
         raise ConfigError("model has no lmlab family; build it with lmlab.build or lmlab.load")
     return family
+
+
+def spec_of(model) -> Family:
+    """The declaration of `model`'s family (ConfigError for a model lmlab did not build)."""
+    return family_spec(family_of(model))
 
 
 def config_fields(model) -> dict:

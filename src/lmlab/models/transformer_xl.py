@@ -12,13 +12,14 @@ use `cutoffs=()`: one plain table and an ordinary softmax.
 
 Outputs: `logits` are log-probabilities (log_softmax already applied, like the original code and the
 HF `prediction_scores`), with or without cutoffs; softmax / argmax / sampling treat them as logits.
-`model.nll(ids, targets, mems)` (= `model(ids, mems=mems, targets=targets).nll`) is the cheap
+`model.nll(ids, targets, state)` (= `model(ids, state=state, targets=targets).nll`) is the cheap
 training/eval path (no full-vocabulary tensor).
 
-Memory API: `mems` is a list of n_layers tensors (B, M, d_model), batch first, oldest position
-first. `mems=None` (or `model.init_mems(B)`) means no history: M = 0, as in the paper's code. (HF's
-`init_mems` starts from mem_len zero vectors instead, which the first segment then attends to.)
-Every call returns the new memory in `out.mems`, detached; pass it to the next call.
+Memory API (lmlab's decoding-state protocol, state kind "memory"): the state is a list of n_layers
+tensors (B, M, d_model), batch first, oldest position first. `state=None` (or
+`model.init_state(B)`) means no history: M = 0, as in the paper's code. (HF's `init_mems` starts
+from mem_len zero vectors instead, which the first segment then attends to.) Every call returns
+the new memory in `out.state`, detached; pass it to the next call.
 
 Known deviations: `ext_len` (extended context at evaluation) and the sampled softmax of the original
 code are not implemented; there is no padding support (attention_mask must be all ones).
@@ -35,8 +36,10 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models.config import check_positive, check_probability, require
-from lmlab.models.output import ModelOutput
+from lmlab.models.output import CausalLMOutput
 from lmlab.nn.adaptive import AdaptiveEmbedding, AdaptiveLogSoftmax
+from lmlab.nn.layers import parameter_groups
+from lmlab.nn.lm_loss import IGNORE_INDEX
 from lmlab.nn.relative import RelativeMultiHeadAttention, relative_distances, relative_mask, sinusoid_table
 
 NO_HARD_LIMIT = 2 ** 31 - 1
@@ -182,10 +185,17 @@ class TransfoXL(nn.Module):
             if source in self.embed.projs:
                 self.softmax.projs[str(i)] = self.embed.projs[source]
 
-    def init_mems(self, batch: int) -> list[torch.Tensor]:
-        """Empty memory (B, 0, d_model) for every layer: the start of a stream."""
+    def init_state(self, batch_size: int, max_len: int | None = None, device=None) -> list[torch.Tensor]:
+        """Empty memory (B, 0, d_model) for every layer: the start of a stream. (`max_len` is not
+        needed: the memory keeps the last mem_len positions whatever the length.)"""
         p = self.embed.layers[0].weight
-        return [p.new_zeros(batch, 0, self.config.d_model) for _ in range(self.config.n_layers)]
+        return [torch.zeros(batch_size, 0, self.config.d_model, dtype=p.dtype, device=device or p.device)
+                for _ in range(self.config.n_layers)]
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Adaptive embedding (with the shared u, v), each layer, the adaptive softmax: bottom to top."""
+        shared = [p for p in (self.u, self.v) if p is not None]
+        return parameter_groups([self.embed, *shared], *self.layers, self.softmax)
 
     # ---- input checks: one clear error each, before any computation ----------------------------
     def _check_ids(self, ids: torch.Tensor, what: str = "input_ids") -> None:
@@ -197,18 +207,19 @@ class TransfoXL(nn.Module):
         if lo < 0 or hi >= self.config.vocab_size:
             raise LmlabError(f"{what} must be in [0, {self.config.vocab_size}), got [{lo}, {hi}]")
 
-    def _check_mems(self, mems, batch: int) -> list[torch.Tensor] | None:
+    def _check_state(self, mems, batch: int) -> list[torch.Tensor] | None:
         if mems is None:
             return None
         c = self.config
         if not isinstance(mems, (list, tuple)) or len(mems) != c.n_layers:
             got = len(mems) if isinstance(mems, (list, tuple)) else type(mems).__name__
-            raise LmlabError(f"mems must be a list of {c.n_layers} tensors (one per layer), got {got}")
+            raise LmlabError(f"the memory (state) must be a list of {c.n_layers} tensors (one per layer), "
+                             f"got {got}")
         for i, m in enumerate(mems):
             if not isinstance(m, torch.Tensor) or m.dim() != 3 or m.shape[0] != batch \
                     or m.shape[2] != c.d_model or m.shape[1] != mems[0].shape[1]:
                 shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
-                raise LmlabError(f"mems[{i}] has shape {shape}; this model and batch need "
+                raise LmlabError(f"memory (state) layer {i} has shape {shape}; this model and batch need "
                                  f"({batch}, M, {c.d_model}) with the same M in every layer")
         return list(mems)
 
@@ -243,46 +254,42 @@ class TransfoXL(nn.Module):
         return out
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, mems=None, cache=None,
-                output_hidden_states: bool = False, logits_to_keep: int = 0,
-                targets: torch.Tensor | None = None) -> ModelOutput:
-        """input_ids (B, T) continuing `mems` -> logits = log-probabilities (B, T, V), new mems.
+                state: list[torch.Tensor] | None = None, output_hidden_states: bool = False,
+                logits_to_keep: int = 0, targets: torch.Tensor | None = None) -> CausalLMOutput:
+        """input_ids (B, T) continuing the memory `state` -> logits = log-probabilities (B, T, V), and
+        the new memory in `out.state`.
 
         logits_to_keep > 0 computes the log-probabilities of the last that many positions only.
         With `targets` (B, T) - or (B, logits_to_keep) - the output holds `nll` of that shape
         instead of logits: the cheap path of the adaptive softmax, through forward so that DDP and
         torch.compile wrappers see the call."""
-        self._check_forward(input_ids, attention_mask, token_type_ids, cache)
-        if targets is not None:
-            self._check_targets(input_ids[:, -logits_to_keep:] if logits_to_keep else input_ids, targets)
-        mems = self._check_mems(mems, input_ids.shape[0])
-        x, new_mems, states = self.transformer(input_ids, mems, output_hidden_states)
-        if targets is not None:
-            kept = x[:, -logits_to_keep:] if logits_to_keep else x
-            nll = self.softmax.nll(kept.flatten(0, 1), targets.flatten()).view(targets.shape)
-            return ModelOutput(hidden=x, hidden_states=states, mems=new_mems, nll=nll)
-        logits = self.softmax.log_prob(x[:, -logits_to_keep:] if logits_to_keep else x)
-        return ModelOutput(logits=logits, hidden=x, hidden_states=states, mems=new_mems)
-
-    def _check_forward(self, ids, attention_mask, token_type_ids, cache) -> None:
-        if cache is not None:
-            raise LmlabError("transfo-xl carries its history in mems, not a KV cache; pass mems=")
-        if token_type_ids is not None:
-            raise LmlabError("transfo-xl has no token type (segment) embeddings; pass token_type_ids=None")
         if attention_mask is not None and not bool(attention_mask.all()):
             raise LmlabError("transfo-xl does not support padding: attention_mask must be all ones")
-        self._check_ids(ids)
+        self._check_ids(input_ids)
+        if targets is not None:
+            self._check_targets(input_ids[:, -logits_to_keep:] if logits_to_keep else input_ids, targets)
+        mems = self._check_state(state, input_ids.shape[0])
+        x, new_mems, states = self.transformer(input_ids, mems, output_hidden_states)
+        kept = x[:, -logits_to_keep:] if logits_to_keep else x
+        out = CausalLMOutput(hidden=x, hidden_states=states, state=new_mems)
+        if targets is not None:
+            scored = targets != IGNORE_INDEX
+            nll = self.softmax.nll(kept.flatten(0, 1), torch.where(scored, targets, 0).flatten())
+            out.nll = nll.view(targets.shape) * scored
+        else:
+            out.logits = self.softmax.log_prob(kept)
+        return out
 
-    def nll(self, input_ids: torch.Tensor, targets: torch.Tensor, mems=None):
-        """(nll (B, T) in nats, new mems): -log p(targets[b, t] | input_ids[b, :t+1], mems).
+    def nll(self, input_ids: torch.Tensor, targets: torch.Tensor, state=None):
+        """(nll (B, T) in nats, new memory): -log p(targets[b, t] | input_ids[b, :t+1], memory).
 
         The efficient path of the adaptive softmax (each tail cluster only for its targets);
-        mean it for a training loss and feed the mems into the next segment."""
-        out = self(input_ids, mems=mems, targets=targets)
-        return out.nll, out.mems
+        mean it for a training loss and feed the memory into the next segment."""
+        out = self(input_ids, state=state, targets=targets)
+        return out.nll, out.state
 
     def _check_targets(self, ids: torch.Tensor, targets: torch.Tensor) -> None:
-        self._check_ids(targets, "targets")
+        self._check_ids(torch.where(targets == IGNORE_INDEX, 0, targets), "targets")  # -100: not scored
         if targets.shape != ids.shape:
             raise LmlabError(f"targets have shape {tuple(targets.shape)}, input_ids "
                              f"{tuple(ids.shape)}; they must match")

@@ -91,3 +91,25 @@ def init_normal_(module: nn.Module, std: float = 0.02) -> None:
 def scaled_residual_std(std: float, n_layers: int) -> float:
     # GPT-2 §2.3: residual-path weights scaled by 1/sqrt(N), N = 2 residual layers per block.
     return std / math.sqrt(2 * n_layers)
+
+
+def parameter_groups(*parts) -> list[list[nn.Parameter]]:
+    """Parameters of `parts` (modules, parameters or lists of them), one list per part, bottom to top.
+
+    A tied parameter belongs to the first part that holds it; parts without trainable-or-not
+    parameters are left out. What `model.layer_groups()` returns, for discriminative learning
+    rates and gradual unfreezing (ULMFiT §3.2).
+    """
+    seen: set[int] = set()
+    groups = []
+    for part in parts:
+        items = part if isinstance(part, (list, tuple)) else [part]
+        params = []
+        for item in items:
+            for p in ([item] if isinstance(item, nn.Parameter) else item.parameters()):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        if params:
+            groups.append(params)
+    return groups

@@ -10,13 +10,10 @@ from lmlab.nn.lm_loss import IGNORE_INDEX
 def clm_loss(model, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy of next-token prediction; batch = (inputs, targets), both (B, T).
 
-    Targets of -100 are not scored. The model computes the loss from `targets` itself (GPT/GPT-2:
+    Targets of -100 are not scored. The model scores the targets itself (`nll` per token; GPT/GPT-2:
     chunked, never holding the (B, T, V) logits; Transformer-XL: its adaptive softmax's NLL path),
     through forward so that DDP, FSDP and torch.compile wrappers see the call.
     """
     x, y = batch
-    out = model(x, targets=y)
-    if out.loss is not None:
-        return out.loss
-    scored = y != IGNORE_INDEX
-    return (out.nll.float() * scored).sum() / scored.sum().clamp(min=1)
+    nll = model(x, targets=y).nll
+    return nll.sum() / (y != IGNORE_INDEX).sum().clamp(min=1)

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lmlab.data.corpora import _decode, is_builtin, jsonl_records
 from lmlab.errors import DataError
-from lmlab.models.output import ModelOutput
-from lmlab.tasks.base import TaskSpec, pad_2d, pad_3d, run_model, sequence_state
+from lmlab.models.heads import TaskOutput, TaskSpec
+from lmlab.tasks.base import pad_2d, pad_3d, run_model
 from lmlab.tasks.classify import encode_pairs
 from lmlab.tasks.metrics import accuracy
 
@@ -76,7 +75,7 @@ def featurize(examples: list[Example], tokenizer, spec: TaskSpec, truncate: bool
     for ex in examples:
         options = [next(flat) for _ in ex.choices]
         f = {"input_ids": [o["input_ids"] for o in options], "label": ex.label}
-        if spec.arch == "encoder":
+        if spec.reader == "pooled_cls":
             f["token_type_ids"] = [o["token_type_ids"] for o in options]
         feats.append(f)
     return feats
@@ -87,7 +86,7 @@ def collate(features: list[dict], spec: TaskSpec) -> dict[str, torch.Tensor]:
     ids = [f["input_ids"] for f in features]
     mask = pad_3d([[[1] * len(r) for r in g] for g in ids], 0)
     batch = {"input_ids": pad_3d(ids, spec.pad_id), "attention_mask": mask}
-    if spec.arch == "encoder":
+    if spec.reader == "pooled_cls":
         batch["token_type_ids"] = pad_3d([f["token_type_ids"] for f in features], 0)
     else:
         batch["extract_index"] = (mask.sum(-1) - 1).clamp(min=0)  # dummy options read position 0
@@ -96,36 +95,11 @@ def collate(features: list[dict], spec: TaskSpec) -> dict[str, torch.Tensor]:
     return batch
 
 
-class ChoiceHead(nn.Module):
-    """One linear score per option from its extract / pooled state; missing options get -inf."""
-
-    def __init__(self, d_model: int, spec: TaskSpec):
-        super().__init__()
-        self.spec = spec
-        self.drop = nn.Dropout(spec.dropout)
-        self.linear = nn.Linear(d_model, 1)
-        nn.init.normal_(self.linear.weight, std=0.02)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, out: ModelOutput, batch: dict) -> ModelOutput:
-        B, N = batch["input_ids"].shape[:2]
-        h = sequence_state(out, batch, self.spec)  # (B·N, D)
-        scores = self.linear(self.drop(h)).view(B, N)  # (B, N)
-        keep = batch.get("choice_mask")
-        if keep is not None:
-            scores = scores.masked_fill(~keep.bool(), torch.finfo(scores.dtype).min)
-        return ModelOutput(logits=scores)
-
-
-def build_head(backbone: nn.Module, spec: TaskSpec) -> nn.Module:
-    return ChoiceHead(backbone.config.d_model, spec)
-
-
-def loss(out: ModelOutput, batch: dict, spec: TaskSpec) -> torch.Tensor:
+def loss(out: TaskOutput, batch: dict, spec: TaskSpec) -> torch.Tensor:
     return F.cross_entropy(out.logits.float(), batch["labels"])
 
 
-def evaluate(model: nn.Module, features: list[dict], spec: TaskSpec, batch_size: int = 16) -> dict:
+def evaluate(model: torch.nn.Module, features: list[dict], spec: TaskSpec, batch_size: int = 16) -> dict:
     """accuracy (the highest-scoring option is the label) and the mean loss."""
     preds, golds, total = [], [], 0.0
     for out, batch in run_model(model, features, lambda f: collate(f, spec), batch_size):

@@ -31,12 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lmlab.data.corpora import TASK_DATA, _decode, is_builtin, jsonl_records, read_task_data
 from lmlab.errors import DataError
-from lmlab.models.output import ModelOutput
-from lmlab.tasks.base import TaskSpec, pad_2d, pad_3d, run_model, sequence_state
+from lmlab.models.heads import TaskOutput, TaskSpec
+from lmlab.tasks.base import pad_2d, pad_3d, run_model
 from lmlab.tasks.metrics import classification_metrics, regression_metrics
 
 # Header names tried in order when a column is not given (GLUE layouts, see the docstring).
@@ -233,7 +232,7 @@ def encode_pairs(pairs: list[tuple[str, str | None]], wheres: list[str], tokeniz
                  truncate: bool) -> list[dict]:
     """{"input_ids" (+ "token_type_ids" for encoders)} per (a, b) pair; too long -> error or cut."""
     limit, out, too_long = spec.max_len, [], []
-    if spec.arch == "encoder":
+    if spec.reader == "pooled_cls":
         for (a, b), where in zip(pairs, wheres, strict=True):
             enc = tokenizer.encode_pair(a, b, max_length=None, truncation=None)
             if len(enc["input_ids"]) > limit:
@@ -263,7 +262,7 @@ def featurize(examples: list[Example], tokenizer, spec: TaskSpec, truncate: bool
     wheres = [ex.where for ex in examples]
     pairs = [(ex.text, ex.text_b if spec.name == "pair" else None) for ex in examples]
     feats = encode_pairs(pairs, wheres, tokenizer, spec, truncate)
-    if spec.name == "pair" and spec.pair_mode == "similarity" and spec.arch == "decoder":
+    if spec.name == "pair" and spec.pair_mode == "similarity" and spec.reader == "extract_token":
         swapped = encode_pairs([(b, a) for a, b in pairs], wheres, tokenizer, spec, truncate)
         feats = [{"input_ids": [f["input_ids"], s["input_ids"]]} for f, s in zip(feats, swapped, strict=True)]
     for f, t in zip(feats, targets, strict=True):
@@ -279,7 +278,7 @@ def collate(features: list[dict], spec: TaskSpec) -> dict[str, torch.Tensor]:
     batch = {"input_ids": pad(ids, spec.pad_id),
              "attention_mask": pad([[[1] * len(r) for r in g] for g in ids] if nested
                                    else [[1] * len(r) for r in ids], 0)}
-    if spec.arch == "encoder":
+    if spec.reader == "pooled_cls":
         batch["token_type_ids"] = pad_2d([f["token_type_ids"] for f in features], 0)
     else:
         batch["extract_index"] = batch["attention_mask"].sum(-1) - 1  # the last real token
@@ -288,40 +287,17 @@ def collate(features: list[dict], spec: TaskSpec) -> dict[str, torch.Tensor]:
     return batch
 
 
-# ---------------------------------------------------------------- head, loss, evaluation
+# ---------------------------------------------------------------- loss, evaluation
 
 
-class SequenceHead(nn.Module):
-    """Dropout + linear on the extract / pooled state (a similarity pair: the two orders added)."""
-
-    def __init__(self, d_model: int, spec: TaskSpec):
-        super().__init__()
-        self.spec = spec
-        self.drop = nn.Dropout(spec.dropout)
-        self.linear = nn.Linear(d_model, spec.n_outputs)
-        nn.init.normal_(self.linear.weight, std=0.02)  # GPT and BERT: N(0, 0.02), zero bias
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, out: ModelOutput, batch: dict) -> ModelOutput:
-        h = sequence_state(out, batch, self.spec)  # (B', D)
-        ids = batch["input_ids"]
-        if ids.dim() == 3:  # (B, 2, T): GPT's similarity input, h_(a,b) + h_(b,a)
-            h = h.view(ids.shape[0], ids.shape[1], -1).sum(1)
-        return ModelOutput(logits=self.linear(self.drop(h)))  # (B, n_labels) or (B, 1)
-
-
-def build_head(backbone: nn.Module, spec: TaskSpec) -> nn.Module:
-    return SequenceHead(backbone.config.d_model, spec)
-
-
-def loss(out: ModelOutput, batch: dict, spec: TaskSpec) -> torch.Tensor:
+def loss(out: TaskOutput, batch: dict, spec: TaskSpec) -> torch.Tensor:
     logits = out.logits.float()
     if spec.regression:
         return F.mse_loss(logits.squeeze(-1), batch["labels"].float())
     return F.cross_entropy(logits, batch["labels"])
 
 
-def evaluate(model: nn.Module, features: list[dict], spec: TaskSpec, batch_size: int = 64) -> dict:
+def evaluate(model: torch.nn.Module, features: list[dict], spec: TaskSpec, batch_size: int = 64) -> dict:
     """Dev metrics: accuracy, macro_f1, mcc (+ f1 for two classes), or pearson/spearman/mse; loss."""
     preds, golds, total = [], [], 0.0
     for out, batch in run_model(model, features, lambda f: collate(f, spec), batch_size):

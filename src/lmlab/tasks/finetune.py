@@ -26,9 +26,10 @@ from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.checkpoints.io import load
 from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError
-from lmlab.models.registry import build_from_config, config_fields, family_of
-from lmlab.tasks.base import TaskModel, TaskSpec, add_task_tokens, arch_of, lm_aux_loss
-from lmlab.tasks.registry import build_task_model, task_module
+from lmlab.models.heads import TaskModel, TaskSpec, build_task_model
+from lmlab.models.registry import build_from_config, config_fields, family_of, family_spec
+from lmlab.tasks.base import add_task_tokens, default_reader, lm_aux_loss
+from lmlab.tasks.registry import task_module
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import train as run_training
 from lmlab.train.state import check_run_dir
@@ -64,12 +65,12 @@ class EpochBatches:
 
 
 def make_objective(module, spec: TaskSpec):
-    """loss = task loss + λ·L_LM (GPT §3.2, eq. 5; decoders only, λ = spec.lm_coef)."""
+    """loss = task loss + λ·L_LM (GPT §3.2, eq. 5; the extract_token reader only, λ = spec.lm_coef)."""
 
     def objective(net, batch):
         out = net(**batch)
         loss = module.loss(out, batch, spec)
-        if spec.arch == "decoder" and spec.lm_coef > 0:
+        if out.lm_nll is not None:
             loss = loss + spec.lm_coef * lm_aux_loss(out, batch)
         return loss
 
@@ -132,11 +133,11 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
     labels, is_regression = module.label_set(train_ex, options)
 
     backbone, tokenizer, family = _backbone(model_dir, from_scratch, seed)
-    arch = arch_of(family)
-    ids = add_task_tokens(backbone, tokenizer) if arch == "decoder" else {}
-    pad = getattr(tokenizer, "pad_token_id", None) if arch == "encoder" else tokenizer.eos_token_id
+    reader = default_reader(family_spec(family))
+    ids = add_task_tokens(backbone, tokenizer) if reader == "extract_token" else {}
+    pad = tokenizer.eos_token_id if reader == "extract_token" else getattr(tokenizer, "pad_token_id", None)
     spec = TaskSpec(name=task, labels=labels, regression=is_regression, lm_coef=lm_coef, pair_mode=pair_mode,
-                    max_len=min(max_len, backbone.config.max_seq_len), arch=arch, pad_id=pad or 0,
+                    max_len=min(max_len, backbone.config.max_seq_len), reader=reader, pad_id=pad or 0,
                     dropout=dropout, extra=_spec_extra(module, train_ex, options), **ids)
     # Features before training: a too-long text or an unseen dev label stops the run at once.
     train_f = module.featurize(train_ex, tokenizer, spec, truncate)
@@ -159,7 +160,7 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
                    objective=make_objective(module, spec), resume=resume)
     report = {"task": task, "model": str(model_dir), "family": family, "from_scratch": from_scratch,
               "train": str(train), "dev": str(dev), "n_train": len(train_f), "n_dev": len(dev_f),
-              "labels": list(labels), "regression": is_regression, "lm_coef": lm_coef,
+              "reader": reader, "labels": list(labels), "regression": is_regression, "lm_coef": lm_coef,
               "pair_mode": pair_mode, "epochs": epochs, "steps": total, "batch_size": bs, "lr": lr,
               "warmup_steps": cfg.warmup, "seed": seed, "train_loss": result.loss,
               "dev_metrics": result.val_metrics, "wall_s": round(result.wall_s, 1)}
@@ -206,7 +207,7 @@ def summary(report: dict) -> str:
     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                       if isinstance(v, float) and math.isfinite(v) and k != "loss")
     how = [f"{report['n_train']} examples"]
-    if arch_of(report["family"]) == "decoder":  # the auxiliary LM loss is a decoder's only
+    if report.get("reader") == "extract_token":  # the auxiliary LM loss is GPT's only
         how.append(f"lm_coef {report['lm_coef']}")
     if report["from_scratch"]:
         how.append("from scratch")

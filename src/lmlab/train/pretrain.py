@@ -1,5 +1,7 @@
 """`lmlab pretrain`: data source -> tokenizer -> shards -> model -> the training loop -> run dir.
 
+Family-agnostic: what a family needs (batches, objective, evaluator, default sequence length, its
+own options) comes from its recipe (lmlab.train.recipes) and its declaration (lmlab.models.registry).
 Under torchrun, rank 0 trains the tokenizer and tokenizes the corpus first; the other ranks wait
 at a barrier and then read the same files.
 """
@@ -14,18 +16,15 @@ from pathlib import Path
 import torch
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
-from lmlab.data.prepare import build_tokenizer_for, check_vocab, prepare_tokens
-from lmlab.data.sampler import ContiguousStreams, RandomWindowSampler, SequentialWindows
+from lmlab.data.prepare import build_tokenizer_for, check_vocab
 from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError
 from lmlab.models.registry import family_spec, make_config
-from lmlab.objectives.clm import clm_loss
-from lmlab.objectives.clm_memory import MemoryCLM
-from lmlab.objectives.mlm_nsp import mlm_nsp_loss
 from lmlab.tokenizers import load_tokenizer
 from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Dist, barrier, init_distributed, shutdown
 from lmlab.train.loop import RunResult, train
+from lmlab.train.recipes import option_fields, recipe_for
 from lmlab.train.state import RUN_OUTPUTS, check_run_dir
 
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, written before step 0 so resume reuses it
@@ -35,8 +34,8 @@ TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, written before step 0 so res
 SETTINGS_FILE = "pretrain.json"
 RUN_FILES = (*RUN_OUTPUTS, SETTINGS_FILE)  # any of them in --out: a run is there
 NOT_SAVED = {"out", "resume", "compile", "fsdp", "device", "progress"}
-SAVED = ({"model", "preset", "data", "valid", "tokenizer", "vocab_size", "masking", "dupe_factor",
-          "overrides"} | {f.name for f in fields(TrainConfig)}) - NOT_SAVED
+SAVED = ({"model", "preset", "data", "valid", "tokenizer", "vocab_size", "overrides"} | set(option_fields())
+         | {f.name for f in fields(TrainConfig)}) - NOT_SAVED
 
 
 def train_config(values: dict) -> TrainConfig:
@@ -83,165 +82,29 @@ def saved_settings(run_dir: str | Path) -> dict:
     return settings
 
 
-def make_evaluator(shard, seq_len: int, batch_size: int, max_batches: int, d: Dist):
-    """Mean validation loss over the first `max_batches` fixed windows (the same every time)."""
-    windows = SequentialWindows(shard, seq_len, batch_size=batch_size, rank=d.rank, world_size=d.world_size)
-
-    @torch.no_grad()
-    def evaluate(model) -> float:
-        model.eval()
-        device = next(model.parameters()).device
-        total = torch.zeros(2, dtype=torch.float64, device=device)
-        for i, (x, y, mask) in enumerate(windows):
-            if i >= max_batches:
-                break
-            x, y, mask = x.to(device), y.to(device), mask.to(device)
-            logits = model(x).logits.float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")
-            total += torch.stack([(nll * mask).sum().double(), mask.sum().double()])
-        if d.enabled:
-            torch.distributed.all_reduce(total)
-        return float(total[0] / total[1].clamp(min=1))
-
-    return evaluate
-
-
-def lm_data(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, **_):
-    """Causal LM: random windows of the token stream, validation loss on fixed windows."""
-    if d.is_main:
-        shards = prepare_tokens(data, tok, valid=valid, seq_len=cfg.seq_len, progress=cfg.progress)
-    barrier(d)
-    if not d.is_main:
-        shards = prepare_tokens(data, tok, valid=valid, seq_len=cfg.seq_len, progress=False)
-    per_rank = cfg.batch_size // d.world_size if cfg.batch_size % d.world_size == 0 else cfg.batch_size
-    batches = RandomWindowSampler(shards["train"], cfg.seq_len, cfg.batch_size, cfg.seed,
-                                  d.rank, d.world_size)
-    return batches, make_evaluator(shards["valid"], cfg.seq_len, max(1, per_rank), cfg.eval_batches, d)
-
-
-def pair_data(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, masking: str | None = None,
-              dupe_factor: int | None = None):
-    """BERT: masked sentence pairs (lmlab.data.pairs); MLM/NSP metrics on a fixed set of pairs."""
-    from lmlab.data.pairs import DUPE_FACTOR, PairSampler, load_pairs
-    from lmlab.objectives.mlm_nsp import MaskingSpec
-
-    spec = MaskingSpec.from_tokenizer(tok)
-    splits = {}
-    for main in (True, False):  # rank 0 tokenizes first, the others then read its cache
-        if d.is_main == main:
-            splits = {s: load_pairs(data, s, tok, valid=valid, progress=cfg.progress and main)
-                      for s in ("train", "valid")}
-        barrier(d)
-    ids = (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
-    batches = PairSampler(splits["train"], cfg.seq_len, cfg.batch_size, spec, *ids, seed=cfg.seed,
-                          rank=d.rank, world_size=d.world_size,
-                          masking="dynamic" if masking is None else masking,
-                          dupe_factor=DUPE_FACTOR if dupe_factor is None else dupe_factor)
-    per_rank = cfg.batch_size // d.world_size
-    fixed = PairSampler(splits["valid"], cfg.seq_len, per_rank * cfg.eval_batches * d.world_size, spec, *ids,
-                        seed=cfg.seed, rank=d.rank, world_size=d.world_size).batch(0)
-    return batches, make_pair_evaluator(fixed, per_rank, d)
-
-
-def make_pair_evaluator(fixed: dict, batch_size: int, d: Dist):
-    """{"loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc"} over this rank's rows of `fixed`,
-    summed over all ranks."""
-    from lmlab.objectives.mlm_nsp import metrics_from_sums, mlm_nsp_sums
-
-    @torch.no_grad()
-    def evaluate(model) -> dict:
-        model.eval()
-        device = next(model.parameters()).device
-        sums = 0
-        for i in range(0, len(fixed["input_ids"]), batch_size):
-            sums = sums + mlm_nsp_sums(model, {k: v[i : i + batch_size].to(device) for k, v in fixed.items()})
-        if d.enabled:
-            torch.distributed.all_reduce(sums)
-        return metrics_from_sums(sums.cpu())
-
-    return evaluate
-
-
-def stream_data(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, masking: str | None = None,
-                dupe_factor: int | None = None):
-    """Transformer-XL: the corpus as batch_size contiguous streams read seq_len (= tgt_len) tokens a
-    step, so the memory a row leaves is the history of the segment it reads next (§3.2);
-    validation loss with the memory protocol."""
-    if masking is not None or dupe_factor is not None:
-        raise ConfigError("--masking and --dupe-factor are for masked LM pretraining (bert), not transfo-xl")
-    if d.is_main:
-        shards = prepare_tokens(data, tok, valid=valid, seq_len=cfg.seq_len, progress=cfg.progress)
-    barrier(d)
-    if not d.is_main:
-        shards = prepare_tokens(data, tok, valid=valid, seq_len=cfg.seq_len, progress=False)
-    batches = ContiguousStreams(shards["train"], cfg.seq_len, cfg.batch_size, d.rank, d.world_size)
-    return batches, make_memory_evaluator(shards["valid"], cfg)
-
-
-def make_memory_evaluator(shard, cfg: TrainConfig):
-    """Memory-protocol loss (the model's own tgt_len / mem_len) over the first eval_batches x
-    batch_size x seq_len validation tokens, read as batch_size streams. Every rank computes the
-    same number (no reduction), the one a single process would."""
-    from lmlab.eval.memory import memory_perplexity
-
-    tokens = getattr(shard, "tokens", shard)
-    ids = torch.from_numpy(tokens[:cfg.eval_batches * cfg.batch_size * cfg.seq_len + 1].astype("int64"))
-
-    def evaluate(model) -> float:
-        return memory_perplexity(model, ids, streams=cfg.batch_size)["loss"]
-
-    return evaluate
-
-
-DEFAULT_SEQ_LEN = 128
-
-
 def default_seq_len(model: str, preset: str, overrides: dict) -> int:
-    """--seq-len when none is given: transfo-xl's segment length tgt_len; else 128, or the model's
-    context if shorter (BERT's tiny preset has 64 positions)."""
-    config = make_config(model, preset, **overrides)
-    if model == "transfo-xl":
-        return config.tgt_len
-    return min(DEFAULT_SEQ_LEN, config.max_seq_len)
-
-
-def segment_overrides(model: str, overrides: dict, seq_len: int) -> dict:
-    """transfo-xl: --seq-len is the segment length tgt_len (training, and later generation)."""
-    if model != "transfo-xl":
-        return overrides
-    if overrides.get("tgt_len", seq_len) != seq_len:
-        raise ConfigError(f"for transfo-xl --seq-len is the segment length tgt_len: --set tgt_len="
-                          f"{overrides['tgt_len']} disagrees with --seq-len {seq_len}; give one value")
-    return {**overrides, "tgt_len": seq_len}
-
-
-# family -> (builder of the training batches and the evaluator, objective); other families are
-# causal LMs. A builder takes (data, tokenizer, TrainConfig, Dist, valid, masking, dupe_factor).
-# An objective that is a class carries state across steps (lmlab.train.loop): one new per run.
-PRETRAINING = {"bert": (pair_data, mlm_nsp_loss), "transfo-xl": (stream_data, MemoryCLM)}
-DEFAULT_TOKENIZER = {"bert": "wordpiece"}
+    """--seq-len when none is given, from the family's recipe (e.g. 128, or the model's context if
+    shorter; Transformer-XL: the segment length tgt_len)."""
+    return recipe_for(model).default_seq_len(make_config(model, preset, **overrides))
 
 
 def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | None = None,
              tokenizer: str | None = None, vocab_size: int | None = None, valid: str | None = None,
-             resume: bool = False, masking: str | None = None, dupe_factor: int | None = None,
-             **train_values) -> RunResult:
+             resume: bool = False, recipe_options: dict | None = None, **train_values) -> RunResult:
+    """Pretrain family `model` (its `preset` with `overrides`) on `data` into the run dir `out`.
+
+    recipe_options: the family recipe's own options (e.g. bert's masking), None = its default."""
+    family = family_spec(model)
+    recipe = recipe_for(model)
+    options = recipe.make_options(model, recipe_options or {})
     if train_values.get("seq_len") is None:
         train_values["seq_len"] = default_seq_len(model, preset, overrides or {})
     cfg = train_config(train_values)
     settings = dict(model=model, preset=preset, data=data, valid=valid, tokenizer=tokenizer,
-                    vocab_size=vocab_size, masking=masking, dupe_factor=dupe_factor,
-                    overrides=overrides or {}, **asdict(cfg))
-    family_spec(model)
-    build_data, objective = PRETRAINING.get(model, (lm_data, clm_loss))
-    if isinstance(objective, type):
-        objective = objective()  # stateful: its state belongs to this run
-    overrides = segment_overrides(model, overrides or {}, cfg.seq_len)
-    if model not in PRETRAINING and (masking is not None or dupe_factor is not None):
-        raise ConfigError(f"--masking and --dupe-factor are for masked LM pretraining (bert), not {model}")
-    if dupe_factor is not None and (type(dupe_factor) is not int or dupe_factor < 1):
-        raise ConfigError(f"--dupe-factor must be an integer >= 1, got {dupe_factor!r}")
-    tokenizer = tokenizer or DEFAULT_TOKENIZER.get(model)
+                    vocab_size=vocab_size, overrides=overrides or {}, **(recipe_options or {}), **asdict(cfg))
+    objective = recipe.objective() if isinstance(recipe.objective, type) else recipe.objective
+    overrides = recipe.config_overrides(overrides or {}, cfg.seq_len)
+    tokenizer = tokenizer or family.tokenizer
     device = resolve_device(cfg.device)
     d = init_distributed(device.type)
     try:
@@ -252,14 +115,14 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
         check_run_dir(run_dir, not resume, RUN_FILES)  # before the corpus is read
         run_dir.mkdir(parents=True, exist_ok=True)
         tok = run_tokenizer(run_dir, data, tokenizer, vocab_size, d)
-        batches, evaluate = build_data(data, tok, cfg, d, valid, masking=masking, dupe_factor=dupe_factor)
+        batches, evaluate = recipe.batches(data, tok, cfg, d, valid, options)
         config = make_config(model, preset, **{"vocab_size": tok.vocab_size, **overrides})
         check_vocab(tok.vocab_size, config.vocab_size)
         if cfg.seq_len > config.max_seq_len:
             raise ConfigError(f"--seq-len {cfg.seq_len} is longer than the model's max_seq_len "
                               f"{config.max_seq_len}; lower it or pass --set max_seq_len={cfg.seq_len}")
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
-        net = family_spec(model).model(config)
+        net = family.model(config)
         net.family = model
         net.to(device)
         if d.is_main:  # checked and built: these settings make a run

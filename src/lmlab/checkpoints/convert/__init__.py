@@ -26,8 +26,8 @@ from lmlab.checkpoints.builtin import builtin_weights_dir, is_builtin
 from lmlab.checkpoints.convert import hf_bert, hf_gpt, hf_transfo_xl
 from lmlab.checkpoints.io import check_tokenizer_fits
 from lmlab.errors import ConversionError
+from lmlab.models.heads import TaskModel
 from lmlab.models.registry import family_of
-from lmlab.tasks.base import TaskModel
 
 # config.json model_type -> layout reader: (hf_dir, config, read_weights) -> (model, tokenizer|None).
 FROM_HF = {

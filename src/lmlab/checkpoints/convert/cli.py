@@ -7,8 +7,8 @@ from pathlib import Path
 from lmlab.checkpoints import convert
 from lmlab.checkpoints.io import load, save
 from lmlab.errors import ConversionError
+from lmlab.models.heads import TaskModel
 from lmlab.models.registry import family_of
-from lmlab.tasks.base import TaskModel
 
 
 def convert_command(from_hf: str | None, to_hf: str | None, out: str) -> int:

@@ -14,7 +14,7 @@ into `c_attn` (rows q, then k, then v). The MLM decoder is tied to the word embe
 `embeddings.position_ids` buffer: both are accepted. Activations: HF's "gelu" is the exact
 (erf) GELU, lmlab's "gelu". lmlab has one dropout rate; it takes `hidden_dropout_prob`.
 
-Task layouts: until lmlab.tasks owns task models, `from_hf` gives the encoder (heads "none") with
+Task layouts: `from_hf` gives the encoder (heads "none"; not yet an lmlab.models.heads TaskModel) with
 `model.hf_task_head = HFTaskHead(architecture, tensors, num_labels, id2label)`; the tensors keep
 their HF names (`classifier.*` or `qa_outputs.*`, see `task_head_from_hf`). HF applies them as:
 sequence classification and multiple choice on `pooled` (choices: logits (B·C, 1) -> (B, C)),
@@ -70,7 +70,7 @@ LAYER_PARTS = {  # lmlab block part -> HF encoder.layer.{i} part (q, k, v are fu
 
 
 class HFTaskHead(NamedTuple):
-    """A task head read from a HF task layout, for lmlab.tasks to attach."""
+    """A task head read from a HF task layout, kept beside the encoder (see the module docstring)."""
 
     architecture: str
     tensors: dict[str, torch.Tensor]  # HF names: classifier.{weight,bias} or qa_outputs.{weight,bias}

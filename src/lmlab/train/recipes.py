@@ -1,0 +1,233 @@
+"""How each family is pretrained: one recipe per family, the only place `lmlab pretrain` learns a family.
+
+A recipe says how batches are made from a corpus, which objective is trained, how the run is
+evaluated, the default sequence length, how --seq-len maps onto the model's config, and the
+family's own pretraining options (a small dataclass: BERT's masking lives here, not in the generic
+flag table). `lmlab.train.pretrain` reads these fields and nothing else about a family.
+
+- Causal LMs with a KV cache (GPT §3.1, GPT-2): random windows of the token stream, next-token
+  loss, validation loss on fixed windows.
+- Masked LMs (BERT §3.1): masked sentence pairs, MLM + NSP, MLM/NSP loss and accuracy.
+- Causal LMs that carry state (Transformer-XL §3.2): the corpus as `batch_size` contiguous streams
+  read `seq_len` tokens a step, the state carried from step to step, validation with the memory
+  protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+
+from lmlab.data.prepare import prepare_tokens
+from lmlab.data.sampler import ContiguousStreams, RandomWindowSampler, SequentialWindows
+from lmlab.errors import ConfigError
+from lmlab.objectives.clm import clm_loss
+from lmlab.objectives.clm_state import CarriedStateCLM
+from lmlab.objectives.mlm_nsp import metrics_from_sums, mlm_nsp_loss, mlm_nsp_sums
+from lmlab.train.config import TrainConfig
+from lmlab.train.distributed import Dist, barrier
+
+DEFAULT_SEQ_LEN = 128
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A recipe without options of its own."""
+
+
+@dataclass(frozen=True)
+class MaskedLMOptions:
+    """BERT pretraining (lmlab.data.pairs): `masking` dynamic (a fresh mask every step, RoBERTa's) or
+    static (the paper's: each instance masked `dupe_factor` times, fixed across epochs)."""
+
+    masking: str = "dynamic"
+    dupe_factor: int = 10
+
+    def __post_init__(self):
+        if self.masking not in ("dynamic", "static"):
+            raise ConfigError(f"--masking must be dynamic or static, got {self.masking!r}")
+        if type(self.dupe_factor) is not int or self.dupe_factor < 1:
+            raise ConfigError(f"--dupe-factor must be an integer >= 1, got {self.dupe_factor!r}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """batches(data, tokenizer, TrainConfig, Dist, valid, options) -> (batches, evaluate).
+    objective: a loss function, or a class of stateful objectives (one new object per run)."""
+
+    batches: Callable
+    objective: Callable
+    default_seq_len: Callable[[object], int]  # the model config -> --seq-len when none is given
+    options: type = NoOptions
+    seq_len_field: str | None = None  # a config field --seq-len sets (Transformer-XL's tgt_len)
+
+    def make_options(self, family: str, values: dict):
+        """The recipe's options from the values given (None = not given); ConfigError names an option
+        this family's pretraining does not have."""
+        given = {k: v for k, v in values.items() if v is not None}
+        known = {f.name for f in fields(self.options)}
+        for name in given:
+            if name not in known:
+                raise ConfigError(f"--{name.replace('_', '-')} is not an option of {family} pretraining"
+                                  + (f"; its options: {', '.join(sorted(known))}" if known else ""))
+        return self.options(**given)
+
+    def config_overrides(self, overrides: dict, seq_len: int) -> dict:
+        """--seq-len as the config field it stands for, checked against --set."""
+        name = self.seq_len_field
+        if name is None:
+            return overrides
+        if overrides.get(name, seq_len) != seq_len:
+            raise ConfigError(f"--seq-len is the model's {name} here: --set {name}={overrides[name]} "
+                              f"disagrees with --seq-len {seq_len}; give one value")
+        return {**overrides, name: seq_len}
+
+
+def option_fields() -> dict[str, tuple[type, object, str]]:
+    """Every recipe option: name -> (type, default, which recipe). The CLI makes flags of them."""
+    out = {}
+    for family, recipe in RECIPES.items():
+        for f in fields(recipe.options):
+            _, _, families = out.get(f.name, (f.type, f.default, ""))
+            out[f.name] = (f.type, f.default, f"{families}, {family}".lstrip(", "))
+    return out
+
+
+def _tokens(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None) -> dict:
+    """Rank 0 tokenizes the corpus (cached); the others wait, then read its shards."""
+    if d.is_main:
+        shards = prepare_tokens(data, tok, valid=valid, seq_len=cfg.seq_len, progress=cfg.progress)
+    barrier(d)
+    if not d.is_main:
+        shards = prepare_tokens(data, tok, valid=valid, seq_len=cfg.seq_len, progress=False)
+    return shards
+
+
+# ---------------------------------------------------------------- causal LM, random windows
+
+
+def window_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, options):
+    """Random windows of the token stream, validation loss on fixed windows."""
+    shards = _tokens(data, tok, cfg, d, valid)
+    per_rank = cfg.batch_size // d.world_size if cfg.batch_size % d.world_size == 0 else cfg.batch_size
+    batches = RandomWindowSampler(shards["train"], cfg.seq_len, cfg.batch_size, cfg.seed,
+                                  d.rank, d.world_size)
+    return batches, window_evaluator(shards["valid"], cfg.seq_len, max(1, per_rank), cfg.eval_batches, d)
+
+
+def window_evaluator(shard, seq_len: int, batch_size: int, max_batches: int, d: Dist):
+    """Mean validation loss over the first `max_batches` fixed windows (the same every time)."""
+    windows = SequentialWindows(shard, seq_len, batch_size=batch_size, rank=d.rank, world_size=d.world_size)
+
+    @torch.no_grad()
+    def evaluate(model) -> float:
+        model.eval()
+        device = next(model.parameters()).device
+        total = torch.zeros(2, dtype=torch.float64, device=device)
+        for i, (x, y, mask) in enumerate(windows):
+            if i >= max_batches:
+                break
+            x, y, mask = x.to(device), y.to(device), mask.to(device)
+            nll = model(x, targets=y).nll.float()
+            total += torch.stack([(nll * mask).sum().double(), mask.sum().double()])
+        if d.enabled:
+            torch.distributed.all_reduce(total)
+        return float(total[0] / total[1].clamp(min=1))
+
+    return evaluate
+
+
+# ---------------------------------------------------------------- masked LM, sentence pairs
+
+
+def pair_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, options: MaskedLMOptions):
+    """BERT: masked sentence pairs (lmlab.data.pairs); MLM/NSP metrics on a fixed set of pairs."""
+    from lmlab.data.masking import MaskingSpec
+    from lmlab.data.pairs import PairSampler, load_pairs
+
+    spec = MaskingSpec.from_tokenizer(tok)
+    splits = {}
+    for main in (True, False):  # rank 0 tokenizes first, the others then read its cache
+        if d.is_main == main:
+            splits = {s: load_pairs(data, s, tok, valid=valid, progress=cfg.progress and main)
+                      for s in ("train", "valid")}
+        barrier(d)
+    ids = (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
+    batches = PairSampler(splits["train"], cfg.seq_len, cfg.batch_size, spec, *ids, seed=cfg.seed,
+                          rank=d.rank, world_size=d.world_size, masking=options.masking,
+                          dupe_factor=options.dupe_factor)
+    per_rank = cfg.batch_size // d.world_size
+    fixed = PairSampler(splits["valid"], cfg.seq_len, per_rank * cfg.eval_batches * d.world_size, spec, *ids,
+                        seed=cfg.seed, rank=d.rank, world_size=d.world_size).batch(0)
+    return batches, pair_evaluator(fixed, per_rank, d)
+
+
+def pair_evaluator(fixed: dict, batch_size: int, d: Dist):
+    """{"loss", "mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc"} over this rank's rows of `fixed`,
+    summed over all ranks."""
+
+    @torch.no_grad()
+    def evaluate(model) -> dict:
+        model.eval()
+        device = next(model.parameters()).device
+        sums = 0
+        for i in range(0, len(fixed["input_ids"]), batch_size):
+            sums = sums + mlm_nsp_sums(model, {k: v[i : i + batch_size].to(device) for k, v in fixed.items()})
+        if d.enabled:
+            torch.distributed.all_reduce(sums)
+        return metrics_from_sums(sums.cpu())
+
+    return evaluate
+
+
+# ---------------------------------------------------------------- causal LM, contiguous streams
+
+
+def stream_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, options):
+    """The corpus as batch_size contiguous streams read seq_len tokens a step, so the state a row
+    leaves is the history of the segment it reads next; validation with the memory protocol."""
+    shards = _tokens(data, tok, cfg, d, valid)
+    batches = ContiguousStreams(shards["train"], cfg.seq_len, cfg.batch_size, d.rank, d.world_size)
+    return batches, stream_evaluator(shards["valid"], cfg)
+
+
+def stream_evaluator(shard, cfg: TrainConfig):
+    """Memory-protocol loss (the model's own segment and memory lengths) over the first eval_batches
+    x batch_size x seq_len validation tokens, read as batch_size streams. Every rank computes the
+    same number (no reduction), the one a single process would."""
+    from lmlab.eval.memory import memory_perplexity
+
+    tokens = getattr(shard, "tokens", shard)
+    ids = torch.from_numpy(tokens[:cfg.eval_batches * cfg.batch_size * cfg.seq_len + 1].astype("int64"))
+
+    def evaluate(model) -> float:
+        return memory_perplexity(model, ids, streams=cfg.batch_size)["loss"]
+
+    return evaluate
+
+
+def _context_or_default(config) -> int:
+    return min(DEFAULT_SEQ_LEN, config.max_seq_len)
+
+
+CAUSAL_WINDOWS = Recipe(window_batches, clm_loss, _context_or_default)
+MASKED_PAIRS = Recipe(pair_batches, mlm_nsp_loss, _context_or_default, options=MaskedLMOptions)
+# Transformer-XL: --seq-len is the segment length tgt_len (training, and later generation).
+MEMORY_STREAMS = Recipe(stream_batches, CarriedStateCLM, lambda config: config.tgt_len,
+                        seq_len_field="tgt_len")
+
+RECIPES: dict[str, Recipe] = {
+    "gpt": CAUSAL_WINDOWS,
+    "gpt2": CAUSAL_WINDOWS,
+    "bert": MASKED_PAIRS,
+    "transfo-xl": MEMORY_STREAMS,
+}
+
+
+def recipe_for(family: str) -> Recipe:
+    if family not in RECIPES:
+        raise ConfigError(f"no pretraining recipe for family {family!r}; expected one of "
+                          f"{', '.join(RECIPES)}")
+    return RECIPES[family]
