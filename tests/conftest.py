@@ -68,10 +68,27 @@ def register_family(monkeypatch):
     register(name, model_class, kind=..., state=...) -> name; set `model.family = name`."""
     from lmlab.models import registry
 
-    def register(name, model_cls, kind="causal_lm", state="none", **fields):
-        family = registry.Family(type(None), model_cls, {"tiny": {}}, kind=kind, state=state, paper="test",
+    def register(name, model_cls, config=type(None), kind="causal_lm", state="none", **fields):
+        family = registry.Family(config, model_cls, {"tiny": {}}, kind=kind, state=state, paper="test",
                                  **fields)
         monkeypatch.setitem(registry.FAMILIES, name, family)
         return name
 
     return register
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """make(family, tokenizer=None, **fields) -> a dir holding a freshly built tiny model of `family`
+    (seed 0; vocab_size from the tokenizer unless given), saved with `tokenizer`."""
+    import lmlab
+
+    def make(family: str, tokenizer=None, **fields):
+        if tokenizer is not None:
+            fields.setdefault("vocab_size", tokenizer.vocab_size)
+        torch.manual_seed(0)
+        out = tmp_path_factory.mktemp(family)
+        lmlab.save(lmlab.build(family, "tiny", **fields), tokenizer, out)
+        return out
+
+    return make
