@@ -1,1 +1,1 @@
-"""Shared building blocks: each file one job (attention, layers)."""
+"""Shared building blocks: each file one job (attention, layers, LSTM stacks, char CNN, scalar mix)."""
