@@ -356,11 +356,24 @@ def jsonl_records(path, text: str):
         yield where, record
 
 
+def _surrogate_at(text: str) -> int | None:
+    """The index of the first lone surrogate in `text` (no UTF-8 form), or None."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return e.start
+
+
 def _read_jsonl(path: Path) -> list[str]:
     docs = []
     for where, record in jsonl_records(path, _decode(path.read_bytes(), str(path))):
         if not isinstance(record.get("text"), str):
             raise DataError(f'{where}: expected an object with a string "text" field')
+        pos = _surrogate_at(record["text"])
+        if pos is not None:  # a JSON escape such as \ud800 spells what no UTF-8 file holds
+            raise DataError(f'{where}: "text" holds a lone surrogate {record["text"][pos]!r} at character '
+                            f"{pos}, which has no UTF-8 form")
         docs.append(record["text"])
     return docs
 
@@ -437,26 +450,38 @@ def read_corpus(source: str, split: str = "train", valid: str | None = None) -> 
     split is then all of a local `source` (or a built-in's own train split).
     Raises DataError when the split does not exist or holds no text.
     """
-    if split not in ("train", "valid", "test"):
-        raise DataError(f"unknown split {split!r}; expected train, valid or test")
-    source = str(source)
-    if valid is not None and split == "valid":
-        docs = read_corpus(valid, "valid") if is_builtin(valid) else _local_docs(Path(valid).expanduser())
-        return _nonempty(docs, valid, split)
-    if is_builtin(source) and builtin(source).name in ("ptb", "ptb-char"):
-        return _nonempty(_ptb_docs(split), source, split)
-    if is_builtin(source) and split not in builtin(source).splits:
-        raise DataError(f"{source} has no {split} split; it has " + ", ".join(builtin(source).splits))
-    if split == "test":
-        raise DataError(f"{source} has no test split (local sources have train and valid)")
-    docs = _all_docs(source)
-    if valid is not None:
-        return _nonempty(docs, source, split)
-    train, held = tail_split(docs)
-    if split == "valid" and not held and train:
-        raise DataError(f"{source}: too little text to hold out a validation part (one line); "
-                        "pass a separate validation file")
-    return _nonempty(train if split == "train" else held, source, split)
+    return read_splits(source, (split,), valid)[split]
+
+
+def read_splits(source: str, splits: tuple[str, ...] = ("train", "valid"),
+                valid: str | None = None) -> dict[str, list[str]]:
+    """{split: documents} as `read_corpus` gives them, reading `source` once for all splits."""
+    for split in splits:
+        if split not in ("train", "valid", "test"):
+            raise DataError(f"unknown split {split!r}; expected train, valid or test")
+    source, out, everything = str(source), {}, None
+    for split in splits:
+        if valid is not None and split == "valid":
+            docs = read_corpus(valid, "valid") if is_builtin(valid) else _local_docs(Path(valid).expanduser())
+            out[split] = _nonempty(docs, valid, split)
+            continue
+        if is_builtin(source) and builtin(source).name in ("ptb", "ptb-char"):
+            out[split] = _nonempty(_ptb_docs(split), source, split)
+            continue
+        if is_builtin(source) and split not in builtin(source).splits:
+            raise DataError(f"{source} has no {split} split; it has " + ", ".join(builtin(source).splits))
+        if split == "test":
+            raise DataError(f"{source} has no test split (local sources have train and valid)")
+        everything = _all_docs(source) if everything is None else everything
+        if valid is not None:
+            out[split] = _nonempty(everything, source, split)
+            continue
+        train, held = tail_split(everything)
+        if split == "valid" and not held and train:
+            raise DataError(f"{source}: too little text to hold out a validation part (one line); "
+                            "pass a separate validation file")
+        out[split] = _nonempty(train if split == "train" else held, source, split)
+    return out
 
 
 def _nonempty(docs: list[str], source: str, split: str) -> list[str]:
