@@ -47,6 +47,7 @@ def no_space_line(n: int, seed: int = 0) -> str:
     return "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=n))  # letters only: one GPT-2 pre-token
 
 
+@pytest.mark.slow
 def test_a_1mb_line_without_whitespace_trains_every_kind_in_seconds(tmp_path):
     """It took more than 120 s (byte_bpe, wordpiece): the trainers re-scan a whole pre-token per merge."""
     path = tmp_path / "line.txt"
