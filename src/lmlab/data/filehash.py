@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,13 +68,18 @@ def _load(memo: Path) -> dict:
 def _save(memo: Path, files: dict) -> None:
     if len(files) > MEMO_LIMIT:  # oldest first in insertion order
         files = dict(list(files.items())[-MEMO_LIMIT:])
-    tmp = memo.with_name(f"{memo.name}.tmp-{os.getpid()}")
+    tmp = None
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"version": MEMO_VERSION, "files": files}), encoding="utf-8")
-        os.replace(tmp, memo)  # concurrent runs: the last writer wins, the others re-hash later
+        # A private temporary name (several machines may share the cache folder), then rename:
+        # concurrent runs never see half a file; the last writer wins, the others re-hash later.
+        fd, tmp = tempfile.mkstemp(prefix=f".{memo.name}.", dir=memo.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"version": MEMO_VERSION, "files": files}, f)
+        os.replace(tmp, memo)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def file_sha256s(paths: list[Path]) -> list[str]:
@@ -86,7 +92,8 @@ def file_sha256s(paths: list[Path]) -> list[str]:
         name = str(path)
         st = os.stat(path)
         entry = files.get(name)
-        if isinstance(entry, list) and len(entry) == 6 and entry[:5] == _stat_key(st):
+        if isinstance(entry, list) and len(entry) == 6 and entry[:5] == _stat_key(st) \
+                and isinstance(entry[5], str):
             out.append(entry[5])
             continue
         started = _now_ns()
