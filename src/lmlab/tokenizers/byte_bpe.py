@@ -27,6 +27,7 @@ from lmlab.tokenizers.common import (
     string_list,
     surrogate_at,
     text_error,
+    training_pieces,
     write_text,
 )
 
@@ -82,7 +83,9 @@ class ByteBPETokenizer:
         """Learn merges on `texts` (documents); the result has at most `vocab_size` ids.
 
         Ids 0..255 are the byte alphabet, then merges in order, then <|endoftext|> last, as in
-        GPT-2's own vocabulary (where it is 50256).
+        GPT-2's own vocabulary (where it is 50256). Training sees runs of at most MAX_TRAIN_RUN
+        (100) non-space characters, longer ones cut into pieces (`training_pieces`), so its time
+        grows linearly with the text; encoding still takes every run whole.
         """
         if vocab_size < 257:
             raise TokenizerError(f"vocab_size={vocab_size} is too small: byte-level BPE needs the 256 "
@@ -96,7 +99,8 @@ class ByteBPETokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all bytes, seen or not
         )
         # <|endoftext|> separates documents; no merge may learn across it or spell it out.
-        tk.train_from_iterator((part for text in texts for part in text.split(EOT)), trainer)
+        # Runs longer than MAX_TRAIN_RUN characters are cut for training (tokenizers.common).
+        tk.train_from_iterator(training_pieces(part for text in texts for part in text.split(EOT)), trainer)
         model = json.loads(tk.to_str())["model"]
         tokens = sorted(model["vocab"], key=model["vocab"].__getitem__)
         vocab = {tok: i for i, tok in enumerate(tokens)}

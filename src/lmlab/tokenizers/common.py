@@ -1,4 +1,5 @@
-"""What lmlab's tokenizers share: the list vocabulary, tokenizer.json files, and text checks.
+"""What lmlab's tokenizers share: the list vocabulary, tokenizer.json files, text checks, and the
+cap on the length of the pieces the subword trainers see.
 
 `ListVocab` is the bookkeeping of a vocabulary kept as a plain list (id = position) with a list
 of special tokens: chars, words and wordpiece; `SpecListVocab` adds the tokenizer.json of chars and
@@ -151,6 +152,34 @@ class SpecListVocab(ListVocab):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, special_tokens={self._special})"
+
+
+# ---- text given to the subword trainers -------------------------------------------------------
+# The BPE and WordPiece trainers (Rust `tokenizers`) re-scan a whole pre-token at every merge
+# that touches it: a 1 MB line without whitespace, one pre-token, took minutes and gigabytes.
+# Training therefore sees no run of non-space (or of space) characters longer than
+# MAX_TRAIN_RUN: a longer run is cut into pieces of MAX_TRAIN_RUN characters (the last one
+# shorter), each counted as text of its own; no character is dropped. This is BERT's limit on a
+# word (max_input_chars_per_word = 100: longer words encode as [UNK] anyway); like
+# SentencePiece's limit on a training sentence, it is a training-time cap only. Encoding is
+# unchanged: byte_bpe encodes any run whole (linear time, lossless), WordPiece longer words as [UNK].
+MAX_TRAIN_RUN = 100
+_LONG_RUN = re.compile(r"(?<!\S)\S{%d,}|(?<!\s)\s{%d,}" % (MAX_TRAIN_RUN + 1, MAX_TRAIN_RUN + 1))
+
+
+def training_pieces(texts: Iterable[str], cap: int = MAX_TRAIN_RUN):
+    """`texts` as given to a trainer: each text whole, or cut inside every run of more than `cap`
+    non-space (or space) characters at every `cap` characters of the run (nothing dropped)."""
+    pattern = _LONG_RUN if cap == MAX_TRAIN_RUN else \
+        re.compile(r"(?<!\S)\S{%d,}|(?<!\s)\s{%d,}" % (cap + 1, cap + 1))
+    for text in texts:
+        start = 0
+        # The lookbehinds make a match start only where a run starts: one pass, linear time.
+        for m in pattern.finditer(text):
+            for cut in range(m.start() + cap, m.end(), cap):
+                yield text[start:cut]
+                start = cut
+        yield text[start:]
 
 
 # ---- text given to the Rust tokenizers --------------------------------------------------------

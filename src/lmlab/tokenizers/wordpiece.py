@@ -37,6 +37,7 @@ from lmlab.tokenizers.common import (
     string_list,
     surrogate_at,
     text_error,
+    training_pieces,
     write_text,
 )
 
@@ -88,24 +89,35 @@ class WordPieceTokenizer(ListVocab):
               strip_accents: bool | None = None, tokenize_chinese_chars: bool = True) -> WordPieceTokenizer:
         """Learn a vocabulary of at most `vocab_size` ids on `texts` (documents).
 
-        Ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK], then the character alphabet (bare and "##"),
-        then the learned pieces. Training is the `tokenizers` library's WordPiece trainer, run on
-        the same normalized, pre-tokenized words that `encode` sees.
+        Ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK], then the character alphabet (bare, then "##"
+        for every character that can follow another in a word), then the learned pieces.
+        Training is the `tokenizers` library's WordPiece trainer, run on the same normalized,
+        pre-tokenized words that `encode` sees; the same texts give the same files in any process.
+        Runs of more than MAX_TRAIN_RUN (100) non-space characters are cut into pieces for
+        training (`training_pieces`): time linear in the text; such words encode as [UNK] anyway.
         """
         if vocab_size <= len(SPECIALS):
             raise TokenizerError(f"vocab_size={vocab_size} is too small: the {len(SPECIALS)} special "
                                  f"tokens alone take {len(SPECIALS)} ids")
-        if isinstance(texts, str):
-            texts = [texts]
+        texts = [texts] if isinstance(texts, str) else list(texts)  # read twice
         tk = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=MAX_WORD_CHARS))
         tk.normalizer = _normalizer(lowercase, strip_accents, tokenize_chinese_chars)
         tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        # The trainer numbers each "##x" when it first meets it in a Rust hash map, whose order
+        # changes with every process, and breaks ties between equally frequent pairs by those
+        # numbers: the vocabulary came out different on every run. Registered up front, in
+        # sorted order, every "##x" has a fixed number and the result is the same every time.
+        continuing = ["##" + c for c in _continuing_chars(texts, tk)]
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                            special_tokens=list(SPECIALS), continuing_subword_prefix="##",
-                                            show_progress=False)
-        tk.train_from_iterator(texts, trainer)
+                                            special_tokens=[*SPECIALS, *continuing],
+                                            continuing_subword_prefix="##", show_progress=False)
+        tk.train_from_iterator(training_pieces(texts), trainer)  # runs cut at 100 characters
         vocab = tk.get_vocab(with_added_tokens=True)
-        tokens = sorted(vocab, key=vocab.__getitem__)
+        learned = [t for t in sorted(vocab, key=vocab.__getitem__) if t not in SPECIALS]
+        alphabet = [t for t in learned if len(t) == 1]
+        fixed = set(continuing)
+        pieces = [t for t in learned if len(t) > 1 and t not in fixed]
+        tokens = [*SPECIALS, *alphabet, *continuing, *pieces]
         return cls(tokens, lowercase, strip_accents, tokenize_chinese_chars, source="trained vocabulary")
 
     @classmethod
@@ -345,6 +357,24 @@ def _truncated_lengths(len_a: int, len_b: int | None, max_length: int | None,
         raise TokenizerError(f"max_length={max_length} is too short: the {name} text has {cut} tokens "
                              f"but {excess} must go (truncation={truncation!r})")
     return (len_a, n_b - excess) if truncation == "only_second" else (len_a - excess, n_b)
+
+
+def _continuing_chars(texts: list[str], tk: Tokenizer) -> list[str]:
+    """Every character that can stand after another inside a word of `texts`, normalized, sorted.
+
+    Normalization works character by character (clean-up, lower-casing, accents, CJK spacing), so
+    normalizing "a" + c for each distinct character c tells what c becomes inside a word; the
+    pre-tokenizer then says whether that stays in the word (punctuation and CJK do not).
+    """
+    seen: set[str] = set()
+    for text in texts:
+        seen.update(text)
+    out: set[str] = set()
+    for c in seen:
+        words = tk.pre_tokenizer.pre_tokenize_str(tk.normalizer.normalize_str("a" + c))
+        if len(words) == 1:
+            out.update(words[0][0][1:])
+    return sorted(out)
 
 
 def _normalizer(lowercase: bool, strip_accents: bool | None, tokenize_chinese_chars: bool):
