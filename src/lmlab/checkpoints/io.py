@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmlab.checkpoints.atomic import MANIFEST, read_manifest, write_bytes_atomic, write_manifest
+from lmlab.checkpoints.files import JSON_CAP, check_tokenizer_files, checked_path, read_json
 from lmlab.devices import resolve_device
 from lmlab.errors import CheckpointError, LmlabError, TokenizerError
 from lmlab.models.config import config_to_dict
@@ -106,11 +107,9 @@ def check_tokenizer_fits(model, tokenizer, directory: Path) -> None:
 def read_config(directory: Path) -> dict:
     path = directory / CONFIG
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = read_json(path, JSON_CAP, CheckpointError)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(config, dict) or "family" not in config:
         raise CheckpointError(f"{path}: no \"family\" field; not an lmlab config")
     return config
@@ -141,10 +140,13 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool
         message = str(e) if where in str(e) else f"{where}: {e}"
         raise CheckpointError(message) from None
     try:
-        state = load_file(str(directory / WEIGHTS))
+        state = load_file(str(checked_path(directory / WEIGHTS, CheckpointError)))
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory / WEIGHTS}: missing") from None
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{directory / WEIGHTS}: not a readable safetensors file ({e})") from None
     load_state(model, state, str(directory / WEIGHTS))
+    check_tokenizer_files(directory, CheckpointError)  # the tokenizer reads them by path
     tokenizer = load_tokenizer(directory)
     check_tokenizer_fits(model, tokenizer, directory)
     model.to(device).eval()

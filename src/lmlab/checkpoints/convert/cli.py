@@ -31,10 +31,8 @@ MODEL_FILES = (MANIFEST, "config.json", "model.safetensors", "model.safetensors.
 def check_out(out: Path, overwrite: bool) -> bool:
     """Whether --out holds a model to replace (only with `overwrite`); ConversionError if it may not be
     written at all."""
-    if os.path.lexists(out) and not out.is_dir():
-        raise ConversionError(f"--out {out} exists and is not a directory; expected a model dir to write")
     if not out.is_dir():
-        return False
+        return False  # nothing there yet, or a file: the writers refuse that with their own message
     run = [name for name in RUN_FILES if os.path.lexists(out / name)]
     if run:
         raise ConversionError(f"--out {out} holds a training run ({run[0]}); convert into another dir "

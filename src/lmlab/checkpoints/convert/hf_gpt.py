@@ -35,6 +35,7 @@ from lmlab.checkpoints.convert.common import (
     copy_into,
     lookup,
 )
+from lmlab.checkpoints.files import JSON_CAP, read_json
 from lmlab.errors import ConversionError
 from lmlab.tokenizers.byte_bpe import EOT, ByteBPETokenizer
 
@@ -145,11 +146,11 @@ def _load(model, hf_state: dict[str, torch.Tensor], names: dict[str, str], hf_di
 
 
 def _openai_dir_tokenizer(hf_dir: Path):
-    path = hf_dir / "tokenizer_config.json"
     try:
-        tokenizer_class = json.loads(path.read_text(encoding="utf-8")).get("tokenizer_class")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return None  # no (readable) tokenizer config: openai-gpt's own tokenizer, not implemented
+        spec = read_json(hf_dir / "tokenizer_config.json", JSON_CAP, ConversionError)
+    except FileNotFoundError:
+        return None  # no tokenizer config: openai-gpt's own tokenizer, not implemented
+    tokenizer_class = spec.get("tokenizer_class") if isinstance(spec, dict) else None
     if tokenizer_class in ("GPT2Tokenizer", "GPT2TokenizerFast"):
         return ByteBPETokenizer.find_in_dir(hf_dir)
     return None
