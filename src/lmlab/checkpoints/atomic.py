@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from lmlab.checkpoints.files import JSON_CAP, checked_path, read_json
+from lmlab.checkpoints.files import JSON_CAP, checked_path, read_bytes
 from lmlab.errors import CheckpointError
 
 MANIFEST = "MANIFEST.json"
@@ -79,10 +79,12 @@ def read_manifest(directory: Path, verify: bool = True) -> dict:
 def _manifest_files(path: Path) -> dict:
     """The file table of the manifest at `path`, its shape checked: {name: {"size", "sha256"}}."""
     try:
-        manifest = read_json(path, JSON_CAP, CheckpointError)
+        manifest = json.loads(read_bytes(path, JSON_CAP, CheckpointError).decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path.parent}: no {MANIFEST}; the folder is incomplete or not an lmlab "
                               f"model") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: unreadable manifest ({e})") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     # Names are plain files of this folder: a manifest never makes us read (or hash) elsewhere.
     ok = isinstance(files, dict) and all(
