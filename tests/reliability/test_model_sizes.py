@@ -12,12 +12,14 @@ import json
 import re
 import resource
 import signal
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import lmlab
 from lmlab.checkpoints.atomic import MANIFEST, write_manifest
@@ -70,8 +72,11 @@ def edit_json(path: Path, **changes) -> None:
 
 
 def meta_parameters(family: str, fields: dict) -> int:
-    """Parameters of the model `fields` describe, counted without allocating them."""
-    with torch.device("meta"):
+    """Parameters of the model `fields` describe, counted without allocating them (the last test
+    checks these counts against real models)."""
+    from lmlab.checkpoints.sizes import on_meta
+
+    with on_meta():
         model = build_from_config(family, fields)
     return sum(p.numel() for p in model.parameters())
 
@@ -197,13 +202,36 @@ def test_hf_model_too_big_for_memory(tmp_path):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_and_preset_builds_on_meta(family):
     from lmlab.checkpoints.io import unique_state
-    from lmlab.checkpoints.sizes import n_stored, stored_names
+    from lmlab.checkpoints.sizes import n_stored, on_meta, stored_names
 
     for preset, fields in FAMILIES[family].presets.items():
-        with torch.device("meta"):
+        with on_meta():
             model = build_from_config(family, dict(fields))
         assert {t.device.type for t in model.state_dict().values()} == {"meta"}, preset
+        with torch.device("meta"):  # torch's own meta build, random initialisation included
+            plain = build_from_config(family, dict(fields))
+        assert n_stored(model) == n_stored(plain), preset
         if preset == "tiny":  # the names a checkpoint stores, tied tensors once, as for a real model
             real = build_from_config(family, dict(fields))
             assert stored_names(model) == list(unique_state(real))
             assert n_stored(model) == sum(t.numel() for t in unique_state(real).values())
+
+
+def test_the_meta_pass_costs_no_torch_dynamo_import(tmp_path):
+    """torch's meta normal_ and cat import torch._dynamo (seconds); lmlab's meta pass avoids both."""
+    saved = lmlab.save(tiny("gpt2"), None, tmp_path / "model")
+    dirs = [str(lmlab.to_hf(tiny(family), None, tmp_path / family)) for family in HF_LAYERS]
+    script = (f"import sys, lmlab; lmlab.load({str(saved)!r}); [lmlab.from_hf(d) for d in {dirs!r}]; "
+              f"print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out
+
+
+def test_hf_bert_query_key_value_that_do_not_stack(tmp_path):
+    hf = lmlab.to_hf(tiny("bert"), None, tmp_path / "hf")
+    state = load_file(str(hf / "model.safetensors"))
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    state[name] = state[name][:, :16].contiguous()
+    save_file(state, str(hf / "model.safetensors"), metadata={"format": "pt"})
+    message = one_line_error(ConversionError, lambda: lmlab.from_hf(hf))
+    assert "encoder.layer.0.attention.self.query.weight (32, 16)" in message, message

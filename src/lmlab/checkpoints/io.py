@@ -24,6 +24,7 @@ from lmlab.checkpoints.sizes import (
     check_structure,
     header_state,
     n_stored,
+    on_meta,
     stored_names,
 )
 from lmlab.devices import resolve_device
@@ -148,7 +149,7 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool
     except FileNotFoundError:
         raise CheckpointError(f"{weights}: missing") from None
     check_structure(config, len(shapes), where, CheckpointError)
-    with torch.device("meta"):
+    with on_meta():
         dry = build_model(family, config, task, where)
     n_params = check_sizes(dry, shapes, str(weights))
     with allocating(str(weights), n_params, CheckpointError):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from lmlab.checkpoints.sizes import allocating, check_structure, n_stored
+from lmlab.checkpoints.sizes import allocating, check_structure, n_stored, on_meta
 from lmlab.errors import ConversionError, LmlabError
 from lmlab.models.registry import build_from_config
 
@@ -55,7 +55,7 @@ def build_loaded(family: str, fields: dict, where: str, read_weights: ReadWeight
     does not fit the weights fails on the meta pass, before any allocation."""
     shapes = read_weights(True)
     check_structure(fields, len(shapes), where, ConversionError)
-    with torch.device("meta"):
+    with on_meta():
         dry = build(family, fields, where)
     implied = n_stored(dry)
     try:
@@ -76,6 +76,17 @@ def build_loaded(family: str, fields: dict, where: str, read_weights: ReadWeight
 def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two tensors of the same shape are equal; on the meta pass (no values) assumed so."""
     return a.is_meta or b.is_meta or torch.equal(a, b)
+
+
+def concat(parts: list[torch.Tensor]) -> torch.Tensor | None:
+    """torch.cat along dim 0, or None when the parts do not stack; meta parts give a meta tensor
+    without calling torch.cat, whose meta kernel costs a torch._dynamo import (seconds)."""
+    if any(p.dim() == 0 for p in parts) or len({tuple(p.shape[1:]) for p in parts}) != 1:
+        return None
+    if not any(p.is_meta for p in parts):
+        return torch.cat(parts)
+    rows = sum(p.shape[0] for p in parts)
+    return torch.empty((rows, *parts[0].shape[1:]), dtype=parts[0].dtype, device="meta")
 
 
 def check_names(present: Iterable[str], wanted: set[str], where: str) -> None:

@@ -40,6 +40,7 @@ from lmlab.checkpoints.convert.common import (
     added_tokens_decoder,
     build_loaded,
     check_names,
+    concat,
     copy_into,
     lookup,
     same_values,
@@ -225,8 +226,8 @@ def _load(model, state: dict[str, torch.Tensor], hf_dir: Path) -> None:
     own = model.state_dict()
     converted = {}
     for ours, theirs in names.items():
-        tensor = torch.cat([state[n] for n in theirs]) if len(theirs) > 1 else state[theirs[0]]
-        if tuple(tensor.shape) != tuple(own[ours].shape):
+        tensor = concat([state[n] for n in theirs]) if len(theirs) > 1 else state[theirs[0]]
+        if tensor is None or tuple(tensor.shape) != tuple(own[ours].shape):
             shapes = ", ".join(f"{n} {tuple(state[n].shape)}" for n in theirs)
             raise ConversionError(f"{where}: {shapes} do not fit the shape {tuple(own[ours].shape)} "
                                   f"config.json implies")
