@@ -80,17 +80,19 @@ def saved(tmp_path) -> Path:
 
 
 def make(path: Path, what: str, outside: Path) -> None:
-    """Replace `path` by a FIFO, a link to /dev/zero or a link to `outside`."""
+    """Replace `path` by a FIFO, a link to /dev/zero, a link to itself or a link to `outside`."""
     path.unlink(missing_ok=True)
     if what == "fifo":
         os.mkfifo(path)
     elif what == "zero":
         path.symlink_to("/dev/zero")
+    elif what == "loop":
+        path.symlink_to(path.name)
     else:
         path.symlink_to(outside)
 
 
-KINDS = {"fifo": "FIFO", "zero": "/dev/zero", "outside": "outside"}
+KINDS = {"fifo": "FIFO", "zero": "/dev/zero", "loop": "cannot be resolved", "outside": "outside"}
 
 
 # ---- Hugging Face dirs ---------------------------------------------------------------------------

@@ -67,9 +67,11 @@ def checked_path(path: Path, error: type[LmlabError]) -> Path:
     """
     if not os.path.lexists(path):
         raise FileNotFoundError(path)
-    root = allowed_root(path.parent)
-    real = path.resolve()
-    if real != root and not real.is_relative_to(root):
+    try:
+        root, real = allowed_root(path.parent), path.resolve()
+    except (OSError, RuntimeError) as e:  # a loop of links (RuntimeError before Python 3.13)
+        raise error(f"{path}: cannot be resolved ({e})") from None
+    if not real.is_relative_to(root):
         raise error(f"{path}: a link to {real}, outside {root}; lmlab reads only files inside the model dir")
     try:
         mode = os.stat(real).st_mode
