@@ -376,13 +376,14 @@ def add_convert(sub) -> None:
                        help="a Hugging Face model dir (gpt2, openai-gpt, bert, transfo-xl) or builtin:minilm")
     group.add_argument("--to-hf", metavar="DIR", help="an lmlab model dir")
     p.add_argument("--out", required=True, help="where to write the converted model")
+    p.add_argument("--overwrite", action="store_true", help="replace a model dir at --out (never a run)")
     p.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args) -> int:
     from lmlab.checkpoints.convert.cli import convert_command
 
-    return convert_command(args.from_hf, args.to_hf, args.out)
+    return convert_command(args.from_hf, args.to_hf, args.out, args.overwrite)
 
 
 def add_embed(sub) -> None:

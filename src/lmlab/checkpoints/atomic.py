@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+from lmlab.checkpoints.files import JSON_CAP, checked_path, read_bytes
 from lmlab.errors import CheckpointError
 
 MANIFEST = "MANIFEST.json"
@@ -58,17 +59,19 @@ def read_manifest(directory: Path, verify: bool = True) -> dict:
     path = directory / MANIFEST
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such model directory")
-    if not path.exists():
+    if not os.path.lexists(path):
         raise CheckpointError(f"{directory}: no {MANIFEST}; the folder is incomplete or not an lmlab model")
     files = _manifest_files(path)
     for name, entry in files.items():
         target = directory / name
-        if not target.is_file():
-            raise CheckpointError(f"{target}: listed in {MANIFEST} but missing")
-        if target.stat().st_size != entry["size"]:
-            raise CheckpointError(f"{target}: size {target.stat().st_size} bytes, manifest says "
+        try:
+            real = checked_path(target, CheckpointError)  # a regular file inside the folder
+        except FileNotFoundError:
+            raise CheckpointError(f"{target}: listed in {MANIFEST} but missing") from None
+        if real.stat().st_size != entry["size"]:
+            raise CheckpointError(f"{target}: size {real.stat().st_size} bytes, manifest says "
                                   f"{entry['size']}; the file is truncated or was changed")
-        if verify and sha256_file(target) != entry["sha256"]:
+        if verify and sha256_file(real) != entry["sha256"]:
             raise CheckpointError(f"{target}: sha256 does not match {MANIFEST}; the file is corrupt")
     return files
 
@@ -76,8 +79,11 @@ def read_manifest(directory: Path, verify: bool = True) -> dict:
 def _manifest_files(path: Path) -> dict:
     """The file table of the manifest at `path`, its shape checked: {name: {"size", "sha256"}}."""
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        manifest = json.loads(read_bytes(path, JSON_CAP, CheckpointError).decode("utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent}: no {MANIFEST}; the folder is incomplete or not an lmlab "
+                              f"model") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: unreadable manifest ({e})") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     # Names are plain files of this folder: a manifest never makes us read (or hash) elsewhere.

@@ -17,6 +17,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmlab.checkpoints.atomic import MANIFEST, read_manifest, write_bytes_atomic, write_manifest
+from lmlab.checkpoints.files import JSON_CAP, check_tokenizer_files, checked_path, read_json
+from lmlab.checkpoints.sizes import (
+    allocating,
+    check_finite,
+    check_structure,
+    header_state,
+    n_stored,
+    on_meta,
+    stored_names,
+)
 from lmlab.devices import resolve_device
 from lmlab.errors import CheckpointError, LmlabError, TokenizerError
 from lmlab.models.config import config_to_dict
@@ -43,6 +53,12 @@ def unique_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Copy `state` in; missing names are allowed only where the model ties them to a stored one."""
+    check_state(module, state, where)
+    module.load_state_dict(state, strict=False)
+
+
+def check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """What `load_state` checks before copying; `module` and `state` may be on the meta device."""
     own = module.state_dict()
     unexpected = sorted(set(state) - set(own))
     if unexpected:
@@ -55,11 +71,9 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: s
         if own[name].is_floating_point() and not tensor.is_floating_point():
             raise CheckpointError(f"{where}: tensor {name} has dtype {tensor.dtype}, the model expects "
                                   f"floating point ({own[name].dtype})")
-    stored = set(unique_state(module))
-    missing = sorted(stored - set(state))
+    missing = sorted(set(stored_names(module)) - set(state))
     if missing:
         raise CheckpointError(f"{where}: missing tensor(s) {', '.join(missing[:5])}")
-    module.load_state_dict(state, strict=False)
 
 
 def save(model: torch.nn.Module, tokenizer, out_dir: str | Path, extra: dict | None = None) -> Path:
@@ -105,11 +119,9 @@ def check_tokenizer_fits(model, tokenizer, directory: Path) -> None:
 def read_config(directory: Path) -> dict:
     path = directory / CONFIG
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = read_json(path, JSON_CAP, CheckpointError)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(config, dict) or "family" not in config:
         raise CheckpointError(f"{path}: no \"family\" field; not an lmlab config")
     return config
@@ -128,7 +140,34 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool
     config.pop("lmlab_version", None)
     config.pop("extra", None)
     task = config.pop("task", None)
-    where = str(directory / CONFIG)
+    where, weights = str(directory / CONFIG), directory / WEIGHTS
+    # The config is first held against the weights' header on a meta model, which allocates
+    # nothing: a config.json asking for a huge model is one line naming both sizes, not an OOM.
+    try:
+        shapes = header_state(weights, CheckpointError)
+    except FileNotFoundError:
+        raise CheckpointError(f"{weights}: missing") from None
+    check_structure(config, len(shapes), where, CheckpointError)
+    with on_meta():
+        dry = build_model(family, config, task, where)
+    n_params = check_sizes(dry, shapes, str(weights))
+    with allocating(str(weights), n_params, CheckpointError):
+        model = build_model(family, config, task, where)
+        try:
+            state = load_file(str(checked_path(weights, CheckpointError)))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
+    check_finite(state, str(weights), CheckpointError)
+    load_state(model, state, str(weights))
+    check_tokenizer_files(directory, CheckpointError)  # the tokenizer reads them by path
+    tokenizer = load_tokenizer(directory)
+    check_tokenizer_fits(model, tokenizer, directory)
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def build_model(family: str, config: dict, task: dict | None, where: str):
+    """The model (a TaskModel with `task`) of a config.json's fields; its errors name `where`."""
     try:
         model = build_from_config(family, config, where=where)
         if task is not None:
@@ -137,12 +176,18 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool
         # Unknown families and bad field values do not know which file they came from.
         message = str(e) if where in str(e) else f"{where}: {e}"
         raise CheckpointError(message) from None
+    return model
+
+
+def check_sizes(dry: torch.nn.Module, shapes: dict[str, torch.Tensor], where: str) -> int:
+    """`dry` (a meta model built from config.json) against the weights' header; its size if they fit."""
+    implied = n_stored(dry)
     try:
-        state = load_file(str(directory / WEIGHTS))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{directory / WEIGHTS}: not a readable safetensors file ({e})") from None
-    load_state(model, state, str(directory / WEIGHTS))
-    tokenizer = load_tokenizer(directory)
-    check_tokenizer_fits(model, tokenizer, directory)
-    model.to(device).eval()
-    return model, tokenizer
+        check_state(dry, shapes, where)
+    except CheckpointError as e:
+        held = sum(t.numel() for t in shapes.values())
+        if held == implied:
+            raise
+        raise CheckpointError(f"{e} (config.json implies {implied:,} parameters, the file holds "
+                              f"{held:,})") from None
+    return implied

@@ -7,7 +7,9 @@ the model's lmlab family for `to_hf`. A layout module never touches files, so ad
 adding two functions and two dict entries.
 
 Safe loading: `torch.load(weights_only=True)` is used here, and only here, for foreign
-`pytorch_model.bin` files; everything lmlab writes is safetensors + JSON.
+`pytorch_model.bin` files; everything lmlab writes is safetensors + JSON. Every file of the dir is
+read through `lmlab.checkpoints.files` (regular files inside the dir, JSON and vocabularies capped);
+the tokenizer files, which the tokenizers read by path, are checked before any of them is read.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from safetensors.torch import load_file, save_file
 from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.checkpoints.builtin import builtin_weights_dir, is_builtin
 from lmlab.checkpoints.convert import hf_bert, hf_gpt, hf_transfo_xl
+from lmlab.checkpoints.files import JSON_CAP, check_tokenizer_files, checked_path, read_json
 from lmlab.checkpoints.io import check_tokenizer_fits
+from lmlab.checkpoints.sizes import check_finite, header_state
 from lmlab.errors import ConversionError
 from lmlab.models.heads import TaskModel
 from lmlab.models.registry import family_of
 
-# config.json model_type -> layout reader: (hf_dir, config, read_weights) -> (model, tokenizer|None).
+# config.json model_type -> layout reader: (hf_dir, config, read_weights) -> (model, tokenizer|None);
+# read_weights(meta) as common.build_loaded takes it.
 FROM_HF = {
     "gpt2": hf_gpt.gpt2_from_hf,
     "openai-gpt": hf_gpt.openai_gpt_from_hf,
@@ -63,8 +68,9 @@ def from_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
     if not isinstance(model_type, str) or model_type not in FROM_HF:
         raise ConversionError(f"{directory / CONFIG}: model_type {model_type!r} is not supported; "
                               f"expected one of {', '.join(FROM_HF)}")
+    check_tokenizer_files(directory, ConversionError)
     # Weights are read only once the config is known to be convertible (they can be gigabytes).
-    model, tokenizer = FROM_HF[model_type](directory, config, lambda: read_hf_weights(directory))
+    model, tokenizer = FROM_HF[model_type](directory, config, HFWeights(directory))
     check_tokenizer_fits(model, tokenizer, directory)
     return model.to(device).eval(), tokenizer
 
@@ -102,50 +108,89 @@ def read_hf_config(directory: Path) -> dict:
         raise ConversionError(f"{directory}: not a directory; expected a Hugging Face model dir")
     path = directory / CONFIG
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = read_json(path, JSON_CAP, ConversionError)
     except FileNotFoundError:
         raise ConversionError(f"{directory}: no {CONFIG}; not a Hugging Face model dir") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ConversionError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ConversionError(f"{path}: expected a JSON object")
     return config
 
 
+class HFWeights:
+    """The layouts' `read_weights(meta)`: for meta=True the header shapes of safetensors files (as
+    meta tensors, no data read), else the tensors, each file read once and checked to be finite."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.files = None
+        self.state = None
+
+    def __call__(self, meta: bool = False) -> dict[str, torch.Tensor]:
+        if self.files is None:
+            self.files = weight_files(self.directory)
+        if meta and self.state is None and all(p.suffix == ".safetensors" for p in self.files):
+            shapes = {}
+            for path in self.files:
+                shapes.update(header_state(path, ConversionError))
+            return shapes
+        if self.state is None:  # .bin files have no header: their tensors serve both passes
+            self.state = _read_files(self.files)
+        return self.state
+
+
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the dir: one safetensors/.bin file or an index of shards, safetensors first."""
-    if (directory / SAFETENSORS).is_file():
-        return _read_file(directory / SAFETENSORS)
+    return _read_files(weight_files(directory))
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The weight files of the dir: one safetensors/.bin file, or the shards an index names.
+
+    A name that is there but not a regular file inside the dir (a FIFO, a link elsewhere) is an
+    error when read, not a reason to look for the next one."""
+    if os.path.lexists(directory / SAFETENSORS):
+        return [directory / SAFETENSORS]
     for index in (SAFETENSORS_INDEX, BIN_INDEX):
-        if (directory / index).is_file():
-            return _read_shards(directory, directory / index)
-    if (directory / BIN).is_file():
-        return _read_file(directory / BIN)
+        if os.path.lexists(directory / index):
+            return _shards(directory, directory / index)
+    if os.path.lexists(directory / BIN):
+        return [directory / BIN]
     raise ConversionError(f"{directory}: no weights file (expected {SAFETENSORS}, {BIN} or a "
                           f"{SAFETENSORS_INDEX} of shards)")
 
 
-def _read_shards(directory: Path, index: Path) -> dict[str, torch.Tensor]:
+def _shards(directory: Path, index: Path) -> list[Path]:
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = read_json(index, JSON_CAP, ConversionError)["weight_map"]
         shards = sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except FileNotFoundError:
+        raise ConversionError(f"{index}: missing") from None
+    except (KeyError, TypeError, AttributeError) as e:
         raise ConversionError(f"{index}: not a valid shard index ({e})") from None
-    state = {}
     for name in shards:
         # A shard is a plain file of this folder: an index never makes us read elsewhere.
         if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
             raise ConversionError(f"{index}: shard name {name!r} is not a file name in this folder")
-        state.update(_read_file(directory / name))
+    return [directory / name for name in shards]
+
+
+def _read_files(paths: list[Path]) -> dict[str, torch.Tensor]:
+    state = {}
+    for path in paths:
+        tensors = _read_file(path)
+        check_finite(tensors, str(path), ConversionError)
+        state.update(tensors)
     return state
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ConversionError(f"{path}: missing")
+    try:
+        real = checked_path(path, ConversionError)
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: missing") from None
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path))
+            return load_file(str(real))
         except (SafetensorError, OSError) as e:
             raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
     try:
@@ -153,7 +198,7 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         # (e.g. about the pickle protocol) are noise on top of the error below or the check after.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(real, map_location="cpu", weights_only=True)
     except Exception:  # UnpicklingError, RuntimeError (zip), EOFError ...: all mean "unreadable"
         # Not torch's text: it advises weights_only=False, which would run the file's code.
         raise ConversionError(f"{path}: not a readable PyTorch weights file (or it holds more than "

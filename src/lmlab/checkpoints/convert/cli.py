@@ -1,17 +1,57 @@
-"""`lmlab convert --from-hf HF_DIR --out DIR | --to-hf DIR --out HF_DIR` as a plain function."""
+"""`lmlab convert --from-hf HF_DIR --out DIR | --to-hf DIR --out HF_DIR` as a plain function.
+
+--out is checked before any work, as `pretrain` checks its run dir: a dir that already holds a
+model (any of MODEL_FILES) is refused unless `overwrite`, and then replaced as a whole once the new
+model is written (into a temp folder beside it): no file of the old model can outlive it next to
+the new one, and a failed conversion leaves the old model as it was. A training run (RUN_FILES) is
+never replaced. A dir holding no model is written into, its other files left alone.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from lmlab.checkpoints import convert
+from lmlab.checkpoints.atomic import MANIFEST, commit_dir
 from lmlab.checkpoints.io import load, save
 from lmlab.errors import ConversionError
 from lmlab.models.heads import TaskModel
 from lmlab.models.registry import family_of
 
+# What a training run leaves (train/state.py RUN_OUTPUTS less the final model, a model file here).
+RUN_FILES = ("checkpoints", "metrics.jsonl")
+# Files that make a dir a model dir, lmlab's or Hugging Face's: what a converted model would replace.
+MODEL_FILES = (MANIFEST, "config.json", "model.safetensors", "model.safetensors.index.json",
+               "pytorch_model.bin", "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
+               "vocab.txt", "vocab.json", "merges.txt")
 
-def convert_command(from_hf: str | None, to_hf: str | None, out: str) -> int:
+
+def check_out(out: Path, overwrite: bool) -> bool:
+    """Whether --out holds a model to replace (only with `overwrite`); ConversionError if it may not be
+    written at all."""
+    if not out.is_dir():
+        return False  # nothing there yet, or a file: the writers refuse that with their own message
+    run = [name for name in RUN_FILES if os.path.lexists(out / name)]
+    if run:
+        raise ConversionError(f"--out {out} holds a training run ({run[0]}); convert into another dir "
+                              f"(--overwrite never replaces a run)")
+    model = [name for name in MODEL_FILES if os.path.lexists(out / name)]
+    if not model:
+        return False
+    if not overwrite:
+        raise ConversionError(f"--out {out} already holds a model ({model[0]}); pass --overwrite to "
+                              f"replace it, or choose another --out")
+    # Replacing deletes the dir: only one that is nothing but a model's files, never a folder tree.
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.is_symlink())
+    if folders:
+        raise ConversionError(f"--out {out} holds the folder {folders[0]}, so it is more than a model dir; "
+                              f"--overwrite replaces only a plain model dir (remove it yourself)")
+    return True
+
+
+def convert_command(from_hf: str | None, to_hf: str | None, out: str, overwrite: bool = False) -> int:
     """Convert one model dir; exactly one of `from_hf` / `to_hf` is given. Returns the exit code."""
     if (from_hf is None) == (to_hf is None):
         raise ConversionError("give exactly one of --from-hf HF_DIR or --to-hf DIR")
@@ -19,18 +59,29 @@ def convert_command(from_hf: str | None, to_hf: str | None, out: str) -> int:
     # Both layouts call their config file config.json: writing into the source would clobber it.
     if Path(out).resolve() == source.resolve():
         raise ConversionError(f"--out {out} is the source dir; write the converted model elsewhere")
-    if from_hf is not None:
-        model, tokenizer = convert.from_hf(source)
-        save(model, tokenizer, out)
-        what = "lmlab"
-    else:
-        model, tokenizer = load(source)
-        if isinstance(model, TaskModel):
-            raise ConversionError(f"{source}: holds a fine-tuned task model (TaskModel, task "
-                                  f"{model.spec.name!r}); only pretrained backbones convert to Hugging Face")
-        convert.to_hf(model, tokenizer, out)
-        what = "Hugging Face"
+    final = Path(out).resolve() if check_out(Path(out), overwrite) else None
+    target = final.with_name(f"{final.name}.tmp-{os.getpid()}") if final else Path(out)
+    try:
+        model, tokenizer, what = _convert(from_hf, source, target)
+        if final:
+            commit_dir(target, final)  # the old model goes only now, once the new one is complete
+    finally:
+        if final:
+            shutil.rmtree(target, ignore_errors=True)
     n_params = sum(p.numel() for p in model.parameters())
     tok = "with" if tokenizer is not None else "without"
     print(f"wrote {what} model dir {out} ({family_of(model)}, {n_params:,} parameters, {tok} tokenizer)")
     return 0
+
+
+def _convert(from_hf: str | None, source: Path, out: Path):
+    if from_hf is not None:
+        model, tokenizer = convert.from_hf(source)
+        save(model, tokenizer, out)
+        return model, tokenizer, "lmlab"
+    model, tokenizer = load(source)
+    if isinstance(model, TaskModel):
+        raise ConversionError(f"{source}: holds a fine-tuned task model (TaskModel, task "
+                              f"{model.spec.name!r}); only pretrained backbones convert to Hugging Face")
+    convert.to_hf(model, tokenizer, out)
+    return model, tokenizer, "Hugging Face"

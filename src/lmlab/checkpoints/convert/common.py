@@ -2,16 +2,25 @@
 
 Each layout keeps its own key map; these helpers only check config values and tensor names
 against it, build the model, and copy the converted tensors in.
+
+`build_loaded` runs a layout's loader twice: first on a `meta` model with the weights' header shapes
+(no memory; see checkpoints/sizes.py), so every name and shape the layout checks is checked before
+anything is allocated, then on the real model with the real tensors. Loaders compare tied tensors
+with `same_values`, which defers that comparison to the real pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
+from lmlab.checkpoints.sizes import allocating, check_structure, n_stored, on_meta
 from lmlab.errors import ConversionError, LmlabError
 from lmlab.models.registry import build_from_config
+
+# read_weights(meta): the HF state dict; with meta=True its tensors may be meta (header shapes only).
+ReadWeights = Callable[[bool], dict[str, torch.Tensor]]
 
 
 def check_architectures(config: dict, supported: tuple[str, ...], where: str) -> None:
@@ -38,6 +47,46 @@ def build(family: str, fields: dict, where: str):
     except LmlabError as e:  # a bad value in config.json (wrong type, d_model % n_heads, cutoffs ...)
         message = str(e)
         raise ConversionError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+def build_loaded(family: str, fields: dict, where: str, read_weights: ReadWeights,
+                 load: Callable[[torch.nn.Module, dict[str, torch.Tensor]], None]):
+    """The model of `family` from `fields`, filled by `load(model, read_weights(...))`; a config that
+    does not fit the weights fails on the meta pass, before any allocation."""
+    shapes = read_weights(True)
+    check_structure(fields, len(shapes), where, ConversionError)
+    with on_meta():
+        dry = build(family, fields, where)
+    implied = n_stored(dry)
+    try:
+        load(dry, shapes)
+    except ConversionError as e:
+        held = sum(t.numel() for t in shapes.values())  # buffers and tied copies too: only more is wrong
+        if implied <= held:
+            raise
+        raise ConversionError(f"{e} (config.json implies {implied:,} parameters, the weights hold only "
+                              f"{held:,})") from None
+    with allocating(where, implied, ConversionError):
+        model = build(family, fields, where)
+        state = read_weights(False)
+    load(model, state)
+    return model
+
+
+def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors of the same shape are equal; on the meta pass (no values) assumed so."""
+    return a.is_meta or b.is_meta or torch.equal(a, b)
+
+
+def concat(parts: list[torch.Tensor]) -> torch.Tensor | None:
+    """torch.cat along dim 0, or None when the parts do not stack; meta parts give a meta tensor
+    without calling torch.cat, whose meta kernel costs a torch._dynamo import (seconds)."""
+    if any(p.dim() == 0 for p in parts) or len({tuple(p.shape[1:]) for p in parts}) != 1:
+        return None
+    if not any(p.is_meta for p in parts):
+        return torch.cat(parts)
+    rows = sum(p.shape[0] for p in parts)
+    return torch.empty((rows, *parts[0].shape[1:]), dtype=parts[0].dtype, device="meta")
 
 
 def check_names(present: Iterable[str], wanted: set[str], where: str) -> None:

@@ -29,14 +29,22 @@ for released checkpoints) and a "none" model without one (BertModel gets a fresh
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
-from lmlab.checkpoints.convert.common import added_tokens_decoder, build, check_names, copy_into, lookup
+from lmlab.checkpoints.convert.common import (
+    ReadWeights,
+    added_tokens_decoder,
+    build_loaded,
+    check_names,
+    concat,
+    copy_into,
+    lookup,
+    same_values,
+)
 from lmlab.errors import ConversionError
 from lmlab.tokenizers.wordpiece import WordPieceTokenizer
 
@@ -107,17 +115,23 @@ def hf_names(n_layers: int, pooler: bool, heads: str) -> dict[str, tuple[str, ..
 
 
 # ---- from HF ----------------------------------------------------------------------------------
-def bert_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], dict]):
+def bert_from_hf(hf_dir: Path, config: dict, read_weights: ReadWeights):
     where = f"{hf_dir / 'config.json'}"
     architecture = _architecture(config, where)
     for field, needed in REQUIRED.items():
         if config.get(field, needed) != needed:
             raise ConversionError(f"{where}: {field}={config[field]!r} is not supported "
                                   f"(lmlab's BERT needs {needed!r})")
-    state = _normalise(read_weights())
-    task = task_head_from_hf(state, architecture) if architecture in TASK_HEADS else {}
-    for name in task:
-        state.pop(name)
+
+    def split(meta: bool) -> tuple[dict, dict]:  # (encoder tensors, task head tensors), no `bert.` prefix
+        state = _normalise(read_weights(meta))
+        task = task_head_from_hf(state, architecture) if architecture in TASK_HEADS else {}
+        return {n: t for n, t in state.items() if n not in task}, task
+
+    state, task = split(True)  # names and shapes only: what to build follows the tensors present
+    if task:
+        rows = int(task[f"{TASK_HEADS[architecture]}.weight"].shape[0])
+        labels = _id2label(config, rows, architecture, where)
     if "cls.seq_relationship.weight" in state:
         heads = "mlm_nsp"
     elif "cls.predictions.transform.dense.weight" in state:
@@ -133,12 +147,10 @@ def bert_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], dict]):
         activation=lookup(ACT_FROM, config.get("hidden_act", "gelu"), "hidden_act", where),
         pad_token_id=config.get("pad_token_id", 0), heads=heads, pooler="pooler.dense.weight" in state,
     )
-    model = build("bert", fields, where)
-    _load(model, state, hf_dir)
+    model = build_loaded("bert", fields, where, lambda meta: split(meta)[0],
+                         lambda m, encoder: _load(m, encoder, hf_dir))
     if task:
-        rows = int(task[f"{TASK_HEADS[architecture]}.weight"].shape[0])
-        labels = _id2label(config, rows, architecture, where)
-        model.hf_task_head = HFTaskHead(architecture, task, rows, labels)
+        model.hf_task_head = HFTaskHead(architecture, split(False)[1], rows, labels)  # read once, cached
     return model, WordPieceTokenizer.find_in_dir(hf_dir)
 
 
@@ -214,15 +226,15 @@ def _load(model, state: dict[str, torch.Tensor], hf_dir: Path) -> None:
     own = model.state_dict()
     converted = {}
     for ours, theirs in names.items():
-        tensor = torch.cat([state[n] for n in theirs]) if len(theirs) > 1 else state[theirs[0]]
-        if tuple(tensor.shape) != tuple(own[ours].shape):
+        tensor = concat([state[n] for n in theirs]) if len(theirs) > 1 else state[theirs[0]]
+        if tensor is None or tuple(tensor.shape) != tuple(own[ours].shape):
             shapes = ", ".join(f"{n} {tuple(state[n].shape)}" for n in theirs)
             raise ConversionError(f"{where}: {shapes} do not fit the shape {tuple(own[ours].shape)} "
                                   f"config.json implies")
         converted[ours] = tensor
     embed = state["embeddings.word_embeddings.weight"]
     head = decoder.get("cls.predictions.decoder.weight")
-    if head is not None and (head.shape != embed.shape or not torch.equal(head, embed)):
+    if head is not None and (head.shape != embed.shape or not same_values(head, embed)):
         raise ConversionError(f"{where}: cls.predictions.decoder.weight differs from the word embedding; "
                               f"lmlab ties them, an untied MLM decoder is not supported")
     copy_into(own, converted, where)

@@ -21,20 +21,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.checkpoints.convert.common import (
+    ReadWeights,
     added_tokens_decoder,
-    build,
+    build_loaded,
     check_architectures,
     check_names,
     copy_into,
     lookup,
+    same_values,
 )
+from lmlab.checkpoints.files import JSON_CAP, read_json
 from lmlab.errors import ConversionError
 from lmlab.tokenizers.byte_bpe import EOT, ByteBPETokenizer
 
@@ -70,7 +72,7 @@ def hf_names(n_layers: int, openai: bool) -> dict[str, str]:
 
 
 # ---- from HF ----------------------------------------------------------------------------------
-def gpt2_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], dict]):
+def gpt2_from_hf(hf_dir: Path, config: dict, read_weights: ReadWeights):
     where = f"{hf_dir / 'config.json'}"
     check_architectures(config, GPT2_HEADS, where)
     for field, needed in GPT2_REQUIRED.items():
@@ -86,12 +88,12 @@ def gpt2_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], dict]):
                           "activation_function", where),
         **_common_fields(config),
     )
-    model = build("gpt2", fields, where)
-    _load(model, read_weights(), hf_names(model.config.n_layers, openai=False), hf_dir)
+    model = build_loaded("gpt2", fields, where, read_weights,
+                         lambda m, state: _load(m, state, hf_names(m.config.n_layers, openai=False), hf_dir))
     return model, ByteBPETokenizer.find_in_dir(hf_dir)
 
 
-def openai_gpt_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], dict]):
+def openai_gpt_from_hf(hf_dir: Path, config: dict, read_weights: ReadWeights):
     where = f"{hf_dir / 'config.json'}"
     check_architectures(config, OPENAI_HEADS, where)
     d = _width(config, where)
@@ -102,8 +104,8 @@ def openai_gpt_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], di
         activation=lookup(OPENAI_ACT_FROM, config.get("afn", "gelu"), "afn", where),
         **_common_fields(config),
     )
-    model = build("gpt", fields, where)
-    _load(model, read_weights(), hf_names(model.config.n_layers, openai=True), hf_dir)
+    model = build_loaded("gpt", fields, where, read_weights,
+                         lambda m, state: _load(m, state, hf_names(m.config.n_layers, openai=True), hf_dir))
     return model, _openai_dir_tokenizer(hf_dir)
 
 
@@ -138,18 +140,18 @@ def _load(model, hf_state: dict[str, torch.Tensor], names: dict[str, str], hf_di
                                   f"{' transposed' if ours.endswith(CONV1D) else ''}")
         converted[ours] = tensor
     embed = state[names["wte.weight"]]
-    if head is not None and (head.shape != embed.shape or not torch.equal(head, embed)):
+    if head is not None and (head.shape != embed.shape or not same_values(head, embed)):
         raise ConversionError(f"{where}: lm_head.weight differs from {names['wte.weight']}; lmlab ties "
                               f"them, an untied LM head is not supported")
     copy_into(own, converted, where)
 
 
 def _openai_dir_tokenizer(hf_dir: Path):
-    path = hf_dir / "tokenizer_config.json"
     try:
-        tokenizer_class = json.loads(path.read_text(encoding="utf-8")).get("tokenizer_class")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return None  # no (readable) tokenizer config: openai-gpt's own tokenizer, not implemented
+        spec = read_json(hf_dir / "tokenizer_config.json", JSON_CAP, ConversionError)
+    except FileNotFoundError:
+        return None  # no tokenizer config: openai-gpt's own tokenizer, not implemented
+    tokenizer_class = spec.get("tokenizer_class") if isinstance(spec, dict) else None
     if tokenizer_class in ("GPT2Tokenizer", "GPT2TokenizerFast"):
         return ByteBPETokenizer.find_in_dir(hf_dir)
     return None

@@ -24,12 +24,17 @@ The word-level TransfoXLTokenizer is not implemented: from_hf gives tokenizer No
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from lmlab.checkpoints.convert.common import build, check_architectures, copy_into
+from lmlab.checkpoints.convert.common import (
+    ReadWeights,
+    build_loaded,
+    check_architectures,
+    copy_into,
+    same_values,
+)
 from lmlab.errors import ConversionError
 
 HEADS = ("TransfoXLLMHeadModel", "TransfoXLModel")
@@ -83,7 +88,7 @@ def hf_aliases(model) -> dict[str, tuple[str, ...]]:
 
 
 # ---- from HF ----------------------------------------------------------------------------------
-def transfo_xl_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], dict]):
+def transfo_xl_from_hf(hf_dir: Path, config: dict, read_weights: ReadWeights):
     where = f"{hf_dir / 'config.json'}"
     check_architectures(config, HEADS, where)
     if config.get("attn_type", 0) != 0:
@@ -108,8 +113,8 @@ def transfo_xl_from_hf(hf_dir: Path, config: dict, read_weights: Callable[[], di
         dropatt=config.get("dropatt", 0.0), layer_norm_eps=config.get("layer_norm_epsilon", 1e-5),
         init_std=config.get("init_std", 0.02), proj_init_std=config.get("proj_init_std", 0.01),
     )
-    model = build("transfo-xl", fields, where)
-    _load(model, read_weights(), f"{hf_dir} weights")
+    model = build_loaded("transfo-xl", fields, where, read_weights,
+                         lambda m, state: _load(m, state, f"{hf_dir} weights"))
     return model, None
 
 
@@ -134,7 +139,7 @@ def _load(model, hf_state: dict[str, torch.Tensor], where: str) -> None:
             if tuple(state[name].shape) != tuple(own[ours].shape):
                 raise ConversionError(f"{where}: tensor {name} has shape {tuple(state[name].shape)}, "
                                       f"config.json implies {tuple(own[ours].shape)}")
-            if not torch.equal(state[name], state[present[0]]):
+            if not same_values(state[name], state[present[0]]):
                 raise ConversionError(f"{where}: {name} differs from {present[0]}, but config.json ties "
                                       f"them (tie_word_embeddings, tie_projs or untie_r=false)")
         converted[ours] = state[present[0]]
