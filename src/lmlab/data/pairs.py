@@ -46,8 +46,8 @@ import torch
 from lmlab.data.corpora import cache_dir as default_cache_dir
 from lmlab.data.corpora import fingerprint, read_corpus
 from lmlab.data.masking import MaskingSpec, dynamic_mask, static_mask
-from lmlab.data.prepare import _slug, tokenizer_digest
-from lmlab.data.sampler import _Stepper
+from lmlab.data.prepare import cache_slug, tokenizer_digest
+from lmlab.data.sampler import Stepper
 from lmlab.data.shards import open_shard, write_shard
 from lmlab.errors import ConfigError, DataError
 
@@ -156,8 +156,8 @@ def load_pairs(source: str, split: str, tokenizer, cache_dir: str | Path | None 
              "valid": fingerprint(valid) if valid is not None and split == "valid" else valid is not None,
              "pseudo_doc": PSEUDO_DOC_SENTENCES}
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
-    tok_path = cache / f"{_slug(source)}-{split}-pairs-{key}.bin"
-    idx_path = cache / f"{_slug(source)}-{split}-pairs-{key}.index.bin"
+    tok_path = cache / f"{cache_slug(source)}-{split}-pairs-{key}.bin"
+    idx_path = cache / f"{cache_slug(source)}-{split}-pairs-{key}.index.bin"
     data = _open_cached(tok_path, idx_path, f"{source} ({split})")
     if data is not None:
         return data
@@ -271,7 +271,7 @@ def _generator(*key: int) -> np.random.Generator:
 _PAIR, _STATIC_PAIR, _EPOCH = 10, 11, 12  # generator streams (the masking streams are 0 and 1)
 
 
-class PairSampler(_Stepper):
+class PairSampler(Stepper):
     """Infinite dict batches {input_ids, token_type_ids, attention_mask, mlm_labels, nsp_labels},
     (B_rank, seq_len) each (nsp_labels (B_rank,)); global batch `step` depends only on (seed, step).
 
@@ -296,7 +296,7 @@ class PairSampler(_Stepper):
             raise ConfigError(f"rank {rank} of {world_size} processes cannot share a batch of {batch_size}")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-        self.shard = data  # _Stepper's state counts len(data.tokens)
+        self.shard = data  # Stepper's state counts len(data.tokens)
         self.data, self.spec, self.masking = data, spec, masking
         self.seq_len, self.batch_size, self.seed = int(seq_len), int(batch_size), int(seed)
         self.rank, self.world_size, self.dupe_factor = int(rank), int(world_size), int(dupe_factor)

@@ -214,7 +214,7 @@ def encode_documents(docs: list[str], tokenizer, progress: bool = False,
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def _slug(source: str) -> str:
+def cache_slug(source: str) -> str:
     name = source[len("builtin:"):] if is_builtin(source) else Path(source).name
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:40] or "corpus"
 
@@ -242,7 +242,7 @@ def prepare_tokens(source: str, tokenizer, cache_dir: str | Path | None = None, 
     digest = tokenizer_digest(tokenizer)
     out: dict[str, Shard] = {}
     for split in splits:
-        path = cache / f"{_slug(source)}-{split}-{shard_key(source, split, digest, valid)[:24]}.bin"
+        path = cache / f"{cache_slug(source)}-{split}-{shard_key(source, split, digest, valid)[:24]}.bin"
         shard = _open_cached(path)
         if shard is None:
             docs = read_corpus(source, split, valid=valid)

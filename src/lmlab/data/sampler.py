@@ -54,7 +54,7 @@ def _xy(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
 
-class _Stepper:
+class Stepper:
     """Shared iterator/state plumbing: batch(step) is pure, the iterator just counts steps."""
 
     kind = ""
@@ -86,7 +86,7 @@ class _Stepper:
         self.seed, self.step = int(state["seed"]), int(state["step"])
 
 
-class RandomWindowSampler(_Stepper):
+class RandomWindowSampler(Stepper):
     """Infinite (x, y) batches of windows at random offsets; batch k depends only on (seed, k).
 
     `batch_size` is the global batch (all ranks together); each rank gets batch_size/world_size rows.
@@ -116,7 +116,7 @@ class RandomWindowSampler(_Stepper):
         return _xy(_gather(_tokens(self.shard), starts, self.seq_len + 1))
 
 
-class ContiguousStreams(_Stepper):
+class ContiguousStreams(Stepper):
     """(x, y) batches that continue each other: row b of batch k+1 follows row b of batch k.
 
     The shard is cut into batch_size equal streams; one epoch reads each stream seq_len tokens at

@@ -1,22 +1,74 @@
 """`lmlab evaluate DIR --data SOURCE`: perplexity of a saved model on a corpus split, as a dict.
 
-The lead's argparse in `lmlab/cli.py` calls `evaluate_command` and prints `json.dumps` of it.
+`lmlab.cli` calls `evaluate_command` (or, with --task, the task or zero-shot evaluation) and prints
+the dict as JSON. `EvalOptions` are the command's options: its flags and --config keys.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lmlab.errors import ConfigError, DataError, TokenizerError
 from lmlab.eval.detokenize import DETOKENIZERS, detokenizer, original_words
-from lmlab.eval.memory import check_protocol, default_window, evaluate_stream, resolve_settings
-from lmlab.eval.zeroshot import check_causal_lm
+from lmlab.eval.memory import EVAL_PRESETS, check_protocol, default_window, evaluate_stream, resolve_settings
+from lmlab.eval.scoring import check_causal_lm
+from lmlab.options import option
 
 PROTOCOLS = ("fixed", "sliding", "memory")
 SPLITS = ("train", "valid", "test", "all")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """`lmlab evaluate`: perplexity of a model dir on a corpus; with --task, the metrics of a fine-tuned
+    model on a task file, or of a plain causal LM on a GPT-2 zero-shot task. Prints JSON."""
+
+    model_dir: str = option(help="an lmlab model dir", positional=True)
+    data: str = option("builtin:ptb", "builtin:NAME, .txt, folder, JSONL or a token shard (.bin)")
+    split: str = option("valid", "the split of --data to score", choices=SPLITS)
+    protocol: str = option("fixed", "fixed: non-overlapping windows; sliding: windows advanced by --stride; "
+                                    "memory (models that carry memory or a recurrent state): consecutive "
+                                    "segments carrying it, every token once", choices=PROTOCOLS)
+    window: int | None = option(None, "window length (default: the model's context)")
+    stride: int | None = option(None, "sliding stride (default: window/2)")
+    batch_size: int = option(8, "windows per forward (memory protocol: parallel streams)")
+    max_tokens: int | None = option(None, "evaluate only the first N tokens")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    task: str | None = option(None, "score a fine-tuned model on --data (JSONL / GLUE TSV / builtin:NAME, "
+                                    "whose --split train or valid part is used); or, with a plain causal LM, "
+                                    "a GPT-2 zero-shot task (--data FILE)")
+    detokenizer: str = option("none", "perplexity: undo PTB / WikiText tokenization before a byte-level "
+                                      "tokenizer (GPT-2 §3.1); adds word_ppl", choices=tuple(DETOKENIZERS))
+    text_column: str | None = option(None, "task: JSONL field / TSV header of the text")
+    text_b_column: str | None = option(None, "task: the second text of a pair")
+    label_column: str | None = option(None, "task: the label (tag: a column index, default -1 = last)")
+    truncate: bool = option(False, "task: cut texts longer than the model's limit longest-first")
+    word_column: int | None = option(None, "tag: column index of the word (default 0)")
+    null_threshold: float | None = option(None, "qa v2.0: answer \"\" when null score - best span score "
+                                                "exceeds this (default: the value fine-tuned with)")
+    stop_word_filter: bool = option(False, "lambada: greedy prediction may not start with a stop word "
+                                           "(GPT-2 §3.3)")
+    max_examples: int | None = option(None, "zero-shot: score only the first N examples")
+    max_new_tokens: int | None = option(None, "summarize / translate: tokens to generate (default 100 / 64)")
+    top_k: int = option(2, "summarize: top-k sampling (GPT-2's)")
+    seed: int = option(0, "summarize: sampling seed")
+    shots: int = option(5, "translate: example pairs in the prompt, the first ones of --data (then not "
+                           "scored) or of --context-file")
+    context_file: str | None = option(None, "translate: TSV of example pairs for the prompt")
+    references: str | None = option(None, "translate: target sentences aligned with --data (one per line); "
+                                          "without it --data is a TSV source<TAB>target")
+    tgt_len: int | None = option(None, "memory models: segment length (default: the model's)")
+    mem_len: int | None = option(None, "transfo-xl: positions of memory per layer (default: the model's; "
+                                       "0 = none)")
+    clamp_len: int | None = option(None, "transfo-xl: distances beyond it share one embedding (0 = no clamp)")
+    same_length: bool | None = option(None, "transfo-xl: every query sees exactly --mem-len keys "
+                                            "(default: the model's)")
+    eval_preset: str | None = option(None, "transfo-xl: the paper's evaluation settings for that model; "
+                                           "flags given win", choices=tuple(sorted(EVAL_PRESETS)))
 
 
 def _check_args(protocol: str, split: str, stride, window, batch_size, max_tokens) -> None:
@@ -91,7 +143,7 @@ def _detokenized_stream(tokenizer, model_dir: str, data: str, split: str, name: 
 
 def evaluate_command(model_dir: str, data: str, split: str = "valid", protocol: str = "fixed",
                      stride: int | None = None, window: int | None = None, batch_size: int = 8,
-                     device: str = "cpu", max_tokens: int | None = None, detokenize: str = "none",
+                     device: str = "auto", max_tokens: int | None = None, detokenize: str = "none",
                      tgt_len: int | None = None, mem_len: int | None = None, clamp_len: int | None = None,
                      same_length: bool | None = None, eval_preset: str | None = None) -> dict:
     """Perplexity of the model in `model_dir` on `split` of `data`; returns a JSON-able dict.

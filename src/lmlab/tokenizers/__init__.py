@@ -9,10 +9,19 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 from lmlab.errors import TokenizerError
+
+# tokenizer.json "kind" -> (module, class) with a `load(directory)` classmethod. A literal dict.
+KINDS = {
+    "byte_bpe": ("lmlab.tokenizers.byte_bpe", "ByteBPETokenizer"),
+    "chars": ("lmlab.tokenizers.chars", "CharTokenizer"),
+    "words": ("lmlab.tokenizers.words", "WordTokenizer"),
+    "wordpiece": ("lmlab.tokenizers.wordpiece", "WordPieceTokenizer"),
+}
 
 
 def load_tokenizer(directory: str | Path):
@@ -26,21 +35,7 @@ def load_tokenizer(directory: str | Path):
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TokenizerError(f"{path}: not a readable JSON tokenizer file ({e})") from None
     kind = spec.get("kind") if isinstance(spec, dict) else None
-    if kind == "byte_bpe":
-        from lmlab.tokenizers.byte_bpe import ByteBPETokenizer
-
-        return ByteBPETokenizer.load(directory)
-    if kind == "chars":
-        from lmlab.tokenizers.chars import CharTokenizer
-
-        return CharTokenizer.load(directory)
-    if kind == "words":
-        from lmlab.tokenizers.words import WordTokenizer
-
-        return WordTokenizer.load(directory)
-    if kind == "wordpiece":
-        from lmlab.tokenizers.wordpiece import WordPieceTokenizer
-
-        return WordPieceTokenizer.load(directory)
-    raise TokenizerError(f"{path}: unknown tokenizer kind {kind!r}; expected byte_bpe, chars, words "
-                         f"or wordpiece")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise TokenizerError(f"{path}: unknown tokenizer kind {kind!r}; expected {', '.join(KINDS)}")
+    module, name = KINDS[kind]
+    return getattr(importlib.import_module(module), name).load(directory)

@@ -5,35 +5,40 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmlab.models.config import check_positive, require
+from lmlab.options import option
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 32  # global: sequences per optimizer step, over all ranks and accumulation
-    micro_batch_size: int | None = None  # per rank per forward; None = the whole per-rank share
-    seq_len: int = 128
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # cosine/linear decay ends at lr * min_lr_ratio
-    warmup: int = 100
-    schedule: str = "cosine"  # cosine | linear | constant
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 = off
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 200  # 0 = only at the end
-    eval_batches: int = 20
-    save_every: int = 500  # 0 = only at the end
-    keep_checkpoints: int = 2
-    max_bad_steps: int = 5  # non-finite steps in a row before the run stops
-    discriminative: float = 1.0  # per layer group down from the top, lr / discriminative^k (ULMFiT: 2.6)
-    unfreeze_every: int = 0  # gradual unfreezing: top layer group first, one more every N steps (0 = off)
-    compile: bool = False
-    fsdp: bool = False  # under torchrun: FSDP2 sharding instead of DDP (lmlab.train.fsdp)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    progress: bool = True
+    steps: int = option(1000, "optimizer steps")
+    batch_size: int = option(32, "global batch: sequences per optimizer step over all processes")
+    micro_batch_size: int | None = option(None, "sequences per forward per process (gradient accumulation; "
+                                                "default: the whole per-process share)")
+    seq_len: int = option(128, "tokens per training sequence")
+    lr: float = option(3e-4, "peak learning rate")
+    min_lr_ratio: float = option(0.1, "final lr as a fraction of the peak (cosine and linear decay)")
+    warmup: int = option(100, "linear warmup steps")
+    schedule: str = option("cosine", "decay after warmup", choices=("cosine", "linear", "constant"))
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the global gradient norm (0 = off)")
+    seed: int = option(0, "seed for weights, data order and dropout")
+    log_every: int = option(10, "write metrics.jsonl every N steps")
+    eval_every: int = option(200, "validation every N steps (0 = at the end only)")
+    eval_batches: int = option(20, "validation batches per evaluation")
+    save_every: int = option(500, "atomic checkpoint every N steps (0 = at the end only)")
+    keep_checkpoints: int = option(2, "checkpoints kept (at least 2)")
+    max_bad_steps: int = option(5, "non-finite steps in a row before the run stops")
+    discriminative: float = option(1.0, "discriminative rates: each layer group below the top gets lr / "
+                                        "this factor per group (ULMFiT: 2.6; 1 = off)")
+    unfreeze_every: int = option(0, "gradual unfreezing: the top layer group first, one more every N "
+                                    "steps (0 = off)")
+    compile: bool = option(False, "torch.compile the model")
+    fsdp: bool = option(False, "under torchrun: shard weights, gradients and optimizer state with FSDP2 "
+                               "instead of DDP (docs/scaling.md)")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    progress: bool = option(True, "no progress bar", flag="no-progress")
 
     def __post_init__(self):
         check_positive(self, "steps", "batch_size", "seq_len", "log_every", "eval_batches", "max_bad_steps")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -19,13 +19,35 @@ from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.data.prepare import build_tokenizer_for, check_vocab
 from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError
-from lmlab.models.registry import family_spec, make_config
+from lmlab.models.registry import DEFAULT_FAMILY, family_spec, make_config
+from lmlab.options import option
 from lmlab.tokenizers import load_tokenizer
 from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Dist, barrier, init_distributed, shutdown
 from lmlab.train.loop import RunResult, train
 from lmlab.train.recipes import option_fields, recipe_for
 from lmlab.train.state import RUN_OUTPUTS, check_run_dir
+
+
+@dataclass(frozen=True)
+class PretrainOptions:
+    """`lmlab pretrain`: what to train on what, into which run dir (the training loop's own options are
+    TrainConfig's, a family's pretraining options its recipe's). The run dir gets metrics.jsonl, plots/,
+    checkpoints/ and the final model; works the same under torchrun (DDP)."""
+
+    model: str = option(DEFAULT_FAMILY, "model family")
+    preset: str = option("tiny", "preset of the family, e.g. tiny, gpt2-124m")
+    data: str = option("builtin:ptb", "builtin:NAME (see `lmlab data list`), a .txt file, a folder of .txt, "
+                                      "or JSONL with {\"text\": ...}")
+    valid: str | None = option(None, "a separate validation source (default: the corpus's own split)")
+    out: str | None = option(None, "run dir to write (a model dir when done); required")
+    tokenizer: str | None = option(None, "tokenizer kind (default: the family's, else the corpus's own)")
+    vocab_size: int | None = option(None, "byte_bpe / wordpiece vocabulary size (default 8192) or words cap")
+    overrides: dict | None = option(None, "override a model config field, e.g. --set d_model=128 "
+                                          "(repeatable)", flag="set", repeat=True, metavar="FIELD=VALUE")
+    resume: bool = option(False, "continue from the newest valid checkpoint in --out, with the settings the "
+                                 "run was started with (OUT/pretrain.json); flags given now win")
+
 
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, written before step 0 so resume reuses it
 # What the last `pretrain` into a run dir was asked to do, so that `lmlab pretrain --out DIR
@@ -34,7 +56,7 @@ TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, written before step 0 so res
 SETTINGS_FILE = "pretrain.json"
 RUN_FILES = (*RUN_OUTPUTS, SETTINGS_FILE)  # any of them in --out: a run is there
 NOT_SAVED = {"out", "resume", "compile", "fsdp", "device", "progress"}
-SAVED = ({"model", "preset", "data", "valid", "tokenizer", "vocab_size", "overrides"} | set(option_fields())
+SAVED = ({f.name for f in fields(PretrainOptions)} | set(option_fields())
          | {f.name for f in fields(TrainConfig)}) - NOT_SAVED
 
 
@@ -43,12 +65,15 @@ def train_config(values: dict) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in values.items() if k in known and v is not None})
 
 
-def run_tokenizer(run_dir: Path, data: str, kind: str | None, vocab_size: int | None, d: Dist):
-    """The tokenizer saved in the run dir, or a new one trained on `data` (by rank 0)."""
+def run_tokenizer(run_dir: Path, data: str, kind: str | None, vocab_size: int | None, d: Dist,
+                  valid: str | None = None, seq_len: int | None = None):
+    """The tokenizer saved in the run dir, or a new one trained on `data` (by rank 0). The corpus
+    checks that need no tokenizer (with `seq_len`: room for one window) run before it is trained."""
     saved = run_dir / TOKENIZER_DIR
     if d.is_main and load_tokenizer(saved) is None:
+        tok = build_tokenizer_for(data, kind, vocab_size, valid=valid, seq_len=seq_len)
         saved.mkdir(parents=True, exist_ok=True)
-        build_tokenizer_for(data, kind, vocab_size).save(saved)
+        tok.save(saved)
     barrier(d)
     tok = load_tokenizer(saved)
     if kind is not None and tok.kind != kind:
@@ -114,7 +139,8 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
         run_dir = Path(out)
         check_run_dir(run_dir, not resume, RUN_FILES)  # before the corpus is read
         run_dir.mkdir(parents=True, exist_ok=True)
-        tok = run_tokenizer(run_dir, data, tokenizer, vocab_size, d)
+        tok = run_tokenizer(run_dir, data, tokenizer, vocab_size, d, valid,
+                            cfg.seq_len if recipe.reads_windows else None)
         batches, evaluate = recipe.batches(data, tok, cfg, d, valid, options)
         config = make_config(model, preset, **{"vocab_size": tok.vocab_size, **overrides})
         check_vocab(tok.vocab_size, config.vocab_size)

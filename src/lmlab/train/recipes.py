@@ -26,6 +26,7 @@ from lmlab.errors import ConfigError
 from lmlab.objectives.clm import clm_loss
 from lmlab.objectives.clm_state import CarriedStateCLM
 from lmlab.objectives.mlm_nsp import metrics_from_sums, mlm_nsp_loss, mlm_nsp_sums
+from lmlab.options import option
 from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Dist, barrier
 
@@ -42,8 +43,9 @@ class MaskedLMOptions:
     """BERT pretraining (lmlab.data.pairs): `masking` dynamic (a fresh mask every step, RoBERTa's) or
     static (the paper's: each instance masked `dupe_factor` times, fixed across epochs)."""
 
-    masking: str = "dynamic"
-    dupe_factor: int = 10
+    masking: str = option("dynamic", "bert: dynamic (a fresh mask every step) or static (the paper's)",
+                          choices=("dynamic", "static"))
+    dupe_factor: int = option(10, "bert with --masking static: maskings made of each instance")
 
     def __post_init__(self):
         if self.masking not in ("dynamic", "static"):
@@ -62,6 +64,7 @@ class Recipe:
     default_seq_len: Callable[[object], int]  # the model config -> --seq-len when none is given
     options: type = NoOptions
     seq_len_field: str | None = None  # a config field --seq-len sets (Transformer-XL's tgt_len)
+    reads_windows: bool = True  # reads windows of seq_len + 1 tokens of each split (not sentence pairs)
 
     def make_options(self, family: str, values: dict):
         """The recipe's options from the values given (None = not given); ConfigError names an option
@@ -85,14 +88,9 @@ class Recipe:
         return {**overrides, name: seq_len}
 
 
-def option_fields() -> dict[str, tuple[type, object, str]]:
-    """Every recipe option: name -> (type, default, which recipe). The CLI makes flags of them."""
-    out = {}
-    for family, recipe in RECIPES.items():
-        for f in fields(recipe.options):
-            _, _, families = out.get(f.name, (f.type, f.default, ""))
-            out[f.name] = (f.type, f.default, f"{families}, {family}".lstrip(", "))
-    return out
+def option_fields() -> dict[str, object]:
+    """Every recipe option: name -> its dataclass field (the CLI makes one flag of each name)."""
+    return {f.name: f for recipe in RECIPES.values() for f in fields(recipe.options)}
 
 
 def _tokens(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None) -> dict:
@@ -213,7 +211,8 @@ def _context_or_default(config) -> int:
 
 
 CAUSAL_WINDOWS = Recipe(window_batches, clm_loss, _context_or_default)
-MASKED_PAIRS = Recipe(pair_batches, mlm_nsp_loss, _context_or_default, options=MaskedLMOptions)
+MASKED_PAIRS = Recipe(pair_batches, mlm_nsp_loss, _context_or_default, options=MaskedLMOptions,
+                      reads_windows=False)
 # Transformer-XL: --seq-len is the segment length tgt_len (training, and later generation).
 MEMORY_STREAMS = Recipe(stream_batches, CarriedStateCLM, lambda config: config.tgt_len,
                         seq_len_field="tgt_len")

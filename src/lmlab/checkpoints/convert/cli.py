@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.checkpoints import convert
@@ -19,6 +20,7 @@ from lmlab.checkpoints.io import load, save
 from lmlab.errors import ConversionError
 from lmlab.models.heads import TaskModel
 from lmlab.models.registry import family_of
+from lmlab.options import option
 
 # What a training run leaves (train/state.py RUN_OUTPUTS less the final model, a model file here).
 RUN_FILES = ("checkpoints", "metrics.jsonl")
@@ -26,6 +28,17 @@ RUN_FILES = ("checkpoints", "metrics.jsonl")
 MODEL_FILES = (MANIFEST, "config.json", "model.safetensors", "model.safetensors.index.json",
                "pytorch_model.bin", "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
                "vocab.txt", "vocab.json", "merges.txt")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """`lmlab convert`: a Hugging Face model dir to an lmlab one (--from-hf), or back (--to-hf)."""
+
+    out: str = option(help="where to write the converted model")
+    from_hf: str | None = option(None, "a Hugging Face model dir (gpt2, openai-gpt, bert, transfo-xl) or "
+                                       "builtin:minilm", group="source", metavar="HF_DIR")
+    to_hf: str | None = option(None, "an lmlab model dir", group="source", metavar="DIR")
+    overwrite: bool = option(False, "replace a model dir at --out (never a run)")
 
 
 def check_out(out: Path, overwrite: bool) -> bool:

@@ -1,0 +1,22 @@
+"""The options of lmlab's commands, as dataclass fields: each field is one flag of its command (and
+one key of its `--config` YAML file). The dataclasses live beside the functions they configure;
+`lmlab.cli` builds the parsers from them.
+
+`option(default, help, ...)` is `dataclasses.field` with what the command line needs to know:
+- `flag`: the flag's name when it is not the field's (e.g. `no-progress` for `progress`, stored false);
+- `positional`: a positional argument (`lmlab generate DIR`);
+- `repeat`: a flag that may be given several times (a list);
+- `choices`: the allowed values (the CLI fills in registry-derived choices itself);
+- `group`: fields of one group are alternatives; exactly one must be given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, field
+
+
+def option(default=MISSING, help: str = "", *, flag: str | None = None, positional: bool = False,
+           repeat: bool = False, choices: tuple | None = None, group: str | None = None, metavar=None):
+    metadata = {"help": help, "flag": flag, "positional": positional, "repeat": repeat, "choices": choices,
+                "group": group, "metavar": metavar}
+    return field(default=default, metadata=metadata)
