@@ -21,6 +21,7 @@ KINDS = {
     "chars": ("lmlab.tokenizers.chars", "CharTokenizer"),
     "words": ("lmlab.tokenizers.words", "WordTokenizer"),
     "wordpiece": ("lmlab.tokenizers.wordpiece", "WordPieceTokenizer"),
+    "word_chars": ("lmlab.tokenizers.word_chars", "WordCharTokenizer"),  # ELMo: words in, characters out
 }
 
 
