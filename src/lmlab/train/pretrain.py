@@ -127,7 +127,7 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
     cfg = train_config(train_values)
     settings = dict(model=model, preset=preset, data=data, valid=valid, tokenizer=tokenizer,
                     vocab_size=vocab_size, overrides=overrides or {}, **(recipe_options or {}), **asdict(cfg))
-    objective = recipe.objective() if isinstance(recipe.objective, type) else recipe.objective
+    objective = recipe.make_objective(options)
     overrides = recipe.config_overrides(overrides or {}, cfg.seq_len)
     tokenizer = tokenizer or family.tokenizer
     device = resolve_device(cfg.device)
@@ -150,6 +150,8 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
         net = family.model(config)
         net.family = model
+        if recipe.fit_model is not None:
+            recipe.fit_model(net, tok)
         net.to(device)
         if d.is_main:  # checked and built: these settings make a run
             save_settings(run_dir, settings)

@@ -1,4 +1,4 @@
-"""Hugging Face model dirs <-> lmlab models.
+"""Hugging Face model dirs <-> lmlab models, and original releases -> lmlab models.
 
 Reading and writing the files (config.json, safetensors or `.bin` weights, tokenizer files) happens
 here; what the tensors are called and how the config fields map lives in one module per layout
@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.checkpoints.builtin import builtin_weights_dir, is_builtin
-from lmlab.checkpoints.convert import hf_bert, hf_gpt, hf_transfo_xl
+from lmlab.checkpoints.convert import bilm_tf, hf_bert, hf_gpt, hf_transfo_xl
 from lmlab.checkpoints.files import JSON_CAP, check_tokenizer_files, checked_path, read_json
 from lmlab.checkpoints.io import check_tokenizer_fits
 from lmlab.checkpoints.sizes import check_finite, header_state
@@ -54,6 +54,11 @@ TOKENIZER_TO_HF = {
     "wordpiece": hf_bert.write_wordpiece_tokenizer,
 }
 
+# lmlab family -> (reader of its original release's files: (*paths) -> (model, tokenizer), the files).
+FROM_ORIGINAL = {
+    "elmo": (bilm_tf.elmo_from_bilm_tf, ("options_json", "weights_hdf5")),  # allenai/bilm-tf
+}
+
 CONFIG = "config.json"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -72,6 +77,21 @@ def from_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
     # Weights are read only once the config is known to be convertible (they can be gigabytes).
     model, tokenizer = FROM_HF[model_type](directory, config, HFWeights(directory))
     check_tokenizer_fits(model, tokenizer, directory)
+    return model.to(device).eval(), tokenizer
+
+
+def from_original(family: str, *paths: str | Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer) from a family's original released files, e.g.
+    `from_original("elmo", options_json, weights_hdf5)` (bilm-tf's options.json and weights HDF5)."""
+    if not isinstance(family, str) or family not in FROM_ORIGINAL:
+        raise ConversionError(f"no original release reader for {family!r}; expected one of "
+                              f"{', '.join(FROM_ORIGINAL)}")
+    reader, files = FROM_ORIGINAL[family]
+    if len(paths) != len(files):
+        raise ConversionError(f"from_original({family!r}, ...) takes {len(files)} files "
+                              f"({', '.join(files)}), "
+                              f"got {len(paths)}")
+    model, tokenizer = reader(*paths)
     return model.to(device).eval(), tokenizer
 
 
