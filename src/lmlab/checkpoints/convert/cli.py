@@ -1,4 +1,5 @@
-"""`lmlab convert --from-hf HF_DIR --out DIR | --to-hf DIR --out HF_DIR` as a plain function.
+"""`lmlab convert --from-hf HF_DIR | --from-elmo OPTIONS WEIGHTS --out DIR | --to-hf DIR --out HF_DIR`
+as a plain function.
 
 --out is checked before any work, as `pretrain` checks its run dir: a dir that already holds a
 model (any of MODEL_FILES) is refused unless `overwrite`, and then replaced as a whole once the new
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,18 +66,29 @@ def check_out(out: Path, overwrite: bool) -> bool:
     return True
 
 
-def convert_command(from_hf: str | None, to_hf: str | None, out: str, overwrite: bool = False) -> int:
-    """Convert one model dir; exactly one of `from_hf` / `to_hf` is given. Returns the exit code."""
-    if (from_hf is None) == (to_hf is None):
-        raise ConversionError("give exactly one of --from-hf HF_DIR or --to-hf DIR")
-    source = Path(from_hf if from_hf is not None else to_hf)
-    # Both layouts call their config file config.json: writing into the source would clobber it.
-    if Path(out).resolve() == source.resolve():
-        raise ConversionError(f"--out {out} is the source dir; write the converted model elsewhere")
+def convert_command(from_hf: str | None, to_hf: str | None, out: str, overwrite: bool = False,
+                    from_elmo: Sequence[str] | None = None) -> int:
+    """Convert one model; exactly one of `from_hf` / `to_hf` (dirs) / `from_elmo` (bilm-tf's
+    options.json and weights HDF5, in that order) is given. Returns the exit code."""
+    if sum(x is not None for x in (from_hf, to_hf, from_elmo)) != 1:
+        raise ConversionError("give exactly one of --from-hf HF_DIR, --from-elmo OPTIONS WEIGHTS or "
+                              "--to-hf DIR")
+    if from_elmo is not None and len(from_elmo) != 2:
+        raise ConversionError(f"--from-elmo takes two files, OPTIONS (options.json) and WEIGHTS (.hdf5), "
+                              f"got {len(from_elmo)}")
+    sources = [Path(p) for p in from_elmo] if from_elmo is not None else [Path(from_hf or to_hf)]
+    # Both HF layouts call their config file config.json: writing into the source would clobber it.
+    if any(Path(out).resolve() == source.resolve() for source in sources):
+        raise ConversionError(f"--out {out} is the source; write the converted model elsewhere")
     final = Path(out).resolve() if check_out(Path(out), overwrite) else None
     target = final.with_name(f"{final.name}.tmp-{os.getpid()}") if final else Path(out)
     try:
-        model, tokenizer, what = _convert(from_hf, source, target)
+        if from_elmo is not None:
+            model, tokenizer = convert.from_original("elmo", *sources)
+            save(model, tokenizer, target)
+            what = "lmlab"
+        else:
+            model, tokenizer, what = _convert(from_hf, sources[0], target)
         if final:
             commit_dir(target, final)  # the old model goes only now, once the new one is complete
     finally:
