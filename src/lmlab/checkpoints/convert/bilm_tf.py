@@ -148,38 +148,42 @@ def _gates(a: np.ndarray) -> np.ndarray:
 
 class HDF5Weights:
     """read_weights(meta) for common.build_loaded: the datasets' shapes as meta tensors, or their values
-    (read once, checked finite)."""
+    (read once, checked finite). The file is open only while it is read."""
 
     def __init__(self, path: Path):
-        import h5py
-
         try:
-            real = checked_path(path, ConversionError)
+            self.real = checked_path(path, ConversionError)
         except FileNotFoundError:
             raise ConversionError(f"{path}: missing") from None
-        self.path = path
+        self.path, self.values = path, None
+        self.shapes = self._read(lambda name, ds: tuple(ds.shape))
+
+    def _read(self, take) -> dict:
+        """{name: take(name, dataset)} over every dataset of the file."""
+        import h5py
+
+        out = {}
         try:
-            self.file = h5py.File(real, "r")
-        except OSError as e:
-            raise ConversionError(f"{path}: not a readable HDF5 file ({e})") from None
-        self.datasets = {}
-        self.file.visititems(lambda name, item: self.datasets.__setitem__(name, item)
+            with h5py.File(self.real, "r") as f:
+                f.visititems(lambda name, item: out.__setitem__(name, take(name, item))
                              if isinstance(item, h5py.Dataset) else None)
-        self.values = None
+        except OSError as e:
+            raise ConversionError(f"{self.path}: not a readable HDF5 file ({e})") from None
+        return out
+
+    def _value(self, name: str, ds) -> torch.Tensor:
+        if ds.dtype.kind != "f":
+            raise ConversionError(f"{self.path}: dataset {name} has dtype {ds.dtype}, expected "
+                                  f"floating point")
+        return torch.from_numpy(np.asarray(ds[...], dtype=np.float32))
 
     def __call__(self, meta: bool = False) -> dict[str, torch.Tensor]:
         if meta:
-            return {name: torch.empty(ds.shape, device="meta") for name, ds in self.datasets.items()}
+            return {name: torch.empty(shape, device="meta") for name, shape in self.shapes.items()}
         if self.values is None:
-            values = {}
-            for name, ds in self.datasets.items():
-                if ds.dtype.kind != "f":
-                    raise ConversionError(f"{self.path}: dataset {name} has dtype {ds.dtype}, expected "
-                                          f"floating point")
-                values[name] = torch.from_numpy(np.asarray(ds[...], dtype=np.float32))
+            values = self._read(self._value)
             check_finite(values, str(self.path), ConversionError)
             self.values = values
-            self.file.close()
         return self.values
 
 
