@@ -5,7 +5,7 @@ load on first use.
 
     lmlab.build(family, preset, **fields)          lmlab.load(dir) / lmlab.save(model, tok, dir)
     lmlab.from_hf(dir) / lmlab.to_hf(model, tok, dir)
-    lmlab.from_original("elmo", options_json, weights_hdf5)
+    lmlab.from_original(family, *files)             original releases (ELMo: options.json, weights.hdf5)
     lmlab.generate(model, ids, ...) / lmlab.stream(...)
     lmlab.embed(model, tokenizer, sentences)        lmlab.eval.span_f1, lmlab.eval.squad_scores
 """
