@@ -10,9 +10,9 @@ lower-case words of 2-12 letters) framed <S> ... </S>, as character ids prepared
 
 Two sides, same weights, one process (timing as benchmarks/common.py: warm-up, then repeats
 alternating the sides in flipping order, median):
-- lmlab: `model(chars, output_hidden_states=True)`, what `lmlab.embed` runs per batch: the token
-  encoder, both directions' LSTMP stacks (`lmlab.nn.lstm`: a per-step Python loop with clipping and
-  per-row padding masks), every layer's features.
+- lmlab: `model(chars, output_hidden_states=True, with_logits=False)`, what `lmlab.embed` runs per
+  batch: the token encoder, both directions' LSTMP stacks (`lmlab.nn.lstm`: a per-step Python loop
+  with clipping and per-row padding masks), every layer's features.
 - reference: the same token encoder, then per direction two `torch.nn.LSTM(128, 1024, proj_size=128)`
   layers (the fused kernel: no clipping, no per-row masks; the forget bias folded into its bias),
   the residual added between them, the backward direction on the flipped batch (all rows have the
@@ -124,13 +124,13 @@ def main(argv=None) -> dict:
     positions = chars.shape[0] * chars.shape[1]
     with torch.no_grad():
         x = model.token_encoder(chars)
-        ours = model(chars, output_hidden_states=True).hidden_states
+        ours = model(chars, output_hidden_states=True, with_logits=False).hidden_states
         theirs = reference_lstms(stacks, x, model.config.residual)
     max_diff = max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True))
 
     @torch.no_grad()
     def lmlab_embed():
-        model(chars, output_hidden_states=True)
+        model(chars, output_hidden_states=True, with_logits=False)
         sync(device)
 
     @torch.no_grad()

@@ -137,7 +137,7 @@ def bilm_features(net, tokenizer, sentences: list[list[str]], carry: EmbeddingSt
         chunk = sentences[b:b + batch_size]
         chars = char_batch(tokenizer, chunk, b, where).to(device)
         state = carry.take(net, b, b + len(chunk)) if carry is not None else None
-        result = net(chars, state=state, output_hidden_states=True)
+        result = net(chars, state=state, output_hidden_states=True, with_logits=False)
         if carry is not None:
             carry.put(b, result.state)
         layers = torch.stack(result.hidden_states, 1)  # (B, n_layers + 1, T + 2, 2D)

@@ -170,19 +170,15 @@ class ELMo(nn.Module):
     def characters(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T, C) character ids of (B, T, C) character ids or (B, T) word ids, checked."""
         c = self.config
-        if input_ids.dim() == 3 and input_ids.shape[-1] == c.max_chars:
-            chars = input_ids.long()
-            lo, hi = N_CHARS, "character ids"
-        elif input_ids.dim() == 2:
-            lo, hi = c.vocab_size, "word ids"
-            chars = None
-        else:
+        words = input_ids.dim() == 2
+        if not words and not (input_ids.dim() == 3 and input_ids.shape[-1] == c.max_chars):
             raise LmlabError(f"input_ids have shape {tuple(input_ids.shape)}; expected (B, T) word ids or "
                              f"(B, T, {c.max_chars}) character ids")
-        if input_ids.numel() and not (int(input_ids.min()) >= 0 and int(input_ids.max()) < lo):
-            raise LmlabError(f"{hi} must be in [0, {lo}), got [{int(input_ids.min())}, "
+        limit, what = (c.vocab_size, "word ids") if words else (N_CHARS, "character ids")
+        if input_ids.numel() and not (int(input_ids.min()) >= 0 and int(input_ids.max()) < limit):
+            raise LmlabError(f"{what} must be in [0, {limit}), got [{int(input_ids.min())}, "
                              f"{int(input_ids.max())}]")
-        return chars if chars is not None else self.word_chars[input_ids].long()  # (B, T, C)
+        return self.word_chars[input_ids].long() if words else input_ids.long()  # (B, T, C)
 
     @staticmethod
     def real_tokens(chars: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -191,8 +187,9 @@ class ELMo(nn.Module):
         real = chars.ne(0).any(-1)
         if attention_mask is not None:
             real = real & attention_mask.bool()
-        if not torch.equal(real, lengths_to_mask(real.sum(1), real.shape[1])):
-            row = int((real != lengths_to_mask(real.sum(1), real.shape[1])).any(1).nonzero()[0, 0])
+        prefix = lengths_to_mask(real.sum(1), real.shape[1])
+        if not torch.equal(real, prefix):
+            row = int((real != prefix).any(1).nonzero()[0, 0])
             raise LmlabError(f"row {row} has a token after padding; ELMo reads right-padded rows")
         return real
 
@@ -206,6 +203,7 @@ class ELMo(nn.Module):
         if state is None:
             return None, None
         c = self.config
+
         def rows(s) -> bool:  # one layer's (h, c)
             return isinstance(s, (list, tuple)) and len(s) == 2 and all(t.shape[0] == batch for t in s)
 
@@ -221,7 +219,8 @@ class ELMo(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, state=None,
                 targets: torch.Tensor | None = None, backward_targets: torch.Tensor | None = None,
                 backward_ids: torch.Tensor | None = None, output_hidden_states: bool = False,
-                sampled_softmax: int = 0) -> BiLMOutput:
+                sampled_softmax: int = 0, with_logits: bool = True) -> BiLMOutput:
+        """See the module docstring; `with_logits=False` skips the (B, T, V) softmax (features only)."""
         x, real = self.encode_tokens(input_ids, attention_mask)  # (B, T, D), (B, T)
         s_fwd, s_bwd = self._check_state(state, x.shape[0])
         fwd, s_fwd = self.forward_lm(x, mask=real, state=s_fwd)  # n_layers x (B, T, D)
@@ -243,7 +242,7 @@ class ELMo(nn.Module):
         if self.training and self.config.dropout:  # bilm-tf drops the top outputs before the softmax
             h_fwd, h_bwd = F.dropout(h_fwd, self.config.dropout), F.dropout(h_bwd, self.config.dropout)
         if targets is None and backward_targets is None:
-            if self.softmax is not None:
+            if self.softmax is not None and with_logits:
                 out.logits, out.logits_backward = self.softmax(h_fwd), self.softmax(h_bwd)  # (B, T, V)
             return out
         if targets is not None:
