@@ -82,6 +82,14 @@ def test_save_load_round_trip_and_characters_only(tmp_path, tok):
         chars.encode("hi")
 
 
+def test_added_special_tokens_are_matched_whole_and_survive_save_load(tmp_path, tok):
+    ids = tok.add_special_tokens(["<extract>", "<two words>"])
+    assert ids == [tok.vocab_size - 2, tok.vocab_size - 1]
+    assert tok.encode("the <two words> cat<extract>") == [0, 3, ids[1], 4, ids[0], 1]
+    tok.save(tmp_path)
+    assert load_tokenizer(tmp_path).encode("a <two words>") == [0, 6, ids[1], 1]
+
+
 def test_bad_vocabularies_are_refused():
     with pytest.raises(TokenizerError, match="must start with"):
         WordCharTokenizer(["a", "<S>", "</S>", "<unk>"])

@@ -63,8 +63,8 @@ class WordCharTokenizer(SpecListVocab):
         for t in self._special:
             if t not in self._ids:
                 raise TokenizerError(f"{source}: special token {t!r} is not in the vocabulary")
-        for t in self._tokens:
-            if not t or len(t.split()) != 1 or t.strip() != t:
+        for t in self._tokens:  # special tokens added later may hold spaces: they are matched whole
+            if t not in self._special and (not t or len(t.split()) != 1 or t.strip() != t):
                 raise TokenizerError(f"{source}: vocabulary entry {t!r} is not a single word")
         self._rebuild()
 
@@ -130,8 +130,7 @@ class WordCharTokenizer(SpecListVocab):
         return words
 
     def _rebuild(self) -> None:
-        extra = [t for t in self._special if any(c.isspace() for c in t)]  # only these need a regex
-        pattern = specials_regex(extra)
+        pattern = specials_regex(self._special)  # special tokens are matched whole, even inside a word
         self._split = pattern.split if pattern else None
 
     # ---- character ids ---------------------------------------------------------------------------
