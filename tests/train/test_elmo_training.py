@@ -67,8 +67,8 @@ def manual_losses(model, streams, steps: int, micro: int) -> list[float]:
     return out
 
 
-@pytest.mark.parametrize("micro", [B, 2])
-def test_logged_losses_are_the_hand_computed_bilm_losses_with_carried_states(tmp_path, micro):
+def test_logged_losses_are_the_hand_computed_bilm_losses_with_carried_states(tmp_path, micro=2):
+    """Two micro-batches per step: each keeps the states of its own rows."""
     tokens = np.random.default_rng(0).integers(0, V, size=B * (3 * T + 1), dtype=np.int64)
     streams = BidirectionalStreams(tokens, T, B)
     assert streams.steps_per_epoch == 3  # 7 steps: the streams start over at steps 3 and 6
@@ -94,6 +94,7 @@ def test_logged_losses_are_the_hand_computed_bilm_losses_with_carried_states(tmp
     assert saved["state.1.0.1"].shape == (B, model.config.d_lstm)
 
 
+@pytest.mark.slow  # ~5 s: 60 steps
 def test_pretrain_trains_with_falling_loss_and_spells_the_vocabulary(tmp_path, tiny_args, patterned):
     out = tmp_path / "run"
     assert main(tiny_args(out, model="elmo", data=str(patterned), tokenizer="word_chars", seq_len=10,
