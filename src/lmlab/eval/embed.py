@@ -60,6 +60,8 @@ class EmbedOptions:
     max_len: int | None = option(None, "truncate texts to this many tokens (default: stop with an error at "
                                        "a text longer than the model's context)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    stateful: bool = option(False, "biLMs (elmo): each batch row carries its LSTM state into the same row "
+                                   "of the next batch (line i is row i mod --batch-size), as bilm-tf did")
 
 
 def _embeddable(family) -> bool:

@@ -34,12 +34,15 @@ MODEL_FILES = (MANIFEST, "config.json", "model.safetensors", "model.safetensors.
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """`lmlab convert`: a Hugging Face model dir to an lmlab one (--from-hf), or back (--to-hf)."""
+    """`lmlab convert`: a Hugging Face model dir to an lmlab one (--from-hf), or back (--to-hf); the
+    released ELMo weights to an lmlab model dir (--from-elmo OPTIONS WEIGHTS)."""
 
     out: str = option(help="where to write the converted model")
     from_hf: str | None = option(None, "a Hugging Face model dir (gpt2, openai-gpt, bert, transfo-xl) or "
                                        "builtin:minilm", group="source", metavar="HF_DIR")
     to_hf: str | None = option(None, "an lmlab model dir", group="source", metavar="DIR")
+    from_elmo: tuple[str, ...] | None = option(None, "bilm-tf's options.json and weights .hdf5 (two files)",
+                                               group="source", metavar="FILE")
     overwrite: bool = option(False, "replace a model dir at --out (never a run)")
 
 
