@@ -42,7 +42,7 @@ class ConvertOptions:
                                        "builtin:minilm", group="source", metavar="HF_DIR")
     to_hf: str | None = option(None, "an lmlab model dir", group="source", metavar="DIR")
     from_elmo: tuple[str, ...] | None = option(None, "bilm-tf's options.json and weights .hdf5 (two files)",
-                                               group="source", metavar="FILE")
+                                               group="source", nargs=2, metavar=("OPTIONS", "WEIGHTS"))
     overwrite: bool = option(False, "replace a model dir at --out (never a run)")
 
 
@@ -82,7 +82,7 @@ def convert_command(from_hf: str | None, to_hf: str | None, out: str, overwrite:
     sources = [Path(p) for p in from_elmo] if from_elmo is not None else [Path(from_hf or to_hf)]
     # Both HF layouts call their config file config.json: writing into the source would clobber it.
     if any(Path(out).resolve() == source.resolve() for source in sources):
-        raise ConversionError(f"--out {out} is the source; write the converted model elsewhere")
+        raise ConversionError(f"--out {out} is the source dir (or file); write the converted model elsewhere")
     final = Path(out).resolve() if check_out(Path(out), overwrite) else None
     target = final.with_name(f"{final.name}.tmp-{os.getpid()}") if final else Path(out)
     try:
