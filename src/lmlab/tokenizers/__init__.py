@@ -1,6 +1,7 @@
 """Tokenizers. Every tokenizer has the same small interface:
 
     tok.encode(text) -> list[int]        tok.decode(ids) -> str
+    (midi: encode(MIDI path/bytes/score, composer=...) -> list[int]; decode(ids) -> symusic Score)
     tok.vocab_size: int                  tok.eos_token_id: int | None
     tok.save(directory)                  # writes tokenizer.json (+ family extras)
 
@@ -22,6 +23,7 @@ KINDS = {
     "words": ("lmlab.tokenizers.words", "WordTokenizer"),
     "wordpiece": ("lmlab.tokenizers.wordpiece", "WordPieceTokenizer"),
     "word_chars": ("lmlab.tokenizers.word_chars", "WordCharTokenizer"),  # ELMo: words in, characters out
+    "midi": ("lmlab.tokenizers.midi", "MidiTokenizer"),  # MIDI in, a symusic Score out
 }
 
 
