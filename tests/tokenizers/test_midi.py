@@ -172,6 +172,17 @@ def test_remi_cuts_notes_longer_than_its_longest_duration(tmp_path):
     assert MidiTokenizer("musenet", max_duration_quarters=4).notes(path)[0].end == 72  # no cut
 
 
+def test_encode_takes_a_path_bytes_a_score_or_notes(crossing):
+    import symusic
+
+    tok = MidiTokenizer("musenet")
+    ids = tok.encode(crossing, "bach")
+    score = symusic.Score(str(crossing))
+    assert tok.encode(str(crossing), "bach") == ids and tok.encode(crossing.read_bytes(), "bach") == ids
+    assert tok.encode(score, "bach") == ids and tok.encode(score.to("quarter"), "bach") == ids
+    assert tok.encode(tok.notes(crossing), "bach") == ids
+
+
 # ---- real music: a few chorales (all 371 in the slow test) ----------------------------------------
 @pytest.fixture(scope="module")
 def chorales(tmp_path_factory):

@@ -307,14 +307,3 @@ def music_fingerprint(source: str, max_pieces: int | None = None) -> dict:
 def composers_of(pieces: list[Piece]) -> list[str]:
     """The sorted composer labels of `pieces` (for `MidiTokenizer(composers=...)`)."""
     return sorted({p.composer for p in pieces if p.composer})
-
-
-def describe(source: str) -> dict:
-    """Counts of a source's pieces per split and composer (converts built-ins on first use)."""
-    splits = split_pieces(all_pieces(source))
-    per_composer: dict[str, int] = {}
-    for p in (p for ps in splits.values() for p in ps):
-        per_composer[p.composer or "-"] = per_composer.get(p.composer or "-", 0) + 1
-    return {"source": str(source), "pieces": {k: len(v) for k, v in splits.items()},
-            "composers": dict(sorted(per_composer.items()))}
-

@@ -1,17 +1,18 @@
 """lmlab's MuseNet-style event stream: grid notes <-> event tokens.
 
-MuseNet (Payne 2019, "Encoding") and the Music Transformer's performance encoding (Huang et al.
-2019, sec. A.1, after Oore et al. 2018) write music as note-on, note-off, time-shift and velocity
-events. lmlab keeps that event set, on a musical grid, with factored instrument tokens:
+MuseNet (Payne 2019) and the Music Transformer (Huang et al. 2019, after the performance encoding
+of Oore et al. 2018) write music as note-on, note-off, time-shift and velocity events. lmlab keeps
+that event set, on a musical grid, with factored instrument tokens:
 
     program:N / program:drums   the instrument of the next note-on / note-off events
     velocity:B                  the velocity bin (0..bins-1) of the next note-on events
     on:P / off:P                note-on / note-off of MIDI pitch P (0..127) on that instrument
     shift:K                     move time forward K grid steps (1..max_shift); longer gaps chain
 
-Deviation from MuseNet: its tokens fused instrument, velocity and pitch ("piano:v72:G1") and its
-time shifts counted absolute time; lmlab writes instrument and velocity only when they change, and
-counts time in steps of a quarter note (so tempo is not encoded; the decoder writes one tempo).
+Deviations from MuseNet: its tokens fused instrument, velocity and pitch ("piano:v72:G1", velocity
+0 ending a note) and its prefix held a tempo token; lmlab writes the instrument and velocity only
+when they change, encodes no tempo, and counts time in grid steps of a quarter note (the decoder
+writes one tempo).
 
 Order inside one time step, per instrument: note-offs, then note-ons (a note ending where the next
 of its pitch starts closes first); note-ons by pitch, then by end. Decoding pairs a note-off with

@@ -16,8 +16,7 @@ Reading a MIDI file (`read_notes`), on the grid:
   of the same pitch (A 0-4, B 1-2) cannot be told from the crossing pair once the voices share a
   channel and comes back as (A 0-2, B 1-4): same onsets, same ends.
 
-Augmentation (MuseNet, Payne 2019: "transposition", "timing"; Music Transformer, Huang et al. 2019
-sec. 5: pitch transpositions and time stretches):
+Augmentation (MuseNet and the Music Transformer both transpose and stretch time):
 - `transpose(notes, k)` moves every pitched note by k semitones; drums are untouched; a note
   that would leave MIDI's 0..127 is dropped (its instrument's other notes are kept);
 - `stretch(notes, f)` multiplies onsets and ends by f on the grid (halves up), keeping every note
@@ -95,7 +94,7 @@ def load_score(source):
     """A symusic Score in ticks from a MIDI path, MIDI bytes or a Score; TokenizerError if unreadable."""
     sm = symusic()
     if isinstance(source, sm.Score):
-        return source if source.ttype == sm.Tick() else source.to("tick")
+        return source if source.ttype == sm.TimeUnit.tick else source.to("tick")
     if isinstance(source, (bytes, bytearray, memoryview)):
         where, data = "MIDI data", bytes(source)
     elif isinstance(source, (str, Path)):

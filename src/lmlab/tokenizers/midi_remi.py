@@ -1,4 +1,4 @@
-"""REMI (Huang & Yang 2020, "Pop Music Transformer", sec. 3) through miditok: grid notes <-> tokens.
+"""REMI (Huang & Yang 2020, "Pop Music Transformer") through miditok: grid notes <-> tokens.
 
 REMI writes a piece bar by bar: `Bar`, then for each onset `Position_i` (step in the bar), and per
 note `Program_p`, `Pitch_n`, `Velocity_v`, `Duration_b.s.r`. lmlab sets miditok up so that its
@@ -74,8 +74,9 @@ class RemiCodec:
             score = self._tok.decode([self._miditok_ids[k] for k in indices])
         except (ValueError, KeyError, IndexError, RuntimeError) as e:
             raise TokenizerError(f"miditok cannot decode this REMI sequence ({e})") from None
-        if score.ticks_per_quarter != self.steps_per_quarter:  # miditok writes its own time division
-            score = score.resample(self.steps_per_quarter, min_dur=1)
+        if score.ticks_per_quarter != self.steps_per_quarter:  # the config makes them equal
+            raise TokenizerError(f"miditok decoded {score.ticks_per_quarter} ticks per quarter, "
+                                 f"expected {self.steps_per_quarter}")
         centres = bin_velocities(self.velocity_bins)
         notes = []
         for track in score.tracks:
