@@ -1,6 +1,7 @@
 """Music data: folders of MIDI files, the music21 built-ins (a few pieces), splits by piece, shards."""
 
 import hashlib
+import shutil
 
 import numpy as np
 import pytest
@@ -119,6 +120,15 @@ def test_builtin_chorales_are_converted_once_and_cached(m21, monkeypatch, capsys
     assert all_pieces("builtin:bach-chorales", max_pieces=3) == pieces
 
 
+def test_worker_processes_convert_the_same_bytes(m21):
+    from lmlab.data.music21_midi import convert_item
+
+    pieces = all_pieces("builtin:essen-folk", max_pieces=4, workers=2, progress=False)
+    assert [p.name for p in pieces] == [f"essenFolksong/altdeu10.abc#{k}" for k in range(1, 5)]
+    for k, p in enumerate(pieces, 1):
+        assert p.path.read_bytes() == convert_item(("essenFolksong/altdeu10.abc", k))[0]
+
+
 def test_builtin_listings(m21):
     files = music.chorale_files()
     assert len(files) == 371 and len(set(files)) == 349  # Riemenschneider numbers reusing a file
@@ -136,6 +146,7 @@ def test_labels_are_known_to_the_default_tokenizer():
 
 
 def test_conversion_failures_are_one_warning_and_left_out(m21, monkeypatch):
+    shutil.rmtree(music.music_cache("essen-folk"), ignore_errors=True)  # convert afresh
     real = music.convert_item
     monkeypatch.setattr(music, "convert_item", lambda job: (None, "Boom") if job[1] == 2 else real(job))
     with pytest.warns(UserWarning, match=r"builtin:essen-folk: music21 could not convert 1 of 3 pieces, left "

@@ -120,7 +120,7 @@ BUILTINS: dict[str, Corpus] = {
                     "Debian dict-gcide", "40 MB", "chars", ("train", "valid")),
     # MIDI music, read by lmlab.data.music (converted from music21's corpus on first use, cached)
     "bach-chorales": Corpus("bach-chorales", "Bach's chorales (corpus.chorales.Iterator), label bach",
-                            _M21, "349 pieces, ~90k notes", "midi", _TVT),
+                            _M21, "349 pieces, 99,791 notes", "midi", _TVT),
     "music21-composers": Corpus("music21-composers", "music21's composer folders, labelled by composer",
                                 _M21, "~2,000 pieces, 26 composers", "midi", _TVT),
     "essen-folk": Corpus("essen-folk", "Essen folk song collection (ABC tunes), label folk",

@@ -32,7 +32,7 @@ import hashlib
 import os
 import re
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,8 +150,30 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _results(todo: list[_Item], workers: int):
+    """(item, (bytes | None, error | None)) for every item, in the order they finish."""
+    jobs = [(it.file, it.number) for it in todo]
+    if workers == 1:
+        yield from zip(todo, map(convert_item, jobs), strict=True)
+        return
+    import multiprocessing
+
+    # fork where there is one: spawn and forkserver re-run the caller's main module, which breaks
+    # any script without an `if __name__ == "__main__"` guard. The workers run only music21.
+    kind = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(kind)) as pool:
+        futures = {pool.submit(convert_item, job): it for it, job in zip(todo, jobs, strict=True)}
+        try:
+            # as they finish: one large score (a Beethoven quartet takes minutes) holds up nothing
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
 def _convert_all(name: str, items: list[_Item], progress: bool, workers: int | None) -> Path:
-    """Convert every item not yet cached; warn once, naming the pieces music21 could not convert."""
+    """Convert every item not yet cached, each saved as it finishes (a killed run resumes); warn
+    once, naming the pieces music21 could not convert."""
     folder = music_cache(name)
     folder.mkdir(parents=True, exist_ok=True)
     todo = [it for it in items if not any((folder / (_slug(it.name) + s)).exists() for s in (".mid", ".err"))]
@@ -162,29 +184,16 @@ def _convert_all(name: str, items: list[_Item], progress: bool, workers: int | N
     workers = max(1, min(workers or os.cpu_count() or 1, 8, len(todo)))
     failed = []
     with tqdm(total=len(todo), desc=f"{name}: music21 -> MIDI", unit="piece", disable=not progress) as bar:
-        if workers == 1:
-            results = map(convert_item, [(it.file, it.number) for it in todo])
-        else:
-            import multiprocessing
-
-            # fork where there is one: spawn and forkserver re-run the caller's main module, which
-            # breaks any script without an `if __name__ == "__main__"` guard. The workers run only
-            # music21 (no threads of the parent are used).
-            kind = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(kind))
-            results = pool.map(convert_item, [(it.file, it.number) for it in todo], chunksize=4)
-        try:
-            for it, (data, error) in zip(todo, results, strict=True):
-                if data is not None:
-                    _write_atomic(folder / (_slug(it.name) + ".mid"), data)
-                else:
-                    _write_atomic(folder / (_slug(it.name) + ".err"), error.encode())
-                    failed.append(it.name)
-                bar.update(1)
-        finally:
-            if workers > 1:
-                pool.shutdown(cancel_futures=True)
+        for it, (data, error) in _results(todo, workers):
+            if data is not None:
+                _write_atomic(folder / (_slug(it.name) + ".mid"), data)
+            else:
+                _write_atomic(folder / (_slug(it.name) + ".err"), error.encode())
+                failed.append(it.name)
+            bar.update(1)
     if failed:
+        order = {it.name: k for k, it in enumerate(items)}
+        failed.sort(key=order.__getitem__)
         shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
         warnings.warn(f"builtin:{name}: music21 could not convert {len(failed)} of {len(items)} pieces, "
                       f"left out: {shown} (reasons in {folder}/*.err)", stacklevel=3)
