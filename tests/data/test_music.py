@@ -87,9 +87,9 @@ def test_split_by_piece_is_deterministic_and_follows_the_hash_rule(tmp_path):
     assert {p.name for p in splits["valid"]} == {p.name for p in by_hash[2:4]}
     assert splits["train"] == [p for p in pieces if p in splits["train"]]  # listing order kept
     assert split_pieces(list(pieces)) == splits
-    # two names of one piece (a chorale numbered twice) always land in the same split
-    twins = pieces + [Piece("again.mid", None, tmp_path / "again.mid", group=by_hash[0].name)]
-    assert {p.name for p in split_pieces(twins)["test"]} == {by_hash[0].name, by_hash[1].name, "again.mid"}
+    # a piece keeps its split when pieces are added, unless it sits at the boundary
+    more = split_pieces(pieces + [Piece(f"q{i}.mid", None, tmp_path / f"q{i}.mid") for i in range(10)])
+    assert len({p.name for p in splits["train"]} - {p.name for p in more["train"]}) <= 1
     assert split_pieces(pieces[:2]) == {"train": pieces[:2], "valid": [], "test": []}
 
 

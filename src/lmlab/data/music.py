@@ -7,8 +7,8 @@ Built-ins come from the corpus shipped inside the music21 package (no download),
 to MIDI with music21's own MIDI writer and cached per piece under
 `$LMLAB_CACHE/music/NAME-music21-VERSION/` (a killed conversion resumes where it stopped):
 - `bach-chorales`: the chorales of `corpus.chorales.Iterator()`, Riemenschneider's 371 numbers;
-  21 of them reuse another number's harmonization (the same file), so the data set holds 350
-  distinct pieces, each once; label "bach".
+  22 of them open a file another number already opens (the same harmonization), so the data set
+  holds 349 distinct pieces, each once (no piece in two splits); label "bach".
 - `music21-composers`: every score in music21's composer folders (bach, palestrina, monteverdi,
   beethoven, mozart, haydn, ... `COMPOSER_FOLDERS`), Roman-numeral analyses (.rntxt) left out,
   one piece per tune of a multi-tune ABC file; label = the folder name.
@@ -21,9 +21,9 @@ has no label (the tokenizer's "unknown"). A file that is empty, not MIDI or with
 in a one-line warning and skipped; a folder with nothing usable is a DataError. A MIDI with only
 drums is a piece like any other.
 
-Splits, by piece and deterministic: the usable pieces sorted by the sha256 of their name (of
-their file, for chorales), the first 5% (at least one) are test, the next 5% (at least one)
-valid, the rest train, each kept in listing order. Fewer than three pieces: all train.
+Splits, by piece and deterministic: the usable pieces sorted by the sha256 of their name, the
+first 5% (at least one) are test, the next 5% (at least one) valid, the rest train, each kept in
+listing order. Fewer than three pieces: all train.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ class Piece:
     name: str
     composer: str | None
     path: Path
-    group: str = ""  # what the split hashes (the name unless two names share one piece)
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ class _Item:
 
 
 def chorale_files() -> list[str]:
-    """The 371 corpus files of `corpus.chorales.Iterator()` in Riemenschneider order (21 repeat)."""
+    """The 371 corpus files of `corpus.chorales.Iterator()` in Riemenschneider order (349 distinct)."""
     from music21 import corpus
 
     root = corpus_root()
@@ -209,7 +208,7 @@ def _builtin_pieces(name: str, max_pieces: int | None, progress: bool, workers: 
     for it in items:
         path = folder / (_slug(it.name) + ".mid")
         if path.exists():
-            pieces.append(Piece(it.name, it.composer, path, it.file if it.number is None else it.name))
+            pieces.append(Piece(it.name, it.composer, path))
     return pieces
 
 
@@ -252,7 +251,7 @@ def _folder_pieces(folder: Path) -> list[Piece]:
             warnings.warn(f"{f}: skipped, {reason}", stacklevel=3)
             continue
         label = rel.split("/", 1)[0] if "/" in rel else None
-        pieces.append(Piece(rel, label, f, rel))
+        pieces.append(Piece(rel, label, f))
     if not pieces:
         raise DataError(f"{folder}: none of its {len(files)} MIDI files is usable (see the warnings above)")
     return pieces
@@ -262,16 +261,15 @@ def _folder_pieces(folder: Path) -> list[Piece]:
 
 
 def split_pieces(pieces: list[Piece]) -> dict[str, list[Piece]]:
-    """{"train", "valid", "test"}: by the sha256 of each piece's group (see the module docstring)."""
-    groups = sorted({p.group or p.name for p in pieces}, key=lambda g: hashlib.sha256(g.encode()).digest())
-    if len(groups) < 3:
+    """{"train", "valid", "test"}: by the sha256 of each piece's name (see the module docstring)."""
+    names = sorted({p.name for p in pieces}, key=lambda g: hashlib.sha256(g.encode()).digest())
+    if len(names) < 3:
         return {"train": list(pieces), "valid": [], "test": []}
-    k = max(1, round(SPLIT_FRACTION * len(groups)))
-    test, valid = set(groups[:k]), set(groups[k:2 * k])
+    k = max(1, round(SPLIT_FRACTION * len(names)))
+    test, valid = set(names[:k]), set(names[k:2 * k])
     out: dict[str, list[Piece]] = {"train": [], "valid": [], "test": []}
     for p in pieces:
-        g = p.group or p.name
-        out["test" if g in test else "valid" if g in valid else "train"].append(p)
+        out["test" if p.name in test else "valid" if p.name in valid else "train"].append(p)
     return out
 
 
