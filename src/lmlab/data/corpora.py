@@ -122,9 +122,9 @@ BUILTINS: dict[str, Corpus] = {
     "bach-chorales": Corpus("bach-chorales", "Bach's chorales (corpus.chorales.Iterator), label bach",
                             _M21, "349 pieces, 99,791 notes", "midi", _TVT),
     "music21-composers": Corpus("music21-composers", "music21's composer folders, labelled by composer",
-                                _M21, "~2,000 pieces, 26 composers", "midi", _TVT),
+                                _M21, "1,992 pieces, 1.2M notes", "midi", _TVT),
     "essen-folk": Corpus("essen-folk", "Essen folk song collection (ABC tunes), label folk",
-                         _M21, "8,514 tunes", "midi", _TVT),
+                         _M21, "8,514 tunes, 448k notes", "midi", _TVT),
 }
 MUSIC_BUILTINS = ("bach-chorales", "music21-composers", "essen-folk")
 DEFAULT = "ptb"

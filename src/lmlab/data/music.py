@@ -14,6 +14,9 @@ to MIDI with music21's own MIDI writer and cached per piece under
   one piece per tune of a multi-tune ABC file; label = the folder name.
 - `essen-folk`: the Essen folk song collection's ABC tunes, one piece per tune; label "folk".
 A piece music21 cannot convert is named in one warning line when conversion runs, and left out.
+Measured on 2 busy cores (music21 10.5.1): chorales 349 pieces in 133 s; essen-folk 8,514 tunes in
+19 min; music21-composers 1,992 pieces (palestrina 1,318, bach 413, trecento 103, monteverdi 49,
+josquin 29, beethoven 26, mozart 16, ...) in ~85 min, Beethoven's quartets taking minutes each.
 
 A folder: every `.mid`/`.midi` file under it (recursive, sorted by relative path); a file in a
 subfolder is labelled with the subfolder's name (`folder/bach/x.mid` -> "bach"), a file at the top
