@@ -255,6 +255,12 @@ def cmd_inspect(o) -> int:
     return 0
 
 
+def cmd_serve(o) -> int:
+    from lmlab.serve.server import serve_command
+
+    return serve_command(o)
+
+
 @dataclass(frozen=True)
 class Command:
     help: str
@@ -322,6 +328,8 @@ COMMANDS = {
                      _options("lmlab.eval.embed", "EmbedOptions"), cmd_embed),
     "inspect": Command("per-token loss, entropy and rank of a causal LM on a text, as a PNG",
                        _options("lmlab.eval.inspect", "InspectOptions"), cmd_inspect),
+    "serve": Command("an OpenAI-compatible HTTP API and a web page for a model dir",
+                     _options("lmlab.serve.server", "ServeOptions"), cmd_serve),
 }
 
 

@@ -4,17 +4,14 @@ of decoding state (a KV cache, Transformer-XL memory, an LSTM state)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
-from torch import nn
 
 import lmlab
+from fakes import LSTMLM, LSTMConfig
 from lmlab.errors import GenerationError
 from lmlab.generate.batching import BatchDecoder
 from lmlab.generate.sampling import DecodeRule
-from lmlab.models.output import CausalLMOutput
 
 pytestmark = pytest.mark.usefixtures("one_thread_private_cache")
 
@@ -139,34 +136,6 @@ def test_transformer_xl_memory_rows():
                 (2, [2, 7, 1, 8, 2], 5, dict()), (3, [6], 9, dict(repetition_penalty=1.3))]
     got, want = run_schedule(model, schedule), expected(model, schedule)
     assert all(torch.equal(got[k], want[k]) for k in want)
-
-
-@dataclass(frozen=True)
-class LSTMConfig:
-    vocab_size: int = 32
-    d_model: int = 24
-    max_seq_len: int = 2 ** 31 - 1
-
-
-class LSTMLM(nn.Module):
-    """A recurrent LM that is no family of lmlab (as in tests/models/test_state_protocol.py): state [h, c],
-    each (B, 2, D), batch first."""
-
-    def __init__(self, config: LSTMConfig):
-        super().__init__()
-        self.config = c = config
-        self.embed, self.head = nn.Embedding(c.vocab_size, c.d_model), nn.Linear(c.d_model, c.vocab_size)
-        self.lstm = nn.LSTM(c.d_model, c.d_model, 2, batch_first=True)
-
-    def init_state(self, batch_size, max_len=None, device=None):
-        zeros = torch.zeros(batch_size, 2, self.config.d_model, device=device, dtype=self.head.weight.dtype)
-        return [zeros, zeros.clone()]
-
-    def forward(self, input_ids, attention_mask=None, state=None, logits_to_keep=0):
-        hc = None if state is None else tuple(s.transpose(0, 1).contiguous() for s in state)  # (2, B, D)
-        h, (hn, cn) = self.lstm(self.embed(input_ids), hc)  # (B, T, D)
-        kept = h[:, -logits_to_keep:] if logits_to_keep else h
-        return CausalLMOutput(logits=self.head(kept), state=[hn.transpose(0, 1), cn.transpose(0, 1)])
 
 
 def test_recurrent_state_rows(register_family):

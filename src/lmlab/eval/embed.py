@@ -64,7 +64,7 @@ class EmbedOptions:
                                    "of the next batch (line i is row i mod --batch-size), as bilm-tf did")
 
 
-def _embeddable(family) -> bool:
+def embeddable(family) -> bool:
     """Families whose layers `embed` reads: encoders and decoders without carried memory, and biLMs."""
     return (family.kind in ("masked_lm", "causal_lm") and family.state in ("none", "kv_cache")
             or family.kind == "bilm")
@@ -74,8 +74,8 @@ def _network(model):
     """The pretrained network of `model` (a fine-tuned dir: its backbone), checked to be embeddable."""
     net = model.backbone if isinstance(model, TaskModel) else model
     spec = spec_of(net)
-    if not _embeddable(spec):
-        names = ", ".join(name for name, f in FAMILIES.items() if _embeddable(f))
+    if not embeddable(spec):
+        names = ", ".join(name for name, f in FAMILIES.items() if embeddable(f))
         raise ConfigError(f"embed supports {names} models, not {spec.name!r}")
     return net, spec
 
