@@ -192,7 +192,7 @@ def completion_request(body: dict, vocab_size: int, limits: Limits) -> Completio
         max_tokens=integer(body, "max_tokens", 16, 1, limits.max_tokens),
         temperature=number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
-        top_k=max(0, integer(body, "top_k", 0, -1, vocab_size)),  # -1 (vLLM) and 0 both mean off
+        top_k=max(0, integer(body, "top_k", 0, -1, 1 << 20)),  # -1 (vLLM) and 0 both mean off; >= V keeps all
         stop=tuple(stop),
         seed=integer(body, "seed", None, 0, 2 ** 63 - 1),
         n=n,

@@ -120,7 +120,7 @@ async function generate() {
       status(`streaming… ${chunks} chunks` + (choice.finish_reason ? ` (${choice.finish_reason})` : ""));
     }
     const text = $("out-new").textContent;
-    status(`done: ${chunks} chunks; scoring the tokens…`);
+    status(`streamed ${chunks} chunks; scoring the tokens…`);
     await inspect(prompt, text);
     if (card.lmlab.midi) await renderMusic(prompt + text);
     status(`done: ${chunks} chunks`);
@@ -160,7 +160,7 @@ function drawStrip() {
   inspected.tokens.forEach((label, i) => {
     const span = document.createElement("span");
     span.className = "tok" + (i < inspected.prompt_tokens ? " prompt" : "");
-    span.textContent = label.replaceAll("␣", " ").replaceAll("⏎", "\n");
+    span.textContent = label.replaceAll("␣", " ").replaceAll("⏎", "\n") + (card.lmlab.midi ? " " : "");
     const v = values[i];
     const describe = v === null ? "first token: no prediction" :
       `loss ${inspected.loss[i].toFixed(3)} ${inspected.unit} · entropy ${inspected.entropy[i].toFixed(3)} ` +
