@@ -54,7 +54,7 @@ class FakeMidiTokenizer:
     def prompt(self, composer=None, instruments=()) -> list[int]:
         composer = composer or "unknown"
         if composer not in self.composers:
-            raise TokenizerError(f"unknown composer {composer!r}; known composers: {', '.join(self.composers)}")
+            raise TokenizerError(f"unknown composer {composer!r}; known: {', '.join(self.composers)}")
         bad = [i for i in instruments if i not in self.instruments]
         if bad:
             raise TokenizerError(f"unknown instrument {bad[0]!r}")

@@ -23,7 +23,7 @@ import lmlab
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a dev extra: pip install -e '.[dev]'")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a dev extra: pip install -e .[dev]")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
                                  reason="no Chromium here: `make browser` installs Debian's chromium and "
@@ -40,9 +40,10 @@ def browser(tmp_path_factory):
     options.binary_location = CHROMIUM
     profile = tmp_path_factory.mktemp("chromium-profile")
     # The flags that keep Chromium off the network and working as root in a container.
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1100,1000", f"--user-data-dir={profile}"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1100,1000",
+                 f"--user-data-dir={profile}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -62,7 +63,8 @@ def shot(driver, tmp_path, name: str) -> Path:
 def until(driver, condition, timeout: float = 30, what: str = "the page"):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.02).until(lambda d: condition(d), f"waiting for {what}")
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.02)
+    return wait.until(lambda d: condition(d), f"waiting for {what}")
 
 
 def slow_steps(engine, seconds: float):
@@ -83,7 +85,7 @@ def test_the_page_streams_and_colours_the_tokens(browser, gpt2_chars_dir, tmp_pa
     with served(gpt2_chars_dir) as (url, app):
         slow_steps(app.state.served.engine, 0.03)  # slow enough to watch the tokens come in
         browser.get(url + "/")
-        until(browser, lambda d: d.find_element(By.ID, "model").text.startswith("tiny:"), what="the model card")
+        until(browser, lambda d: d.find_element(By.ID, "model").text.startswith("tiny:"), what="the card")
         assert "gpt2 (causal_lm, state kv_cache)" in browser.find_element(By.ID, "model").text
         assert not browser.find_element(By.ID, "music").is_displayed()
         prompt = browser.find_element(By.ID, "prompt")
@@ -118,7 +120,8 @@ def test_the_page_streams_and_colours_the_tokens(browser, gpt2_chars_dir, tmp_pa
         assert "".join(t.get_attribute("textContent") for t in tokens) == "the cat" + text
         assert len(browser.find_elements(By.CSS_SELECTOR, "#strip .tok.prompt")) == 7
         values = [t.get_attribute("data-value") for t in tokens]
-        assert values[0] == "" and [float(v) for v in values[1:]] == pytest.approx(scored["loss"][1:], abs=1e-9)
+        assert values[0] == ""
+        assert [float(v) for v in values[1:]] == pytest.approx(scored["loss"][1:], abs=1e-9)
         colours = {t.value_of_css_property("background-color") for t in tokens[1:]}
         assert len(colours) > 5  # coloured by value, not one colour
         target = next(t for t in tokens[8:] if t.get_attribute("textContent").strip())  # a visible one

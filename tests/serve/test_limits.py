@@ -80,8 +80,9 @@ def test_bad_fields_are_422_with_one_line(server, body, needles):
 
 def test_malformed_bodies(server):
     url, _ = server
-    cases = [(b"{bad", 400, "not valid JSON"), (b"[1, 2]", 422, "JSON object"), (b"\xff\xfe", 400, "not valid"),
-             (b"[" * 50000 + b"]" * 50000, 413, "at most 4096"), (b"", 400, "not valid JSON")]
+    cases = [(b"{bad", 400, "not valid JSON"), (b"[1, 2]", 422, "JSON object"),
+             (b"\xff\xfe", 400, "not valid"), (b"[" * 50000 + b"]" * 50000, 413, "at most 4096"),
+             (b"", 400, "not valid JSON"), (b"[" * 2000 + b"]" * 2000, 400, "not valid JSON")]
     for raw, code, needle in cases:
         status, out, _ = request(url + "/v1/completions", "POST", raw=raw)
         one_line_error(status, out, code, needle)
@@ -123,7 +124,8 @@ def test_keys(gpt2_dir):
         status, out, got = request(url + "/")
         assert status == 401 and got["www-authenticate"].startswith("Basic")  # the browser asks for it
         assert request(url + "/v1/models", headers={"Authorization": "Bearer sekrit"})[0] == 200
-        assert request(url + "/", headers={"Authorization": "Basic dXNlcjpzZWtyaXQ="})[0] == 200  # user:sekrit
+        basic = {"Authorization": "Basic dXNlcjpzZWtyaXQ="}  # user:sekrit
+        assert request(url + "/", headers=basic)[0] == 200
         status, _, _ = post(url + "/v1/completions", {"prompt": "a", "max_tokens": 2},
                             headers={"Authorization": "Bearer sekrit"})
         assert status == 200
@@ -147,7 +149,8 @@ def test_a_client_that_disconnects_frees_its_rows(gpt2_dir):
         port = int(url.rsplit(":", 1)[1])
         # Mid-stream: read a little, then close the socket.
         sock = socket.create_connection(("127.0.0.1", port))
-        body = json.dumps({"prompt": "the cat", "max_tokens": 100, "stream": True, "ignore_eos": True}).encode()
+        body = {"prompt": "the cat", "max_tokens": 100, "stream": True, "ignore_eos": True}
+        body = json.dumps(body).encode()
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
@@ -199,12 +202,12 @@ def test_200_requests_at_once(server):
     del engine.batch.step
     assert all(r is not None for r in results)  # none lost
     served_ok = [r for r in results if (r[0] == "json" and r[1] == 200) or r[0] == "stream"]
-    refused = [r for r in results if r[0] == "json" and r[1] == 429] + [r for r in results if r[0] == "refused"]
+    refused = [r for r in results if (r[0] == "json" and r[1] == 429) or r[0] == "refused"]
     assert len(served_ok) + len(refused) == 200 and len(served_ok) >= 12 and refused
     for r in refused:
         if r[0] == "json":
             one_line_error(429, r[2], 429, "busy")
-    ids = [r[2]["id"] for r in served_ok if r[0] == "json"] + [r[1][0]["id"] for r in served_ok if r[0] == "stream"]
+    ids = [r[2]["id"] if r[0] == "json" else r[1][0]["id"] for r in served_ok]
     assert len(set(ids)) == len(ids)  # no request answered twice
     wait_until(lambda: engine.status()["running"] == 0, what="the engine to drain")
     health = request(url + "/healthz")[1]

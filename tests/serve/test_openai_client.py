@@ -34,8 +34,8 @@ def test_completions_whole_and_streamed(client, gpt2_chars_dir):
     pieces = [chunk.choices[0].text for chunk in client.completions.create(
         model="tiny", prompt="the cat", max_tokens=30, temperature=0, stream=True) if chunk.choices]
     assert len(pieces) > 1 and "".join(pieces) == want
-    sampled = client.completions.create(model="tiny", prompt="the cat", max_tokens=10, n=2, seed=4, logprobs=2,
-                                        top_p=0.9)
+    sampled = client.completions.create(model="tiny", prompt="the cat", max_tokens=10, n=2, seed=4,
+                                        logprobs=2, top_p=0.9)
     assert [c.index for c in sampled.choices] == [0, 1]
     assert all(len(c.logprobs.token_logprobs) == len(c.logprobs.tokens) for c in sampled.choices)
 

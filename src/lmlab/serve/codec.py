@@ -8,6 +8,7 @@ into notes and a MIDI file (lmlab.serve.midi).
 
 from __future__ import annotations
 
+from lmlab.eval.inspect import token_label
 from lmlab.generate.cli import TextStreamer
 from lmlab.serve.protocol import ApiError
 
@@ -25,6 +26,10 @@ class TextCodec:
     def piece(self, token: int) -> str:
         """One token's text, for logprobs (a byte-level token may be part of a character: U+FFFD)."""
         return self.tokenizer.decode([token])
+
+    def label(self, token: int) -> str:
+        """One token shown on its own (`lmlab inspect`'s labels: spaces as ␣, line breaks as ⏎)."""
+        return token_label(self.tokenizer, token)
 
 
 class EventNames(TextCodec):
@@ -45,6 +50,8 @@ class EventNames(TextCodec):
 
     def piece(self, token: int) -> str:
         return self.tokenizer.id_to_token(token)
+
+    label = piece
 
 
 def codec_for(tokenizer) -> TextCodec:

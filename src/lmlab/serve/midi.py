@@ -37,6 +37,6 @@ def render(tokenizer, ids: list[int]) -> dict:
     notes = tokenizer.decode_notes(ids)  # a TokenizerError is the client's: 422, one line
     with tempfile.TemporaryDirectory(prefix="lmlab-serve-") as tmp:
         midi = Path(tokenizer.write_midi(ids, Path(tmp) / "out.mid")).read_bytes()
-    return {"notes": [[int(n.start), int(n.end), int(n.pitch), int(n.velocity), int(n.program)] for n in notes],
-            "steps_per_quarter": int(tokenizer.settings.steps_per_quarter),
+    rows = [[int(n.start), int(n.end), int(n.pitch), int(n.velocity), int(n.program)] for n in notes]
+    return {"notes": rows, "steps_per_quarter": int(tokenizer.settings.steps_per_quarter),
             "midi": base64.b64encode(midi).decode("ascii")}

@@ -109,7 +109,8 @@ def prompt_input(value, name: str, vocab_size: int, many: bool = False, limit: i
     def one(item, where):
         if isinstance(item, str):
             return item
-        if isinstance(item, list) and item and all(isinstance(i, int) and not isinstance(i, bool) for i in item):
+        ints = isinstance(item, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in item)
+        if ints and item:
             bad = next((i for i in item if not 0 <= i < vocab_size), None)
             if bad is not None:
                 raise ApiError(422, f"{where} holds token id {bad}; ids must be in [0, {vocab_size})", name)
@@ -180,8 +181,8 @@ def completion_request(body: dict, vocab_size: int, limits: Limits) -> Completio
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise ApiError(422, "stop must be a non-empty string or an array of them", "stop")
     if len(stop) > limits.max_stop or any(len(s) > limits.max_stop_chars for s in stop):
-        raise ApiError(422, f"stop takes at most {limits.max_stop} strings of at most {limits.max_stop_chars} "
-                            f"characters", "stop")
+        raise ApiError(422, f"stop takes at most {limits.max_stop} strings of at most "
+                            f"{limits.max_stop_chars} characters", "stop")
     options = body.get("stream_options")
     if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
         raise ApiError(422, "stream_options must be an object with at most include_usage", "stream_options")
@@ -219,8 +220,8 @@ def embedding_request(body: dict, vocab_size: int, layers: int, limits: Limits) 
     if fmt not in ("float", "base64"):
         raise ApiError(422, f"encoding_format must be float or base64, got {fmt!r}", "encoding_format")
     string(body, "user")
-    return EmbeddingRequest(model=string(body, "model"),
-                            inputs=prompt_input(body.get("input"), "input", vocab_size, True, limits.max_inputs),
+    inputs = prompt_input(body.get("input"), "input", vocab_size, True, limits.max_inputs)
+    return EmbeddingRequest(model=string(body, "model"), inputs=inputs,
                             base64=fmt == "base64", layer=integer(body, "layer", -1, -layers, layers - 1),
                             dimensions=integer(body, "dimensions", None, 1, 1 << 20))
 
