@@ -8,16 +8,19 @@ the benchmarks' "small" GPT-2 shape (4 layers, width 256, 4 heads, 512 positions
 weights over a character vocabulary, so one token is one character and the first streamed text is
 the first token.
 
-Per level: tokens/s (completion tokens of every request / wall seconds of the level), time to first
-token (request sent -> first chunk with text) and request latency (sent -> `data: [DONE]`), p50 and
-p99. Every level sends the same numbered requests (prompt and seed i), and each must come back
-exactly once: a 200, an id no other response has, a final chunk with finish_reason "length", the
-usage chunk with 64 completion tokens, and [DONE]; "lost" and "dup" count the failures (both 0 is a
-pass). "same" counts the requests whose text equals the text the same request got at level 1
-(alone), showing that sharing a batch does not change what a request gets, float rounding aside.
-The server's /healthz after each level: nothing running, no cache held, and the resident memory.
+Per level: tokens/s (completion tokens of the level's requests / its wall seconds; the median of
+`--repeats` rounds run interleaved, 1, 4, 16, 64, 1, 4, ..., so that a busy patch of this shared
+machine hits every level), time to first token (request sent -> first chunk with text) and request
+latency (sent -> `data: [DONE]`), p50 and p99 over every request of the level. Request i has prompt
+and seed i at every level, and each must come back exactly once: a 200, an id no other response of
+the whole run has, a final chunk with finish_reason "length", the usage chunk with 64 completion
+tokens, and [DONE]; "lost" and "dup" count the failures (both 0 is a pass). "same" counts the
+requests whose text equals the text request i got when it ran alone (one client, first), showing
+that sharing a batch does not change what a request gets. The server's /healthz after each level:
+nothing running, no cache held, and the resident memory.
 
-    python benchmarks/serve.py [--levels 1,4,16,64] [--requests N] [--tokens 64] [--out NAME|PATH]
+    python benchmarks/serve.py [--levels 1,4,16,64] [--requests N] [--tokens 64] [--repeats 3]
+                               [--out NAME|PATH]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -130,7 +134,8 @@ async def one(host, port, i: int, tokens: int) -> dict:
     return out
 
 
-async def level(host, port, clients: int, requests: int, tokens: int) -> tuple[dict, list[dict]]:
+async def level(host, port, clients: int, requests: int, tokens: int) -> tuple[float, list[dict]]:
+    """Requests 0 .. requests-1 through `clients` concurrent clients: (wall seconds, results by number)."""
     queue = list(range(requests))
     results: list[dict] = []
 
@@ -140,21 +145,30 @@ async def level(host, port, clients: int, requests: int, tokens: int) -> tuple[d
 
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    wall = time.perf_counter() - start
-    good = [r for r in results if r["status"] == 200 and r["done"] and r["finish"] == "length"
-            and r["usage"] == tokens and len(r["ids"]) == 1]
-    ids = [next(iter(r["ids"])) for r in good]
+    return time.perf_counter() - start, sorted(results, key=lambda r: r["i"])
+
+
+def summary(clients: int, runs: list[tuple[float, list[dict]]], tokens: int, alone: dict) -> dict:
+    """A table row from the level's repeats: tokens/s of the median repeat, percentiles of every request."""
+    good, rates, sent, same = [], [], 0, 0
+    for wall, results in runs:
+        ok = [r for r in results if r["status"] == 200 and r["done"] and r["finish"] == "length"
+              and r["usage"] == tokens and len(r["ids"]) == 1]
+        good += ok
+        sent += len(results)
+        rates.append(sum(r["usage"] for r in ok) / wall)
+        same += sum(r["text"] == alone.get(r["i"]) for r in results)
     ttft = sorted(r["ttft"] for r in good)
     latency = sorted(r["latency"] for r in good)
-    row = {"clients": clients, "requests": requests, "tokens": sum(r["usage"] for r in good),
-           "wall_s": round(wall, 3), "tokens_per_s": round(sum(r["usage"] for r in good) / wall, 1),
-           "ttft_p50_ms": round(1000 * _quantile(ttft, 0.5), 1),
-           "ttft_p99_ms": round(1000 * _quantile(ttft, 0.99), 1),
-           "latency_p50_ms": round(1000 * _quantile(latency, 0.5), 1),
-           "latency_p99_ms": round(1000 * _quantile(latency, 0.99), 1),
-           "lost": requests - len(good), "dup": len(ids) - len(set(ids))
-           + (len(results) - len({r["i"] for r in results}))}
-    return row, sorted(results, key=lambda r: r["i"])
+    ids = [next(iter(r["ids"])) for r in good]
+    return {"clients": clients, "requests": sent, "tokens": sum(r["usage"] for r in good),
+            "tokens_per_s": round(statistics.median(rates), 1),
+            "tokens_per_s_repeats": [round(x, 1) for x in rates],
+            "ttft_p50_ms": round(1000 * _quantile(ttft, 0.5), 1),
+            "ttft_p99_ms": round(1000 * _quantile(ttft, 0.99), 1),
+            "latency_p50_ms": round(1000 * _quantile(latency, 0.5), 1),
+            "latency_p99_ms": round(1000 * _quantile(latency, 0.99), 1),
+            "lost": sent - len(good), "dup": len(ids) - len(set(ids)), "same": same, "ids": ids}
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -163,26 +177,29 @@ def _quantile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
 
 
-async def run(host, port, levels, requests, tokens) -> list[dict]:
+async def run(host, port, levels, requests, tokens, repeats) -> list[dict]:
+    """Every level `repeats` times, interleaved (1, 4, 16, 64, 1, 4, ...): a busy patch of a shared
+    machine then hits every level instead of one."""
     await level(host, port, 4, 8, tokens)  # warm-up: the first requests pay for lazy imports
-    rows, alone = [], None
-    for clients in levels:
-        n = max(requests, 2 * clients)
-        row, results = await level(host, port, clients, n, tokens)
-        texts = {r["i"]: r["text"] for r in results}
-        if alone is None:
-            alone = texts
-        row["same"] = sum(texts.get(i) == t for i, t in alone.items() if i in texts)
-        row["compared"] = len([i for i in alone if i in texts])
-        health = await get_json(host, port, "/healthz")
-        row["after"] = {k: health[k] for k in ("running", "waiting", "rows", "cache_bytes", "rss_bytes")}
-        rows.append(row)
-        common.log(f"{clients:>3} clients: {row['tokens_per_s']:,.0f} tok/s, ttft p50 {row['ttft_p50_ms']} "
-                   f"ms, latency p50/p99 {row['latency_p50_ms']}/{row['latency_p99_ms']} ms, lost "
-                   f"{row['lost']}, dup {row['dup']}, same as alone {row['same']}/{row['compared']}")
-    base = rows[0]["tokens_per_s"]
+    runs: dict[int, list] = {c: [] for c in levels}
+    _, first = await level(host, port, 1, max(requests, 2 * max(levels)), tokens)  # each request alone
+    alone = {r["i"]: r["text"] for r in first}
+    after = {}
+    for repeat in range(repeats):
+        for clients in levels:
+            runs[clients].append(await level(host, port, clients, max(requests, 2 * clients), tokens))
+            health = await get_json(host, port, "/healthz")
+            after[clients] = {k: health[k] for k in ("running", "waiting", "rows", "cache_bytes",
+                                                     "rss_bytes")}
+            wall, results = runs[clients][-1]
+            rate = sum(r["usage"] or 0 for r in results) / wall
+            common.log(f"repeat {repeat + 1}: {clients:>3} clients, {rate:,.0f} tok/s")
+    rows = [summary(c, runs[c], tokens, alone) | {"after": after[c]} for c in levels]
+    everything = [i for row in rows for i in row.pop("ids")]
     for row in rows:
-        row["speedup_ratio"] = round(row["tokens_per_s"] / base, 2)
+        row["speedup_ratio"] = round(row["tokens_per_s"] / rows[0]["tokens_per_s"], 2)
+    if len(set(everything)) != len(everything):
+        rows[-1]["dup"] += len(everything) - len(set(everything))  # an id answered in two levels
     return rows
 
 
@@ -191,6 +208,7 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", default="1,4,16,64")
     parser.add_argument("--requests", type=int, default=16, help="requests per level (at least 2 per client)")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over the levels (interleaved)")
     parser.add_argument("--out", default="serve", help="benchmarks/results/NAME.json, or a path with a /")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
@@ -200,7 +218,7 @@ def main(argv=None) -> int:
         proc, host, port = start_server(model_dir, max(levels))
         try:
             idle = asyncio.run(get_json(host, port, "/healthz"))["rss_bytes"]
-            rows = asyncio.run(run(host, port, levels, args.requests, args.tokens))
+            rows = asyncio.run(run(host, port, levels, args.requests, args.tokens, args.repeats))
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -18,9 +18,11 @@ spec.loader.exec_module(serve_bench)
 @pytest.mark.slow
 def test_the_load_test_runs(tmp_path):
     out = tmp_path / "serve.json"
-    assert serve_bench.main(["--levels", "1,3", "--requests", "3", "--tokens", "5", "--out", str(out)]) == 0
+    argv = ["--levels", "1,3", "--requests", "3", "--tokens", "5", "--repeats", "2", "--out", str(out)]
+    assert serve_bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["pass"] and [r["clients"] for r in result["levels"]] == [1, 3]
     for row in result["levels"]:
         assert row["lost"] == 0 and row["dup"] == 0 and row["tokens"] == row["requests"] * 5
+        assert row["same"] == row["requests"]
         assert row["after"]["running"] == 0 and row["after"]["cache_bytes"] == 0

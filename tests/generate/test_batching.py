@@ -32,12 +32,13 @@ def settings(options: dict) -> dict:
                 num_return_sequences=1) | options
 
 
-def run_schedule(model, schedule, eos=None):
+def run_schedule(model, schedule, eos=None, together=True):
     """Drive a BatchDecoder the way the server does: {request index: generated rows (n, new)}."""
     batch = BatchDecoder(model)
     device = next(model.parameters()).device
     live, logits, out, step = {}, {}, {}, 0
     while len(out) < len(schedule):
+        arrivals = {}
         for key, (arrive, prompt, max_new, options) in enumerate(schedule):
             if arrive == step:
                 o = settings(options)
@@ -46,7 +47,12 @@ def run_schedule(model, schedule, eos=None):
                 rule = DecodeRule(ids, None, o["do_sample"], o["temperature"], o["top_k"], o["top_p"],
                                   o["repetition_penalty"], eos, generator, pad=0)
                 live[key] = (rule, max_new, [])
-                logits[key] = batch.add(key, ids)
+                arrivals[key] = ids
+        # Prompts arriving together are read together (one left-padded forward for a KV cache).
+        if together:
+            logits.update(batch.add_many(arrivals))
+        else:
+            logits.update({k: batch.add(k, v) for k, v in arrivals.items()})
         feed = {}
         for key, (rule, max_new, produced) in list(live.items()):
             token = rule.pick(logits[key])
@@ -101,6 +107,15 @@ def test_end_of_text_stops_a_request_and_frees_its_rows(gpt2):
     got, want = run_schedule(gpt2, schedule, eos), expected(gpt2, schedule, eos)
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert got[0].shape[1] <= 4  # stopped at (or before) the eos it was given
+
+
+def test_prompts_read_one_by_one_give_the_same_tokens(gpt2):
+    model = gpt2.double()
+    try:
+        got, want = run_schedule(model, SCHEDULE, together=False), expected(model, SCHEDULE)
+    finally:
+        gpt2.float()
+    assert all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_a_row_alone_gets_bitwise_the_logits_of_the_model(gpt2):

@@ -3,6 +3,7 @@ forward per step serves every request in flight (Yu et al. 2022, "Orca", iterati
 
     batch = BatchDecoder(model)
     logits = batch.add(key, ids)               # a prompt (n, T), n rows -> next-token logits (n, V)
+    out = batch.add_many({key: ids, ...})      # several at once (kv_cache: one padded forward)
     out = batch.step({key: [token, ...], ...})  # one token for every row of every key -> {key: (n, V)}
     batch.remove(key)                          # its rows leave; the others go on
 
@@ -19,10 +20,11 @@ model's declared decoding state (`spec_of(model).state`), never on its family:
   and needs no padding, so rows whose memories have the same length share a forward (rows that
   started together step together; groups merge as soon as their memories are equally long).
 
-A prompt is read alone, as `lmlab.generate` reads it (kv_cache: at once; memory: in segments of
-tgt_len), into a state of its own rows, which then joins the batch. The tokens equal those of
-`lmlab.generate(model, prompt)` with the same rule: exactly while the row is alone, and up to the
-float rounding of a batched matmul beside other rows (tests/generate/test_batching.py checks both).
+A prompt is read as `lmlab.generate` reads it (kv_cache: at once, several prompts that join together
+left-padded in one forward; memory: in segments of tgt_len, one prompt at a time) into state rows of
+its own, which then join the batch. The tokens equal those of `lmlab.generate(model, prompt)` with the
+same rule: exactly while the row is alone and unpadded, and up to the float rounding of a batched,
+masked matmul beside other rows (tests/generate/test_batching.py checks both).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmlab.errors import GenerationError
-from lmlab.generate.loop import check_generator
+from lmlab.generate.loop import check_generator, left_pad
 from lmlab.models.registry import spec_of
 from lmlab.nn.ragged_cache import RaggedKVCache
 from lmlab.nn.state import map_state
@@ -64,20 +66,29 @@ class BatchDecoder:
         """Bytes held by the batch's decoding state."""
         return self._rows.nbytes()
 
-    @torch.inference_mode()
     def add(self, key: Hashable, ids: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
         """Read the prompt rows `ids` (n, T) and add them to the batch: their next-token logits (n, V)."""
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
-        if ids.dim() != 2 or ids.shape[1] == 0:
-            raise GenerationError(f"a prompt is (rows, tokens) with at least one token, got "
-                                  f"{tuple(ids.shape)}")
-        if key in self._rows.keys():
-            raise GenerationError(f"{key!r} is already in the batch")
-        context = self.model.config.max_seq_len
-        if ids.shape[1] > context:
-            raise GenerationError(f"prompt of {ids.shape[1]} tokens is longer than the model's context "
-                                  f"({context})")
-        return self._rows.add(key, ids)
+        return self.add_many({key: ids})[key]
+
+    @torch.inference_mode()
+    def add_many(self, prompts: dict[Hashable, torch.Tensor | Sequence[Sequence[int]]]) -> dict:
+        """`add` for several requests at once: {key: logits (n, V)}. A kv_cache model reads their prompts
+        in one forward, left-padded as `lmlab.generate` reads prompts of different lengths; one prompt
+        alone is read unpadded, exactly as `lmlab.generate(model, prompt)` reads it."""
+        checked = {}
+        for key, ids in prompts.items():
+            ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+            if ids.dim() != 2 or ids.shape[1] == 0:
+                raise GenerationError(f"a prompt is (rows, tokens) with at least one token, got "
+                                      f"{tuple(ids.shape)}")
+            if key in self._rows.keys():
+                raise GenerationError(f"{key!r} is already in the batch")
+            context = self.model.config.max_seq_len
+            if ids.shape[1] > context:
+                raise GenerationError(f"prompt of {ids.shape[1]} tokens is longer than the model's context "
+                                      f"({context})")
+            checked[key] = ids
+        return self._rows.add_many(checked) if checked else {}
 
     @torch.inference_mode()
     def step(self, feed: dict[Hashable, Sequence[int]]) -> dict[Hashable, torch.Tensor]:
@@ -108,11 +119,22 @@ class _RaggedRows:
     def nbytes(self) -> int:
         return self.cache.nbytes
 
-    def add(self, key, ids):
-        fresh = RaggedKVCache(rows=ids.shape[0])
-        logits = self.model(ids, state=fresh, logits_to_keep=1).logits[:, -1]  # (n, V)
-        self.where[key] = self.cache.join(fresh)
-        return logits
+    def add_many(self, prompts):
+        rows = [row for ids in prompts.values() for row in ids.tolist()]
+        device = next(iter(prompts.values())).device
+        ids, mask = left_pad(rows, 0, device)  # left-padded = right-aligned: the cache's own layout
+        mask = None if bool(mask.all()) else mask
+        fresh = RaggedKVCache(rows=len(rows))
+        out = self.model(ids, attention_mask=mask, state=fresh, logits_to_keep=1)
+        fresh.lengths = [len(row) for row in rows]  # the pads in front are not tokens of the row
+        placed = self.cache.join(fresh)
+        logits, start, result = out.logits[:, -1], 0, {}  # (rows, V)
+        for key, ids in prompts.items():
+            n = ids.shape[0]
+            self.where[key] = placed[start:start + n]
+            result[key] = logits[start:start + n]
+            start += n
+        return result
 
     def step(self, feed):
         tokens = [0] * self.cache.rows
@@ -160,6 +182,9 @@ class _CarriedRows:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for g in self.groups for t in _tensors(g.state))
+
+    def add_many(self, prompts):
+        return {key: self.add(key, ids) for key, ids in prompts.items()}  # no padding: one prompt at a time
 
     def add(self, key, ids):
         n, T = ids.shape

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from lmlab.errors import ConfigError
 from lmlab.serve import routes as r
 from lmlab.serve.engine import Capacity, Engine
 from lmlab.serve.http import KeyCheck, api_error, http_error, server_error
@@ -36,6 +37,8 @@ from lmlab.serve.served import Served, can_generate
 def create_app(model, tokenizer, name: str, limits: Limits = Limits(), capacity: Capacity = Capacity(),
                api_key: str | None = None) -> Starlette:
     """The server's ASGI app for a loaded model and its tokenizer (the engine starts with the app)."""
+    if capacity.max_rows < limits.max_n:
+        raise ConfigError(f"the batch holds {capacity.max_rows} rows; one request may ask for {limits.max_n}")
     model.eval()
     engine = Engine(model, capacity, generates=can_generate(model))
     served = Served(model, tokenizer, name, limits, engine, api_key)

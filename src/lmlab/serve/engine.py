@@ -2,8 +2,9 @@
 
 One thread owns the model (torch work never runs on the event loop). Each turn of its loop:
 1. waiting requests join the running batch (`lmlab.generate.batching.BatchDecoder`), their prompts
-   read alone, within a budget of prompt tokens per turn so that running requests keep stepping;
-   queued jobs (`/v1/inspect`, `/v1/embeddings`) run;
+   read together in one forward (a KV-cache model; one by one otherwise), within a budget of prompt
+   tokens per turn so that running requests keep stepping; queued jobs (`/v1/inspect`,
+   `/v1/embeddings`) run;
 2. every running request picks its next tokens from its logits with its own
    `lmlab.generate.sampling.DecodeRule` (its sampling settings, seed and stop rules: `lmlab.generate`'s
    rule, row for row); the events of all requests go to their asyncio queues in one call;
@@ -176,11 +177,9 @@ class Engine:
                         break
                     work = self._admit()
                 events: list = []
-                for item in work:
-                    if isinstance(item, Job):
-                        self._run_job(item)
-                    else:
-                        self._start(item, events)
+                for job in (item for item in work if isinstance(item, Job)):
+                    self._run_job(job)
+                self._start([item for item in work if isinstance(item, Generation)], events)
                 feed = self._pick_all(events)
                 self._deliver(events)
                 self._step(feed)
@@ -220,24 +219,36 @@ class Engine:
         self.counts["jobs"] += 1
         job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
 
-    def _start(self, gen: Generation, events: list) -> None:
-        """Read the prompt of a request that joins the batch; its first token is picked with the others."""
-        if gen.cancelled:
-            self._leave(gen, "cancelled")
+    def _start(self, gens: list[Generation], events: list) -> None:
+        """Read the prompts of the requests that join the batch (in one forward where the model allows);
+        their first tokens are picked with the others'."""
+        prompts = {}
+        for gen in gens:
+            if gen.cancelled:
+                self._leave(gen, "cancelled")
+                continue
+            s = gen.sampling
+            ids = torch.tensor([gen.prompt] * s.n, device=self.device)
+            generator = None
+            if s.temperature > 0:
+                generator = torch.Generator(device=self.device)
+                generator.seed() if s.seed is None else generator.manual_seed(s.seed)
+            gen.rule = DecodeRule(ids, None, s.temperature > 0, s.temperature or 1.0, s.top_k or None,
+                                  s.top_p, s.repetition_penalty, s.eos, generator, list(s.stop) or None,
+                                  gen.codec, pad=s.eos if s.eos is not None else 0)
+            prompts[gen.key] = ids
+        if not prompts:
             return
-        s = gen.sampling
-        ids = torch.tensor([gen.prompt] * s.n, device=self.device)
-        generator = None
-        if s.temperature > 0:
-            generator = torch.Generator(device=self.device)
-            generator.seed() if s.seed is None else generator.manual_seed(s.seed)
-        gen.rule = DecodeRule(ids, None, s.temperature > 0, s.temperature or 1.0, s.top_k or None, s.top_p,
-                              s.repetition_penalty, s.eos, generator, list(s.stop) or None, gen.codec,
-                              pad=s.eos if s.eos is not None else 0)
         try:
-            gen.logits = self.batch.add(gen.key, ids)
+            logits = self.batch.add_many(prompts)
         except Exception as e:  # noqa: BLE001
-            self._fail(gen, _failure(e), events)
+            for gen in gens:
+                if gen.key in prompts:
+                    self._fail(gen, _failure(e), events)
+            return
+        for gen in gens:
+            if gen.key in logits:
+                gen.logits = logits[gen.key]
 
     def _pick_all(self, events: list) -> dict:
         feed = {}

@@ -4,9 +4,9 @@ its beginning until it is known not to be one; event names for a MIDI tokenizer.
 from __future__ import annotations
 
 import pytest
-from fake_midi import FakeMidiTokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from serve_fake_midi import FakeMidiTokenizer
 
 from lmlab.serve.codec import ChoiceText, EventNames, TextCodec, held_back
 from lmlab.serve.protocol import ApiError

@@ -1,6 +1,6 @@
 """Music models (a MIDI tokenizer): the card says so, prompts are spelled by the tokenizer, completions
 stream event names, and /v1/midi/render gives the notes and a MIDI file. Checked with a stand-in
-tokenizer that has the music family's interface (tests/serve/fake_midi.py)."""
+tokenizer that has the music family's interface (tests/serve/serve_fake_midi.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import base64
 
 import pytest
 import torch
-from fake_midi import FakeMidiTokenizer
+from serve_fake_midi import FakeMidiTokenizer
 from serve_helpers import post, request, served_model
 
 import lmlab

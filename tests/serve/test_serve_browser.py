@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_midi import FakeMidiTokenizer
+from serve_fake_midi import FakeMidiTokenizer
 from serve_helpers import post, served, served_model
 
 import lmlab
