@@ -170,6 +170,11 @@ def test_embeddings_are_lmlab_embed_mean_pooled(server, gpt2_chars_dir):
         got = torch.tensor([d["embedding"] for d in out["data"]])
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert out["usage"]["prompt_tokens"] == 16 and [d["index"] for d in out["data"]] == [0, 1]
+    assert post(url + "/v1/embeddings", {"input": "a", "dimensions": 48})[0] == 200
+    status, out, _ = post(url + "/v1/embeddings", {"input": "a", "dimensions": 7})
+    assert status == 422 and "dimensions must be 48" in out["error"]["message"]
+    status, out, _ = post(url + "/v1/embeddings", {"input": "a", "layer": 3})
+    assert status == 422 and "layer must be in [-3, 2]" in out["error"]["message"]
 
 
 def test_an_encoder_serves_embeddings_only(tiny_model_dir):

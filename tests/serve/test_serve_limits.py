@@ -131,6 +131,17 @@ def test_keys(gpt2_dir):
         assert status == 200
 
 
+def test_a_loopback_server_answers_only_to_loopback_names(server):
+    """No DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 gets nothing."""
+    url, _ = server
+    port = url.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+        assert request(url + "/v1/models", headers={"Host": host})[0] == 200, host
+    for host in (f"evil.example:{port}", "127.0.0.1.evil.example", "", f"[::2]:{port}"):
+        status, out, _ = request(url + "/v1/models", headers={"Host": host})
+        one_line_error(status, out, 421, "this server answers to")
+
+
 def slow_steps(engine, seconds: float):
     """Make every decoding step of `engine` take `seconds` longer (a model big enough to watch)."""
     step = engine.batch.step
@@ -151,7 +162,7 @@ def test_a_client_that_disconnects_frees_its_rows(gpt2_dir):
         sock = socket.create_connection(("127.0.0.1", port))
         body = {"prompt": "the cat", "max_tokens": 100, "stream": True, "ignore_eos": True}
         body = json.dumps(body).encode()
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         wait_until(lambda: engine.status()["rows"] == 1, what="the stream to run")
@@ -162,7 +173,7 @@ def test_a_client_that_disconnects_frees_its_rows(gpt2_dir):
         # Waiting for a whole (non-streamed) response, then gone.
         sock = socket.create_connection(("127.0.0.1", port))
         body = json.dumps({"prompt": "the cat", "max_tokens": 100, "ignore_eos": True}).encode()
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         wait_until(lambda: engine.status()["rows"] == 1, what="the request to run")
         sock.close()

@@ -29,14 +29,15 @@ from starlette.routing import Route
 from lmlab.errors import ConfigError
 from lmlab.serve import routes as r
 from lmlab.serve.engine import Capacity, Engine
-from lmlab.serve.http import KeyCheck, api_error, http_error, server_error
+from lmlab.serve.http import LOOPBACK, HostCheck, KeyCheck, api_error, http_error, server_error
 from lmlab.serve.protocol import ApiError, Limits
 from lmlab.serve.served import Served, can_generate
 
 
 def create_app(model, tokenizer, name: str, limits: Limits = Limits(), capacity: Capacity = Capacity(),
-               api_key: str | None = None) -> Starlette:
-    """The server's ASGI app for a loaded model and its tokenizer (the engine starts with the app)."""
+               api_key: str | None = None, hosts: tuple[str, ...] | None = LOOPBACK) -> Starlette:
+    """The server's ASGI app for a loaded model and its tokenizer (the engine starts with the app).
+    `hosts`: the Host names it answers to (None: any, for a server on a public interface)."""
     if capacity.max_rows < limits.max_n:
         raise ConfigError(f"the batch holds {capacity.max_rows} rows; one request may ask for {limits.max_n}")
     model.eval()
@@ -61,7 +62,7 @@ def create_app(model, tokenizer, name: str, limits: Limits = Limits(), capacity:
             await asyncio.to_thread(engine.stop)
 
     handlers = {ApiError: api_error, HTTPException: http_error, Exception: server_error}
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(KeyCheck, key=api_key)],
-                    exception_handlers=handlers)
+    middleware = [Middleware(HostCheck, hosts=hosts), Middleware(KeyCheck, key=api_key)]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers=handlers)
     app.state.served = served
     return app

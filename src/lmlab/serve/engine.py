@@ -16,8 +16,9 @@ Limits: at most `max_running` requests and `max_rows` rows (n per request) decod
 without bound. A request whose client went away is cancelled: it leaves at the next turn.
 
 A failure inside one request (non-finite logits: a broken model) ends that request with an error event;
-a failure of the batch step ends every running request with one and starts a new, empty batch. The
-traceback goes to the server's log, never to a client.
+any other failure of a turn (the batch step) ends every running request with one and starts a new,
+empty batch, so the engine outlives its bugs. The traceback goes to the server's log, never to a
+client.
 """
 
 from __future__ import annotations
@@ -176,16 +177,33 @@ class Engine:
                     if self._stopping:
                         break
                     work = self._admit()
-                events: list = []
-                for job in (item for item in work if isinstance(item, Job)):
-                    self._run_job(job)
-                self._start([item for item in work if isinstance(item, Generation)], events)
-                feed = self._pick_all(events)
-                self._deliver(events)
-                self._step(feed)
+                try:
+                    self._turn(work)
+                except Exception as e:  # noqa: BLE001 - a bug must not stop the engine: fail, start afresh
+                    self._reset(e)
         events = []
         for gen in list(self._running.values()):
             self._fail(gen, Failure(503, "the server is shutting down"), events)
+        self._deliver(events)
+
+    def _turn(self, work: list) -> None:
+        events: list = []
+        for job in (item for item in work if isinstance(item, Job)):
+            self._run_job(job)
+        self._start([item for item in work if isinstance(item, Generation)], events)
+        feed = self._pick_all(events)
+        self._deliver(events)
+        if feed:
+            logits = self.batch.step(feed)
+            for key, value in logits.items():
+                self._running[key].logits = value
+
+    def _reset(self, error: Exception) -> None:
+        """The batch's state is unknown: every running request fails (one line), a new batch starts."""
+        self.batch = BatchDecoder(self.model) if self.batch is not None else None
+        failure, events = _failure(error), []
+        for gen in list(self._running.values()):
+            self._fail(gen, failure, events)
         self._deliver(events)
 
     def _admit(self) -> list:
@@ -297,21 +315,6 @@ class Engine:
             return None
         return tokens
 
-    def _step(self, feed: dict) -> None:
-        if not feed:
-            return
-        try:
-            logits = self.batch.step(feed)
-        except Exception as e:  # noqa: BLE001 - the batch's state is unknown now: start a new one
-            failure, events = _failure(e), []
-            for gen in list(self._running.values()):
-                self._fail(gen, failure, events)
-            self._deliver(events)
-            self.batch = BatchDecoder(self.model)
-            return
-        for key, value in logits.items():
-            self._running[key].logits = value
-
     def _fail(self, gen: Generation, failure: Failure, events: list) -> None:
         events.append((gen, ("error", failure)))
         self._leave(gen, "failed")
@@ -322,7 +325,7 @@ class Engine:
                 return
             self._rows -= gen.sampling.n
             self.counts[outcome] += 1
-        if gen.key in self.batch.keys:
+        if self.batch is not None and gen.key in self.batch.keys:
             self.batch.remove(gen.key)
         gen.rule = gen.logits = None
 

@@ -5,8 +5,9 @@ Safety: a body is read up to `limit` bytes (413, before reading when Content-Len
 sent as application/json (415: a page on another site cannot send that without asking first) and
 parse as a JSON object (400/422). With a key, every route but /healthz needs
 `Authorization: Bearer KEY`, or HTTP Basic with the key as the password (what a browser asks for on
-the page). A client that disconnects, while it waits or while it reads, cancels the work behind its
-request. A traceback goes to the server's log only.
+the page). On the loopback interface the server answers only to loopback host names (421 otherwise:
+no DNS rebinding). A client that disconnects, while it waits or while it reads, cancels the work
+behind its request. A traceback goes to the server's log only.
 """
 
 from __future__ import annotations
@@ -78,6 +79,33 @@ class KeyCheck:
                 return False
             return hmac.compare_digest(credentials, self.key)
         return False
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+class HostCheck:
+    """Requests must name one of `hosts` in their Host header (any host when None). A server on the
+    loopback interface answers only to loopback names: a web page whose own name an attacker points
+    at 127.0.0.1 (DNS rebinding) would otherwise talk to it as its own origin."""
+
+    def __init__(self, app, hosts: tuple[str, ...] | None):
+        self.app, self.hosts = app, None if hosts is None else {h.lower() for h in hosts}
+
+    async def __call__(self, scope, receive, send):
+        if self.hosts is None or scope["type"] != "http" or host_name(scope) in self.hosts:
+            return await self.app(scope, receive, send)
+        error = ApiError(421, f"this server answers to {', '.join(sorted(self.hosts))}, not to the Host "
+                              f"{host_name(scope)[:60]!r}")
+        await error_response(error)(scope, receive, send)
+
+
+def host_name(scope) -> str:
+    """The Host header without its port ("[::1]:8000" -> "::1")."""
+    value = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1").strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
 def refuse_busy(busy: Busy) -> ApiError:

@@ -120,9 +120,6 @@ async def embeddings(request: Request) -> Response:
     req = embedding_request(await read_body(request, s.limits.max_body), s.net.config.vocab_size, s.layers,
                             s.limits)
     s.check_model(req.model)
-    width = s.net.config.d_model
-    if req.dimensions is not None and req.dimensions != width:
-        raise ApiError(422, f"dimensions must be {width} (the model's width) or absent", "dimensions")
     texts = [t if isinstance(t, str) else s.codec.decode(t) for t in req.inputs]
     counts = await asyncio.to_thread(lambda: [len(s.codec.encode(t)) for t in texts])
     extra = 2 if s.spec.kind == "masked_lm" else 0  # [CLS] ... [SEP]
@@ -133,6 +130,9 @@ async def embeddings(request: Request) -> Response:
     layer = parse_layers([req.layer], s.layers)[0]
     tensors = await run_job(request, lambda: embed_texts(s.model, s.tokenizer, texts, [layer], pool="mean"))
     vectors = tensors[f"layer.{layer}"].float()  # (N, D)
+    if req.dimensions is not None and req.dimensions != vectors.shape[1]:
+        raise ApiError(422, f"dimensions must be {vectors.shape[1]} (the model's width) or absent",
+                       "dimensions")
     data = []
     for i, v in enumerate(vectors):
         value = v.tolist()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -9,12 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmlab.checkpoints.io import load
-from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError, TokenizerError
 from lmlab.options import option
-from lmlab.serve.engine import Capacity
-from lmlab.serve.protocol import Limits
 
 KEY_ENV = "LMLAB_API_KEY"
 
@@ -64,9 +61,14 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve_command(o: ServeOptions, out=sys.stdout) -> int:
     """Load the model, then serve until interrupted."""
-    import uvicorn
+    import uvicorn  # here, not at the top: `lmlab --help` builds every command's parser from this file
 
+    from lmlab.checkpoints.io import load
+    from lmlab.devices import resolve_device
     from lmlab.serve.app import create_app
+    from lmlab.serve.engine import Capacity
+    from lmlab.serve.http import LOOPBACK
+    from lmlab.serve.protocol import Limits
 
     check_options(o)
     model, tokenizer = load(o.model_dir, device=resolve_device(o.device))
@@ -76,9 +78,12 @@ def serve_command(o: ServeOptions, out=sys.stdout) -> int:
     limits = Limits(max_tokens=o.max_tokens, max_prompt_tokens=o.max_prompt_tokens, max_body=o.max_body)
     capacity = Capacity(max_running=o.max_running, max_queue=o.max_queue,
                         max_rows=max(o.max_running, 2 * Limits.max_n))
-    app = create_app(model, tokenizer, name, limits, capacity, o.api_key or os.environ.get(KEY_ENV) or None)
     sock = listen(o.host, o.port)
     host, port = sock.getsockname()[:2]
+    # On loopback, answer only to loopback names (no DNS rebinding); elsewhere, to any name.
+    hosts = (*LOOPBACK, o.host) if ipaddress.ip_address(host).is_loopback else None
+    app = create_app(model, tokenizer, name, limits, capacity, o.api_key or os.environ.get(KEY_ENV) or None,
+                     hosts)
     shown = f"[{host}]" if ":" in host else host
     print(f"lmlab serve: {name} on http://{shown}:{port}/ (API: /v1, page: /)", file=out, flush=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
