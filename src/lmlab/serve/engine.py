@@ -102,8 +102,10 @@ class Generation:
         self.queue.put_nowait(("gone",))  # wakes whoever waits for the next event
 
 
-@dataclass
+@dataclass(eq=False)  # found in the queue by identity
 class Job:
+    """Other model work (inspect, embeddings, MIDI rendering), run on the model's thread between turns."""
+
     run: Callable[[], object]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
