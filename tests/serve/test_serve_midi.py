@@ -1,6 +1,7 @@
 """Music models (a MIDI tokenizer): the card says so, prompts are spelled by the tokenizer, completions
 stream event names, and /v1/midi/render gives the notes and a MIDI file. Checked with a stand-in
-tokenizer that has the music family's interface (tests/serve/serve_fake_midi.py)."""
+tokenizer that has the music family's interface (tests/serve/serve_fake_midi.py), and with the music
+family's own MIDI tokenizer (lmlab.tokenizers.midi) from a saved model dir."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import base64
 import pytest
 import torch
 from serve_fake_midi import FakeMidiTokenizer
-from serve_helpers import post, request, served_model
+from serve_helpers import post, request, served, served_model
 
 import lmlab
 
@@ -57,8 +58,27 @@ def test_music_errors(music, gpt2_chars_dir):
     assert status == 422 and "unknown event token 'note:99'" in out["error"]["message"]
     status, out, _ = post(url + "/v1/midi/render", {"text": "bogus"})
     assert status == 422
-    from serve_helpers import served
 
     with served(gpt2_chars_dir) as (text_url, _):
         status, out, _ = post(text_url + "/v1/midi/render", {"text": "a"})
         assert status == 400 and "has no midi" in out["error"]["message"]
+
+
+def test_the_music_familys_own_tokenizer(tiny_model_dir):
+    """The MIDI tokenizer lmlab ships (kind midi, MuseNet-style events), from a saved model dir."""
+    midi_module = pytest.importorskip("lmlab.tokenizers.midi")
+    tok = midi_module.MidiTokenizer("musenet")
+    model_dir = tiny_model_dir("gpt2", tok, init_std=0.4)
+    with served(model_dir) as (url, _):
+        card = request(url + "/v1/models")[1]["data"][0]["lmlab"]
+        assert card["midi"]["composers"] == tok.composers and "violin" in card["midi"]["instruments"]
+        prompt = post(url + "/v1/midi/prompt", {"composer": "bach", "instruments": ["violin"]})[1]["prompt"]
+        assert prompt == "composer:bach instrument:violin <start>"
+        body = {"prompt": prompt, "max_tokens": 60, "temperature": 1.0, "seed": 0, "ignore_eos": True}
+        out = post(url + "/v1/completions", body)[1]
+        ids = [tok.token_to_id(name) for name in (prompt + out["choices"][0]["text"]).split()]
+        assert len(ids) == 63 and None not in ids
+        status, rendered, _ = post(url + "/v1/midi/render", {"text": prompt + out["choices"][0]["text"]})
+        assert status == 200 and rendered["steps_per_quarter"] == tok.settings.steps_per_quarter
+        assert rendered["notes"] == [list(n) for n in tok.decode_notes(ids)] and rendered["notes"]
+        assert base64.b64decode(rendered["midi"]).startswith(b"MThd")
