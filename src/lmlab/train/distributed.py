@@ -45,6 +45,17 @@ def mean_over_ranks(value: torch.Tensor, d: Dist) -> torch.Tensor:
     return value
 
 
+def average_gradients(params: list[torch.Tensor], d: Dist) -> None:
+    """Average the gradients of parameters DDP does not hold (an objective's own) over the ranks.
+    Every rank has gradients for the same parameters (what is trained is a function of the step)."""
+    if not d.enabled:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= d.world_size
+
+
 def gather_rows(t: torch.Tensor, d: Dist) -> torch.Tensor:
     """Every rank's `t` (same shape on each) concatenated along dim 0 in rank order."""
     if not d.enabled:

@@ -127,7 +127,6 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
     cfg = train_config(train_values)
     settings = dict(model=model, preset=preset, data=data, valid=valid, tokenizer=tokenizer,
                     vocab_size=vocab_size, overrides=overrides or {}, **(recipe_options or {}), **asdict(cfg))
-    objective = recipe.make_objective(options)
     overrides = recipe.config_overrides(overrides or {}, cfg.seq_len)
     tokenizer = tokenizer or family.tokenizer
     device = resolve_device(cfg.device)
@@ -149,6 +148,8 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
                               f"{config.max_seq_len}; lower it or pass --set max_seq_len={cfg.seq_len}")
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
         net = family.model(config)
+        # After the model: parameters an objective makes draw from the RNG after the model's weights.
+        objective = recipe.make_objective(options, config, cfg)
         net.family = model
         if recipe.fit_model is not None:
             recipe.fit_model(net, tok)

@@ -30,6 +30,7 @@ OPTIMIZER = "optimizer.safetensors"
 OPTIMIZER_LAYOUT = 2
 TRAINER_STATE = "trainer_state.json"
 CARRIED = "carried.safetensors"
+OBJECTIVE = "objective.safetensors"  # an objective's own parameters (training-only output layers)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -104,14 +105,17 @@ def all_finite(model: torch.nn.Module) -> bool:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, trainer_state: dict,
-                    carried: dict[str, torch.Tensor] | None = None) -> Path:
+                    carried: dict[str, torch.Tensor] | None = None,
+                    objective: dict[str, torch.Tensor] | None = None) -> Path:
     """Write checkpoints/step-N atomically; CheckpointError if a weight is not finite.
 
-    `carried` (tensor name -> tensor, may be empty) goes to carried.safetensors when given."""
+    `carried` (tensor name -> tensor, may be empty) goes to carried.safetensors when given, an
+    objective's own parameters (`objective`) to objective.safetensors."""
     if not all_finite(model):
         raise CheckpointError(f"refusing to write checkpoint step-{step}: the model has non-finite weights")
-    if carried is not None and not all(bool(torch.isfinite(t).all()) for t in carried.values()):
-        raise CheckpointError(f"refusing to write checkpoint step-{step}: the carried state is not finite")
+    for what, tensors in (("carried state", carried), ("objective's parameters", objective)):
+        if tensors is not None and not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
+            raise CheckpointError(f"refusing to write checkpoint step-{step}: the {what} is not finite")
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
@@ -122,8 +126,9 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, train
     _fault("weights")
     tensors, groups = optimizer_tensors(optimizer)
     save_file(tensors, str(tmp / OPTIMIZER))
-    if carried is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in carried.items()}, str(tmp / CARRIED))
+    for name, tensors in ((CARRIED, carried), (OBJECTIVE, objective)):
+        if tensors is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
     _fault("optimizer")
     state = {**trainer_state, "step": step, "optimizer_groups": groups, "optimizer_layout": OPTIMIZER_LAYOUT,
              "rng": rng_state()}
@@ -271,3 +276,19 @@ def load_carried(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} has no {CARRIED}: the run that wrote it carried no state, so "
                               "this objective (e.g. Transformer-XL memory) cannot resume from it")
     return load_file(str(file))
+
+
+def load_objective(path: Path, module: torch.nn.Module) -> None:
+    """Restore an objective's own parameters from checkpoint `path` (verified by resume_point first)."""
+    file = path / OBJECTIVE
+    if not file.is_file():
+        raise CheckpointError(f"{path} has no {OBJECTIVE}: the run that wrote it trained no parameters of "
+                              "its objective (e.g. other auxiliary-loss switches), so this run cannot resume "
+                              "from it")
+    tensors = load_file(str(file))
+    own = module.state_dict()
+    if set(tensors) != set(own) or any(tensors[k].shape != own[k].shape for k in own):
+        raise CheckpointError(f"{file}: the objective's parameters {sorted(tensors)[:4]} do not fit this "
+                              f"objective's {sorted(own)[:4]} (other auxiliary-loss switches or model "
+                              f"shape?)")
+    module.load_state_dict(tensors)
