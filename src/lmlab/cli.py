@@ -249,7 +249,7 @@ def cmd_inspect(o) -> int:
     from lmlab.eval.inspect import inspect_command
 
     result = inspect_command(o.model_dir, o.text, o.out, json_path=o.json, unit="bits" if o.bits else "nats",
-                             stride=o.stride, per_strip=o.per_strip, device=o.device)
+                             stride=o.stride, per_strip=o.per_strip, device=o.device, seed_text=o.seed_text)
     print(f"{len(result['tokens'])} tokens, mean loss {result['mean_loss']:.4f} {result['unit']}; "
           f"wrote {o.out}")
     return 0

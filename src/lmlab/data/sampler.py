@@ -32,7 +32,7 @@ def _where(shard) -> str:
     return str(getattr(shard, "path", "token array"))
 
 
-def _check(shard, seq_len: int, batch_size: int, rank: int, world_size: int) -> None:
+def _check(shard, seq_len: int, batch_size: int, rank: int, world_size: int, ahead: int = 1) -> None:
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size), ("world_size", world_size)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -41,8 +41,8 @@ def _check(shard, seq_len: int, batch_size: int, rank: int, world_size: int) -> 
     if batch_size % world_size:
         raise ConfigError(f"global batch size {batch_size} is not divisible by the {world_size} processes")
     n = len(_tokens(shard))
-    if n < seq_len + 1:
-        raise DataError(f"{_where(shard)} has {n} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+    if n < seq_len + ahead:
+        raise DataError(f"{_where(shard)} has {n} tokens, fewer than seq_len + {ahead} = {seq_len + ahead}")
 
 
 def _gather(tokens: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
@@ -100,11 +100,11 @@ class RandomWindowSampler(Stepper):
 
     def __init__(self, shard, seq_len: int, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, ahead: int = 1):
-        _check(shard, seq_len + ahead - 1, batch_size, rank, world_size)
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         if not isinstance(ahead, (int, np.integer)) or ahead < 1:
             raise ConfigError(f"ahead must be a positive integer, got {ahead!r}")
+        _check(shard, seq_len, batch_size, rank, world_size, ahead)
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         self.shard, self.seq_len, self.batch_size = shard, int(seq_len), int(batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.ahead = int(ahead)
