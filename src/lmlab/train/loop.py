@@ -139,7 +139,9 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
     stateful = callable(getattr(objective, "state_dict", None))
     scheduled = callable(getattr(objective, "set_step", None))
     own = getattr(objective, "module", None)  # the objective's own trainable parameters, if any
-    own_params = [p for p in own.to(device).parameters() if p.requires_grad] if own is not None else []
+    if own is not None:
+        own.to(device)
+    own_params = [p for p in own.parameters() if p.requires_grad] if own is not None else []
     sharded, replica = cfg.fsdp and dist.enabled, None  # FSDP2 under torchrun (lmlab.train.fsdp)
     if sharded and own_params:
         raise TrainingError("this objective trains parameters of its own (training-only output layers); "
