@@ -94,6 +94,15 @@ def test_kv_cache_rows_joining_and_leaving_get_generates_tokens(gpt2):
         assert torch.equal(got[key], want[key]), key
 
 
+def test_the_character_transformer_batches_too():
+    """A position table in every layer: each layer reads the positions counted over real tokens."""
+    torch.manual_seed(0)
+    model = lmlab.build("char-transformer", "tiny", max_seq_len=32).eval().double()
+    got, want = run_schedule(model, SCHEDULE), expected(model, SCHEDULE)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+
 def test_kv_cache_in_float32_too(gpt2):
     got, want = run_schedule(gpt2, SCHEDULE), expected(gpt2, SCHEDULE)
     assert all(torch.equal(got[k], want[k]) for k in want)
