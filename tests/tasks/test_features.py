@@ -259,6 +259,8 @@ def test_a_ragged_vectors_file_is_one_line_naming_the_line(tmp_path):
     # glove.840B's words with spaces in them are words, not extra values
     path.write_text("a 0.1 0.2 0.3\n. . . 0.4 0.5 0.6\n", encoding="utf-8")
     assert lookup(str(path), [". . ."]).found.all()
+    path.write_bytes(b"2 3\na 0.1 0.2 0.3\n\xff\xfe 0.4 0.5 0.6\n")  # a header, a word that is not UTF-8
+    assert lookup(str(path), ["a"]).found.all()
     path.write_text("a 0.1 0.2\nb 0.3 zz\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"bad.txt:2: the values of 'b' are not all numbers"):
         lookup(str(path), ["b"])

@@ -11,7 +11,9 @@ Sources:
   separated by single spaces. Every line must have the first line's D numbers: a line of another
   width is a DataError naming the file and line. glove.840B holds a few words that contain spaces
   (". . ."): the word is everything before the last D fields, and such a line is accepted when the
-  field after the first is not a number (a longer row of numbers is still an error).
+  field after the first is not a number (a longer row of numbers is still an error). Its few words
+  that are not UTF-8 are read with replacement characters (they match no word of a task); a
+  word2vec-style first line "COUNT DIM" is skipped.
 
 Case, as the vectors were built: GloVe 6B is lowercased, so its words are looked up lowercased. A
 text file is looked up as it was built too: lowercased if none of its words has an upper-case letter
@@ -144,6 +146,12 @@ def _is_number(field: str) -> bool:
     return True
 
 
+def _is_header(line: str) -> bool:
+    """word2vec's text format starts with "COUNT DIM"; GloVe's has no header."""
+    fields = line.split()
+    return len(fields) == 2 and all(x.isdigit() for x in fields)
+
+
 def _split_row(line: str, dim: int | None, where: str) -> tuple[str, list[str]]:
     """(word, its `dim` number fields) of one line; DataError for a row of another width."""
     fields = line.rstrip("\r\n").rstrip(" ").split(" ")
@@ -169,11 +177,8 @@ def _lookup_text(path: Path, words: list[str]) -> WordVectors:
     with handle:
         for lineno, raw in enumerate(handle, 1):
             where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{where}: not UTF-8 text (byte {e.start})") from None
-            if not line.strip():
+            line = raw.decode("utf-8", errors="replace")  # a word that is not UTF-8 matches no task word
+            if not line.strip() or (lineno == 1 and _is_header(line)):
                 continue
             word, values = _split_row(line, dim, where)
             dim = dim or len(values)
