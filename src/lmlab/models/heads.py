@@ -177,7 +177,6 @@ class TaskModel(nn.Module):
             result.hidden = out.hidden
         return result
 
-
     @torch.no_grad()
     def frozen_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         """Every layer of the frozen backbone (its `hidden_states`), without its output layer."""

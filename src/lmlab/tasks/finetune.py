@@ -48,7 +48,8 @@ class FinetuneOptions:
     model dir (metrics.jsonl with val_* dev metrics, checkpoints/, report.json). GPT-style models get
     GPT's <start>/<delim>/<extract> inputs and the auxiliary LM loss; BERT reads the pooled [CLS] state."""
 
-    model_dir: str = option(help="a pretrained lmlab model dir (with its tokenizer)", positional=True)
+    model_dir: str = option(help="a pretrained lmlab model dir (with its tokenizer); with --features, `none` "
+                                 "= no model, the word vectors alone", positional=True)
     task: str = option(help="classify (one text), pair (two texts), tag (CoNLL token labels), qa (SQuAD "
                             "spans), choice (context + options)")
     train: str = option(help="JSONL or GLUE TSV file, or builtin:NAME (lmlab data list)")
