@@ -4,6 +4,7 @@ bad files), word pooling, and `lmlab finetune --features` end to end on tiny ELM
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -298,6 +299,31 @@ def test_finetune_features_elmo_end_to_end(encoders, task_files, vec, tmp_path):
     assert again["accuracy"] == pytest.approx(report["dev_metrics"]["accuracy"])
 
 
+def test_finetune_features_pair(encoders, vec, tmp_path, make_records, jsonl):
+    """Each text pooled on its own (the batch: B first texts, then B second texts), then
+    [u; v; |u - v|; u * v]; trains; evaluate on the saved dir gives the report's numbers."""
+    train = jsonl(tmp_path / "train.jsonl", make_records(256, 0, pair=True))
+    dev = jsonl(tmp_path / "dev.jsonl", make_records(64, 1, pair=True))
+    report = finetune(encoders["elmo"], "pair", train, dev, tmp_path / "ft", epochs=4, batch_size=16, lr=3e-3,
+                      device="cpu", progress=False, features=True, word_vectors=vec)
+    assert report["dev_metrics"]["accuracy"] > 0.9
+    assert evaluate_task(tmp_path / "ft", "pair", dev)["accuracy"] == report["dev_metrics"]["accuracy"]
+    model, tok = lmlab.load(tmp_path / "ft")
+    chosen = classify.read(dev, "dev", {"task": "pair"})[:5]
+    feats = features.featurize(chosen, tok, model.spec)
+    batch = features.collate(feats, model.spec)
+    assert batch["word_ids"].shape[:2] == (5, 2) and batch["input_ids"].shape[:2] == (5, 2)
+    single = dataclasses.replace(model.spec, name="classify")
+    firsts = features.collate(feats, single)
+    seconds = features.collate([dataclasses.replace(f.second, label=0) for f in feats], single)
+    with torch.no_grad():
+        u, v = (model.head.pooled(model.backbone(b["input_ids"], attention_mask=b["attention_mask"],
+                                                 output_hidden_states=True).hidden_states, b)
+                for b in (firsts, seconds))
+        expected = model.head.out(torch.cat([u, v, (u - v).abs(), u * v], -1))
+        torch.testing.assert_close(model(**batch).logits, expected, atol=1e-6, rtol=1e-6)
+
+
 def conll(path: Path, n: int, seed: int) -> str:
     """Synthetic tags, a function of the word: ADJ for adjectives, X for the rest."""
     rng = random.Random(seed)
@@ -332,7 +358,7 @@ def test_features_errors(encoders, task_files, vec, tiny_model_dir, word_tokeniz
         finetune(encoders["elmo"], "classify", t, d, tmp_path / "a", **args)
     with pytest.raises(ConfigError, match=r"MODEL_DIR none \(no encoder\) needs --word-vectors"):
         finetune("none", "classify", t, d, tmp_path / "b", features=True, **args)
-    with pytest.raises(ConfigError, match=r"--features has task models for classify and tag, not 'qa'"):
+    with pytest.raises(ConfigError, match=r"--features has task models for classify, pair, tag, not 'qa'"):
         feature_model(encoders["elmo"], "qa", [], [], (), False, FeatureSettings(), max_len=8, dropout=0.0,
                       extra={}, from_scratch=False, seed=0)
     with pytest.raises(ConfigError, match=r"--word-pool must be one of first, mean"):

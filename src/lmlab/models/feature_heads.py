@@ -15,6 +15,8 @@ A word read as several sub-tokens (WordPiece, BPE) gets its first sub-token's st
 Task networks (small versions of the paper's baselines, §4: a biLSTM over the words):
 - `FeatureClassifier` (classify): dropout, a biLSTM, max-pool over the words, dropout, linear
   (the max-pooled biLSTM of BCN / InferSent; §4's SST model is the biattentive classification network);
+- `FeaturePairClassifier` (pair): each text pooled so, then [u; v; |u - v|; u ⊙ v] and a linear layer
+  (InferSent's pair features; §4's SNLI model is ESIM, with attention between the texts);
 - `FeatureTagger` (tag): dropout, a biLSTM, dropout, a linear layer per word (§4's NER and chunking
   taggers without the CRF).
 
@@ -35,6 +37,7 @@ from lmlab.models.heads import TaskOutput, TaskSpec
 from lmlab.nn.scalar_mix import ScalarMix
 
 WORD_POOLS = ("first", "mean")
+PER_WORD = ("word_ids", "word_mask", "word_start", "word_end")  # the batch's (B, W) word tensors
 
 
 def word_states(h: torch.Tensor, start: torch.Tensor, end: torch.Tensor, pool: str) -> torch.Tensor:
@@ -99,17 +102,38 @@ class BiLSTM(nn.Module):
 class FeatureClassifier(nn.Module):
     """classify: [GloVe; mix] -> dropout -> biLSTM -> max-pool over the words -> dropout -> linear."""
 
+    inputs = 1  # pooled vectors per example the linear layer reads
+
     def __init__(self, words: WordFeatures, hidden: int, n_layers: int, n_outputs: int, dropout: float):
         super().__init__()
         self.words, self.drop = words, nn.Dropout(dropout)
         self.lstm = BiLSTM(words.dim, hidden, n_layers)
-        self.out = nn.Linear(2 * hidden, n_outputs)
+        self.out = nn.Linear(self.inputs * 2 * hidden, n_outputs)
+
+    def pooled(self, hidden_states, batch: dict) -> torch.Tensor:
+        """(rows, 2H): each row's biLSTM states max-pooled over its words."""
+        mask = batch["word_mask"].bool()
+        h = self.lstm(self.drop(self.words(hidden_states, batch)), mask)  # (rows, W, 2H)
+        return h.masked_fill(~mask[..., None], torch.finfo(h.dtype).min).amax(1)
 
     def forward(self, hidden_states, batch: dict) -> TaskOutput:
-        mask = batch["word_mask"].bool()
-        h = self.lstm(self.drop(self.words(hidden_states, batch)), mask)  # (B, W, 2H)
-        pooled = h.masked_fill(~mask[..., None], torch.finfo(h.dtype).min).amax(1)  # (B, 2H)
+        pooled = self.pooled(hidden_states, batch)  # (B, 2H)
         return TaskOutput(logits=self.out(self.drop(pooled)), penalty=self.words.penalty())
+
+
+class FeaturePairClassifier(FeatureClassifier):
+    """pair: both texts through the same biLSTM + max-pool (u, v), then [u; v; |u - v|; u ⊙ v] ->
+    dropout -> linear (the sentence-pair features of InferSent, Conneau et al. 2017 §3.1). The batch's
+    word tensors are (B, 2, W), the hidden states (2B, T, D) (rows a_0 b_0 a_1 b_1 ...)."""
+
+    inputs = 4
+
+    def forward(self, hidden_states, batch: dict) -> TaskOutput:
+        rows = {k: batch[k].flatten(0, 1) for k in PER_WORD if k in batch}  # (B, 2, W) -> (2B, W)
+        pooled = self.pooled(hidden_states, rows)  # (2B, 2H)
+        u, v = pooled.view(-1, 2, pooled.shape[-1]).unbind(1)  # (B, 2H) each
+        pair = torch.cat([u, v, (u - v).abs(), u * v], -1)  # (B, 8H)
+        return TaskOutput(logits=self.out(self.drop(pair)), penalty=self.words.penalty())
 
 
 class FeatureTagger(nn.Module):
@@ -127,7 +151,7 @@ class FeatureTagger(nn.Module):
         return TaskOutput(logits=self.out(self.drop(h)), penalty=self.words.penalty())  # (B, W, n_labels)
 
 
-FEATURE_TASKS = {"classify": FeatureClassifier, "tag": FeatureTagger}
+FEATURE_TASKS = {"classify": FeatureClassifier, "pair": FeaturePairClassifier, "tag": FeatureTagger}
 
 
 def build_feature_head(spec: TaskSpec) -> nn.Module:

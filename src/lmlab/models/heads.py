@@ -181,6 +181,8 @@ class TaskModel(nn.Module):
     def frozen_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         """Every layer of the frozen backbone (its `hidden_states`), without its output layer."""
         skip = SKIP_OUTPUT_LAYER.get(self.spec.extra.get("encoder_kind"), {})
+        if self.spec.name == "pair":  # (B, 2, ...): both texts of each example, run as 2B rows
+            input_ids, attention_mask = input_ids.flatten(0, 1), attention_mask.flatten(0, 1)
         return self.backbone(input_ids, attention_mask=attention_mask, output_hidden_states=True,
                              **skip).hidden_states
 

@@ -22,7 +22,7 @@ import torch
 from lmlab.checkpoints.io import load
 from lmlab.data.word_vectors import lookup, vector_key
 from lmlab.errors import ConfigError
-from lmlab.models.feature_heads import WORD_POOLS
+from lmlab.models.feature_heads import FEATURE_TASKS, WORD_POOLS
 from lmlab.models.heads import TaskModel, TaskSpec, build_task_model
 from lmlab.models.registry import build_from_config, config_fields, family_of, spec_of
 from lmlab.tasks import features
@@ -101,14 +101,14 @@ def feature_model(model_dir, task: str, train_ex, dev_ex, labels, regression: bo
                   *, max_len: int, dropout: float, extra: dict, from_scratch: bool, seed: int):
     """(TaskModel, tokenizer, spec, family name or None, OOV report) for `lmlab finetune --features`."""
     settings.check()
-    if task not in ("classify", "tag"):
-        raise ConfigError(f"--features has task models for classify and tag, not {task!r}")
+    if task not in FEATURE_TASKS:
+        raise ConfigError(f"--features has task models for {', '.join(FEATURE_TASKS)}, not {task!r}")
     backbone, tokenizer, kind, family = load_encoder(model_dir, from_scratch, seed)
     if backbone is None and settings.word_vectors is None:
         raise ConfigError("MODEL_DIR none (no encoder) needs --word-vectors")
     probe_spec = TaskSpec(task, labels=labels, regression=regression, reader="scalar_mix")
-    counts = Counter(w for ex in (train_ex, dev_ex)
-                     for words, _ in features.example_words(ex, probe_spec) for w in words)
+    counts = Counter(w for ex in (train_ex, dev_ex) for words in features.text_words(ex, probe_spec)
+                     for w in words)
     keys, table, oov, uncased = word_table(settings.word_vectors, counts)
     n_states, width = features.probe_encoder(backbone, tokenizer, kind) if backbone is not None else (0, 0)
     source = settings.word_vectors  # kept as provenance only: a file's name, never its path

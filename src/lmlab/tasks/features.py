@@ -1,5 +1,6 @@
-"""Feature-based tasks (the `scalar_mix` reader; Peters et al. 2018 §3.3): classify and tag over the words
-of each example, read by `lmlab.models.feature_heads` from fixed word vectors and a frozen encoder.
+"""Feature-based tasks (the `scalar_mix` reader; Peters et al. 2018 §3.3): classify, pair and tag over the
+words of each example, read by `lmlab.models.feature_heads` from fixed word vectors and a frozen encoder.
+A pair's two texts are read separately (two rows each; the head compares their pooled vectors).
 
 Words. A tag example's words are its tokens. A classify text is split into words as GloVe's and
 ELMo's training text was tokenized (Penn Treebank style: punctuation and the clitics 's n't 're 've
@@ -67,6 +68,7 @@ class WordExample:
     word_end: list[int] | None = None
     n_words: int = 0  # words before truncation
     gold: tuple[str, ...] = ()  # tag: the sentence's labels (after the scheme conversion)
+    second: WordExample | None = None  # pair: the second text (its label unused)
 
 
 # ---------------------------------------------------------------- inputs
@@ -122,38 +124,53 @@ def _label(ex, spec: TaskSpec):
 
 
 def example_words(examples, spec: TaskSpec) -> list[tuple[list[str], str]]:
-    """(words, where) of each example: a tag sentence's tokens, or a classify text split into words."""
+    """(words, where) of each example: a tag sentence's tokens, or a classify text split into words
+    (pair: the first text; `text_words` gives every text)."""
     if spec.name == "tag":
         return [(list(s.words), s.where) for s in examples]
     return [(split_words(ex.text), ex.where) for ex in examples]
 
 
+def text_words(examples, spec: TaskSpec) -> list[list[str]]:
+    """The words of every text of `examples` (both texts of a pair)."""
+    words = [w for w, _ in example_words(examples, spec)]
+    return words + [split_words(ex.text_b) for ex in examples] if spec.name == "pair" else words
+
+
+def _text(words: list[str], where: str, tokenizer, spec: TaskSpec, row: dict, too_long: list) -> WordExample:
+    """One text's word ids and encoder input (its label filled in by the caller)."""
+    x = spec.extra
+    if not words:
+        raise DataError(f"{where}: no words")
+    seen = [w.lower() for w in words] if x["lowercase"] else words
+    enc, start, end, kept = _fits(x["encoder_kind"], tokenizer, seen, spec.max_len)
+    if kept < len(words):
+        too_long.append(where)
+    if kept == 0:
+        raise DataError(f"{where}: not even the first word fits in --max-len {spec.max_len} tokens")
+    ids = [row.get(vector_key(w, x["vectors_lowercase"]), 0) for w in words[:kept]]
+    return WordExample(ids, None, enc, start, end, len(words))
+
+
 def featurize(examples, tokenizer, spec: TaskSpec, truncate: bool = False) -> list[WordExample]:
-    """One WordExample per example; an unseen label, an empty text, or (without `truncate`) an input over
-    spec.max_len tokens is a DataError before any training."""
+    """One WordExample per example (a pair's second text in `.second`); an unseen label, an empty text,
+    or (without `truncate`) an input over spec.max_len tokens is a DataError before any training."""
     x = spec.extra
     if spec.name == "tag":
         examples = tag.apply_scheme(examples, x.get("tag_scheme", "auto"))
         tag.check_labels(examples, spec.labels)
     row = {w: i + 1 for i, w in enumerate(x["words"])}
-    kind = x["encoder_kind"]
+    index = {lab: i for i, lab in enumerate(spec.labels)}
     out, too_long = [], []
     for ex, (words, where) in zip(examples, example_words(examples, spec), strict=True):
-        if not words:
-            raise DataError(f"{where}: no words")
-        seen = [w.lower() for w in words] if x["lowercase"] else words
-        enc, start, end, kept = _fits(kind, tokenizer, seen, spec.max_len)
-        if kept < len(words):
-            too_long.append(where)
-        if kept == 0:
-            raise DataError(f"{where}: not even the first word fits in --max-len {spec.max_len} tokens")
-        ids = [row.get(vector_key(w, x["vectors_lowercase"]), 0) for w in words[:kept]]
+        f = _text(words, where, tokenizer, spec, row, too_long)
         if spec.name == "tag":
-            index = {lab: i for i, lab in enumerate(spec.labels)}
-            label = [index[lab] for lab in ex.labels[:kept]]
+            f.label, f.gold = [index[lab] for lab in ex.labels[:len(f.word_ids)]], tuple(ex.labels)
         else:
-            label = _label(ex, spec)
-        out.append(WordExample(ids, label, enc, start, end, len(words), tuple(getattr(ex, "labels", ()))))
+            f.label = _label(ex, spec)
+        if spec.name == "pair":
+            f.second = _text(split_words(ex.text_b), where, tokenizer, spec, row, too_long)
+        out.append(f)
     if too_long and not truncate:
         more = f" ({len(too_long) - 1} more are too long)" if len(too_long) > 1 else ""
         raise DataError(f"{too_long[0]}: the input is longer than the limit of {spec.max_len} tokens "
@@ -161,9 +178,12 @@ def featurize(examples, tokenizer, spec: TaskSpec, truncate: bool = False) -> li
     return out
 
 
-def collate(features: list[WordExample], spec: TaskSpec) -> dict[str, torch.Tensor]:
+def collate(examples: list[WordExample], spec: TaskSpec) -> dict[str, torch.Tensor]:
     """word_ids first (the training loop counts tokens by the first tensor), word_mask, the encoder's
-    input_ids / attention_mask / word_start / word_end, labels."""
+    input_ids / attention_mask / word_start / word_end, labels. A pair's tensors are (B, 2, ...): the
+    two texts of each example side by side (run as 2B rows; the head pools each, then compares them)."""
+    pair = spec.name == "pair"
+    features = [t for f in examples for t in (f, f.second)] if pair else examples
     batch = {"word_ids": pad_2d([f.word_ids for f in features], 0),
              "word_mask": pad_2d([[1] * len(f.word_ids) for f in features], 0)}
     kind = spec.extra["encoder_kind"]
@@ -182,8 +202,10 @@ def collate(features: list[WordExample], spec: TaskSpec) -> dict[str, torch.Tens
     if spec.name == "tag":
         batch["labels"] = pad_2d([f.label for f in features], IGNORE)
     else:
-        batch["labels"] = torch.tensor([f.label for f in features],
+        batch["labels"] = torch.tensor([f.label for f in examples],
                                        dtype=torch.float32 if spec.regression else torch.long)
+    if pair:  # (2B, ...) rows a_0 b_0 a_1 b_1 ... -> (B, 2, ...)
+        batch = {k: v if k == "labels" else v.view(len(examples), 2, *v.shape[1:]) for k, v in batch.items()}
     return batch
 
 
@@ -230,7 +252,8 @@ def evaluate(model: torch.nn.Module, features: list[WordExample], spec: TaskSpec
         preds += (logits.squeeze(-1) if spec.regression else logits.argmax(-1)).tolist()
         golds += batch["labels"].tolist()
     has_vectors = bool(spec.extra["vector_dim"])
-    oov = sum(i == 0 for f in features for i in f.word_ids) if has_vectors else 0
+    texts = [*features, *(f.second for f in features if f.second is not None)]
+    oov = sum(i == 0 for f in texts for i in f.word_ids) if has_vectors else 0
     if spec.name == "tag":
         fallback = tag.fallback_label(spec.labels)
         pred = [[spec.labels[k] for k in p[:len(f.word_ids)]] + [fallback] * (f.n_words - len(f.word_ids))

@@ -90,7 +90,7 @@ class FinetuneOptions:
     null_threshold: float = option(0.0, "qa v2.0: answer \"\" when null score - best span score exceeds this")
     version_2: bool | None = option(None, "qa: allow \"no answer\" (SQuAD v2.0; default: from the training "
                                           "data)")
-    features: bool = option(False, "classify/tag the paper's feature-based way (ELMo §3.3): "
+    features: bool = option(False, "classify/pair/tag the paper's feature-based way (ELMo §3.3): "
                                    "MODEL_DIR stays frozen; a biLSTM task model (max-pooled for classify) "
                                    "reads a learned scalar mix of its layers per word, beside "
                                    "--word-vectors. MODEL_DIR `none`: the word vectors alone")
