@@ -4,6 +4,7 @@ with MANIFEST.json written last. Never pickle: weights are safetensors, everythi
 A fine-tuned TaskModel (lmlab.models.heads) is saved the same way: config.json holds its backbone's
 family and config fields plus `"task"` (the TaskSpec as a dict), the weights are named
 `backbone.*` and `head.*`, and `load` rebuilds the TaskModel (head from `lmlab.models.heads.HEADS`).
+A task model without a backbone (the scalar_mix reader over word vectors alone) has `"family": null`.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def save(model: torch.nn.Module, tokenizer, out_dir: str | Path, extra: dict | N
     # The manifest goes first and comes back last: a crash in between leaves no valid model here.
     (out / MANIFEST).unlink(missing_ok=True)
     base = model.backbone if isinstance(model, TaskModel) else model
-    config = {"family": family_of(base), "lmlab_version": __version__, **config_to_dict(base.config)}
+    config = ({"family": None, "lmlab_version": __version__} if base is None  # word vectors alone
+              else {"family": family_of(base), "lmlab_version": __version__, **config_to_dict(base.config)})
     if isinstance(model, TaskModel):
         config["task"] = model.spec.to_dict()
     if extra:
@@ -169,7 +171,9 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool
 def build_model(family: str, config: dict, task: dict | None, where: str):
     """The model (a TaskModel with `task`) of a config.json's fields; its errors name `where`."""
     try:
-        model = build_from_config(family, config, where=where)
+        # "family": null is a task model without a backbone (word vectors alone, lmlab.models.heads).
+        bare = family is None and task is not None
+        model = None if bare else build_from_config(family, config, where=where)
         if task is not None:
             model = build_task_model(model, TaskSpec.from_dict(task, where=f'{where} "task"'))
     except LmlabError as e:

