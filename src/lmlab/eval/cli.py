@@ -16,6 +16,8 @@ from lmlab.errors import ConfigError, DataError, TokenizerError
 from lmlab.eval.detokenize import DETOKENIZERS, detokenizer, original_words
 from lmlab.eval.memory import EVAL_PRESETS, check_protocol, default_window, evaluate_stream, resolve_settings
 from lmlab.eval.scoring import check_causal_lm
+from lmlab.models.heads import TaskModel
+from lmlab.models.registry import spec_of
 from lmlab.options import option
 
 PROTOCOLS = ("fixed", "sliding", "memory")
@@ -69,6 +71,8 @@ class EvalOptions:
                                             "(default: the model's)")
     eval_preset: str | None = option(None, "transfo-xl: the paper's evaluation settings for that model; "
                                            "flags given win", choices=tuple(sorted(EVAL_PRESETS)))
+    beam_size: int = option(1, "translation models (cove; --data parallel text): BLEU of beam search with "
+                               "this many hypotheses (1 = greedy), length-normalised")
 
 
 def _check_args(protocol: str, split: str, stride, window, batch_size, max_tokens) -> None:
@@ -145,7 +149,8 @@ def evaluate_command(model_dir: str, data: str, split: str = "valid", protocol: 
                      stride: int | None = None, window: int | None = None, batch_size: int = 8,
                      device: str = "auto", max_tokens: int | None = None, detokenize: str = "none",
                      tgt_len: int | None = None, mem_len: int | None = None, clamp_len: int | None = None,
-                     same_length: bool | None = None, eval_preset: str | None = None) -> dict:
+                     same_length: bool | None = None, eval_preset: str | None = None, beam_size: int = 1,
+                     max_examples: int | None = None) -> dict:
     """Perplexity of the model in `model_dir` on `split` of `data`; returns a JSON-able dict.
 
     `data` is `builtin:NAME`, a .txt file, a folder of .txt files, a .jsonl file, or a token
@@ -172,6 +177,11 @@ def evaluate_command(model_dir: str, data: str, split: str = "valid", protocol: 
     if detokenize not in DETOKENIZERS:
         raise ConfigError(f"unknown detokenizer {detokenize!r}; expected one of {', '.join(DETOKENIZERS)}")
     model, tokenizer = load(model_dir, device=device)
+    if not isinstance(model, TaskModel) and spec_of(model).kind == "seq2seq":
+        from lmlab.eval.translation import evaluate_translation
+
+        return evaluate_translation(model, tokenizer, model_dir, data, "test" if split == "all" else split,
+                                    batch_size, beam_size, max_examples=max_examples)
     check_causal_lm(model, str(model_dir), "perplexity evaluation")
     check_protocol(model, protocol, window, stride)
     settings = resolve_settings(model, eval_preset, tgt_len, mem_len, clamp_len, same_length)

@@ -1,7 +1,9 @@
 """`lmlab embed`: per-token features of chosen layers, as ELMo/BERT/GPT features for a task model.
 
 Bidirectional LMs (kind `bilm`, ELMo) read characters and may carry their state from batch to batch
-(`--stateful`): their features come from `lmlab.eval.embed_bilm`, in the same file layout.
+(`--stateful`): their features come from `lmlab.eval.embed_bilm`, in the same file layout. Translation
+encoders (kind `seq2seq`, CoVe) read fixed word vectors: `lmlab.eval.embed_seq2seq`, layer j being
+[GloVe(w); encoder layer j + 1] (`--word-vectors` names the vectors when the model's are not built in).
 
 Layers are the model's `output_hidden_states`: index 0 is the embedding output, index L the last
 layer (BERT: the output of block L; GPT/GPT-2: block inputs, then the final (LayerNorm'd) state);
@@ -36,6 +38,7 @@ import torch
 
 from lmlab.errors import ConfigError, DataError
 from lmlab.eval.embed_bilm import EmbeddingState, bilm_embed_texts, embed_sentences, embedding_state
+from lmlab.eval.embed_seq2seq import embed_sentences_seq2seq, seq2seq_embed_texts
 from lmlab.models.heads import TaskModel
 from lmlab.models.registry import FAMILIES, spec_of
 from lmlab.options import option
@@ -62,12 +65,21 @@ class EmbedOptions:
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     stateful: bool = option(False, "biLMs (elmo): each batch row carries its LSTM state into the same row "
                                    "of the next batch (line i is row i mod --batch-size), as bilm-tf did")
+    word_vectors: str | None = option(None, "translation encoders (cove): the word vectors they read, a "
+                                            "GloVe text file (default: the built-in ones they were trained "
+                                            "with)")
 
 
 def embeddable(family) -> bool:
     """Families whose layers `embed` reads: encoders and decoders without carried memory, and biLMs."""
     return (family.kind in ("masked_lm", "causal_lm") and family.state in ("none", "kv_cache")
-            or family.kind == "bilm")
+            or family.kind in ("bilm", "seq2seq"))
+
+
+def n_states(net, kind: str) -> int:
+    """How many layers `--layers` indexes: the encoder layers of a translation model, else the
+    embeddings and every layer."""
+    return net.config.n_layers if kind == "seq2seq" else net.config.n_layers + 1
 
 
 def _network(model):
@@ -176,7 +188,7 @@ def _encode(wrap: bool, tokenizer, texts: list[str], lines: list[int], limit: in
 def embed_texts(model, tokenizer, texts: list[str], layers: str | list[int] | None = "all",
                 pool: str = "none", batch_size: int = 16, max_len: int | None = None,
                 lines: list[int] | None = None, source: str = "input",
-                stateful: bool = False) -> dict[str, torch.Tensor]:
+                stateful: bool = False, word_vectors: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors `lmlab embed` writes (see the module docstring), float32 on the CPU."""
     model, spec = _network(model)
     wrap = spec.kind == "masked_lm"  # BERT reads [CLS] text [SEP]
@@ -190,6 +202,10 @@ def embed_texts(model, tokenizer, texts: list[str], layers: str | list[int] | No
                                 lines or list(range(1, len(texts) + 1)), source, stateful)
     if stateful:
         raise ConfigError(f"--stateful carries a recurrent state from batch to batch; {spec.name} has none")
+    if spec.kind == "seq2seq":
+        chosen = parse_layers(layers, n_states(model, spec.kind))
+        return seq2seq_embed_texts(model, tokenizer, texts, chosen, pool, batch_size, max_len,
+                                   lines or list(range(1, len(texts) + 1)), source, word_vectors)
     positions = model.config.max_seq_len
     if max_len is not None and not 1 <= max_len <= positions:
         raise ConfigError(f"--max-len must be in [1, {positions}] (the model's positions), got {max_len}")
@@ -245,7 +261,7 @@ def _word_members(words: list[int]) -> tuple[list[int], torch.Tensor]:
 
 def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool: str = "none",
                   batch_size: int = 16, max_len: int | None = None, device: str = "auto",
-                  stateful: bool = False) -> dict:
+                  stateful: bool = False, word_vectors: str | None = None) -> dict:
     """Read `input`, embed every line with the model in `model_dir`, write `out` (safetensors).
     `stateful` (biLMs): each batch row carries its state into the next batch (lmlab.eval.embed_bilm)."""
     from safetensors.torch import save_file
@@ -255,19 +271,20 @@ def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool
     out = output_file(out, "--out")
     texts, lines = read_lines(input)
     model, tokenizer = load(model_dir, device=device)
-    if tokenizer is None:
+    net, spec = _network(model)
+    if tokenizer is None and spec.kind != "seq2seq":  # a translation encoder may read word vectors alone
         raise DataError(f"{model_dir}: the model dir holds no tokenizer")
-    net, _ = _network(model)
     tensors = embed_texts(model, tokenizer, texts, layers, pool, batch_size, max_len, lines, str(input),
-                          stateful)
-    chosen = parse_layers(layers, net.config.n_layers + 1)
+                          stateful, word_vectors)
+    chosen = parse_layers(layers, n_states(net, spec.kind))
     meta = {"layers": chosen, "pool": pool, "model_dir": str(model_dir), "family": net.family,
             "line_numbers": lines, "texts": len(texts), "stateful": stateful, "batch_size": batch_size}
     save_file(tensors, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
     return meta
 
 
-def embed(model, tokenizer, sentences, stateful: bool | EmbeddingState = False) -> list[torch.Tensor]:
+def embed(model, tokenizer, sentences, stateful: bool | EmbeddingState = False,
+          word_vectors: str | None = None) -> list[torch.Tensor]:
     """Per sentence, the features of every layer at every token: (n_layers + 1, n_tokens, dim).
 
     `sentences` is a list of token lists (words) or of strings (split on whitespace). Layer 0 is
@@ -279,10 +296,18 @@ def embed(model, tokenizer, sentences, stateful: bool | EmbeddingState = False) 
     the call continues the state row i left at the previous call; True keeps the rows in
     `embedding_state(model)`, or pass an `EmbeddingState`; `.reset()` clears it (see
     lmlab.eval.embed_bilm for when to use which mode).
+
+    A translation encoder (CoVe) gives (n_layers, n_words, d_input + 2·D): entry j is [GloVe(w);
+    encoder layer j + 1], the last one the paper's [GloVe(x); CoVe(x)]; `word_vectors` names a GloVe
+    file when the model's vectors are not built in (lmlab.eval.embed_seq2seq).
     """
     net, spec = _network(model)
     if spec.kind == "bilm":
         return embed_sentences(net, tokenizer, sentences, stateful)
+    if spec.kind == "seq2seq":
+        if stateful:
+            raise ConfigError("a translation encoder reads every sentence on its own (no stateful mode)")
+        return embed_sentences_seq2seq(net, tokenizer, sentences, word_vectors)
     if stateful:
         raise ConfigError(f"stateful embedding carries a recurrent state from call to call; {spec.name} "
                           f"has no such state")

@@ -12,7 +12,7 @@ ROUGE, on one prediction and one reference:
 
 Scores are fractions in [0, 1] (rouge-score's convention; multiply by 100 for the papers' tables).
 BLEU is sacrebleu's corpus BLEU (Post 2018: 13a tokenization, 4-grams, brevity penalty) on a
-0-100 scale; sacrebleu is imported only when BLEU is asked for.
+0-100 scale, computed by lmlab.eval.bleu (tests compare it with sacrebleu).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from lmlab.errors import ConfigError
+from lmlab.eval.bleu import corpus_bleu
 
 _SEPARATOR = re.compile(r"[^a-z0-9]+")
 
@@ -87,11 +88,5 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict:
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """sacrebleu's corpus BLEU (0-100) of the hypotheses against one reference each."""
-    if len(hypotheses) != len(references):
-        raise ConfigError(f"{len(hypotheses)} hypotheses for {len(references)} references")
-    try:
-        import sacrebleu
-    except ImportError:
-        raise ConfigError("BLEU needs the sacrebleu package: pip install sacrebleu") from None
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+    """sacrebleu's corpus BLEU (0-100) of the hypotheses against one reference each (lmlab.eval.bleu)."""
+    return corpus_bleu(hypotheses, references)

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 
 from lmlab.checkpoints.io import load
 from lmlab.errors import GenerationError, TokenizerError
+from lmlab.generate.beam import translate
 from lmlab.generate.loop import generate, stream
 from lmlab.generate.speculative import DRAFT_TOKENS, quantized_draft
+from lmlab.models.heads import TaskModel
+from lmlab.models.registry import spec_of
 from lmlab.options import option
 
 
@@ -33,6 +36,10 @@ class SampleOptions:
                                      "int8 copy of the model (CPU), or name a smaller model dir with the "
                                      "same vocabulary", metavar="int8|MODEL_DIR")
     draft_tokens: int = option(DRAFT_TOKENS, "tokens the draft proposes per round")
+    beam_size: int = option(1, "translation models (cove): the prompt is the source sentence, translated "
+                               "greedily (1) or by beam search with this many hypotheses")
+    length_penalty: float = option(1.0, "beam search: α of the length normalisation ((5 + |y|) / 6)^α "
+                                        "(0 = raw log-probability)")
 
 
 class TextStreamer:
@@ -65,13 +72,20 @@ def generate_command(model_dir: str, prompt: str, max_new_tokens: int = 50, do_s
                      repetition_penalty: float = 1.0, num_return_sequences: int = 1,
                      stop: list[str] | None = None, stop_at_eos: bool = True, seed: int = 0,
                      device: str = "cpu", draft: str | None = None, draft_tokens: int = DRAFT_TOKENS,
-                     out=sys.stdout) -> list[str]:
-    """draft: "int8" (the model with int8 layers, CPU) or a model dir: speculative greedy decoding."""
+                     beam_size: int = 1, length_penalty: float = 1.0, out=sys.stdout) -> list[str]:
+    """draft: "int8" (the model with int8 layers, CPU) or a model dir: speculative greedy decoding.
+    A sequence-to-sequence model translates `prompt` (lmlab.generate.beam): greedy with beam_size 1,
+    else beam search; the sampling options do not apply."""
     if draft is not None and do_sample:
         raise GenerationError("a draft speeds up greedy decoding only: add --greedy")
     model, tokenizer = load(model_dir, device=device)
     if tokenizer is None:
         raise TokenizerError(f"{model_dir}: no tokenizer.json; generate needs text in and out")
+    if not isinstance(model, TaskModel) and spec_of(model).kind == "seq2seq":
+        text = translate(model, tokenizer, [prompt], beam_size=beam_size, max_len=max_new_tokens,
+                         length_penalty=length_penalty)[0]
+        out.write(text + "\n")
+        return [text]
     draft_model = None
     if draft == "int8":
         draft_model = quantized_draft(model)

@@ -53,5 +53,21 @@ class BiLMOutput(ModelOutput):
     state: object | None = None  # [forward LM state, backward LM state] after this call
 
 
+@dataclass
+class Seq2SeqOutput(ModelOutput):
+    """kind `seq2seq` (CoVe): an encoder over the source and a decoder over the target.
+
+    `hidden` / `hidden_states` are the encoder's (the features: (B, S, D) each, the top one last);
+    `logits` (B, T, V) or `nll` (B, T) are the decoder's, given decoder input.
+    """
+
+    nll: torch.Tensor | None = None  # (B, T) of the targets, when forward got them
+    state: object | None = None  # the decoding state after this call (the encoded source, decoder LSTM)
+    mask: torch.Tensor | None = None  # (B, S) bool: real source words
+    decoder_hidden: torch.Tensor | None = None  # (B, T, D) the decoder's output states
+    attention: torch.Tensor | None = None  # (B, T, S) attention weights over the source
+
+
 # kind -> the output type a model of that kind returns (tests check every family against it).
-OUTPUTS = {"causal_lm": CausalLMOutput, "masked_lm": MaskedLMOutput, "bilm": BiLMOutput}
+OUTPUTS = {"causal_lm": CausalLMOutput, "masked_lm": MaskedLMOutput, "bilm": BiLMOutput,
+           "seq2seq": Seq2SeqOutput}

@@ -28,7 +28,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lmlab.errors import ConfigError
-from lmlab.models import bert, char_transformer, elmo, gpt, transformer_xl
+from lmlab.models import bert, char_transformer, cove, elmo, gpt, transformer_xl
 from lmlab.models.config import config_from_dict
 
 KINDS = ("causal_lm", "masked_lm", "bilm", "seq2seq", "tagger")
@@ -73,6 +73,9 @@ FAMILIES: dict[str, Family] = {
                          kind="causal_lm", state="memory", paper="Dai et al. 2019"),
     "elmo": Family(elmo.ELMoConfig, elmo.ELMo, elmo.PRESETS, kind="bilm", state="rnn",
                    paper="Peters et al. 2018", tokenizer="word_chars", readers=("scalar_mix",)),
+    # Source words in (fixed word vectors), target words out; features from the encoder.
+    "cove": Family(cove.CoVeConfig, cove.CoVe, cove.PRESETS, kind="seq2seq", state="rnn",
+                   paper="McCann et al. 2017", tokenizer="parallel_words", readers=("scalar_mix",)),
     # Characters (lmlab's chars tokenizer: one id per code point seen, text8 = 27 + <unk>, <eos>).
     "char-transformer": Family(char_transformer.CharTransformerConfig, char_transformer.CharTransformer,
                                char_transformer.PRESETS, kind="causal_lm", state="kv_cache",

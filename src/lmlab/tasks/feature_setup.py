@@ -2,8 +2,13 @@
 task model (Peters et al. 2018 §3.3; `lmlab.models.feature_heads`, `lmlab.tasks.features`).
 
 MODEL_DIR is any lmlab model dir whose family declares the `scalar_mix` reader (ELMo, BERT, GPT,
-GPT-2), or `none` (`NO_ENCODER`): no encoder, the word vectors alone (the paper's baseline; a folder
+GPT-2, CoVe), or `none` (`NO_ENCODER`): no encoder, the word vectors alone (the paper's baseline; a folder
 really named "none" is `./none`). A dir fine-tuned before gives its backbone.
+
+A sequence-to-sequence encoder over fixed word vectors (kind `seq2seq`, CoVe; McCann et al. 2017 §4)
+reads GloVe(w) itself: the frozen encoder is given the task's word-vector table (the rows that go
+into the task model dir) in place of its own, so [GloVe(w); CoVe(w)] reads one lookup of each word.
+--word-vectors must then have the width the encoder was trained with (the same vectors, normally).
 
 The word vectors (`--word-vectors builtin:glove-6b-50d` or a GloVe text file) are looked up for the
 words of the training and dev data only; those rows, not the whole table, go into the model dir.
@@ -13,6 +18,7 @@ Words without a vector are reported (`oov` in report.json: types, tokens, the mo
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -66,7 +72,7 @@ def load_encoder(model_dir, from_scratch: bool, seed: int):
     if "scalar_mix" not in family.readers:
         raise ConfigError(f"{model_dir}: {family.name} models declare no scalar_mix reader; --features "
                           f"needs a model whose layers can be mixed (readers: {', '.join(family.readers)})")
-    if tokenizer is None:
+    if tokenizer is None and family.kind != "seq2seq":  # a seq2seq encoder reads word vectors, not ids
         raise ConfigError(f"{model_dir}: the model dir has no tokenizer; fine-tuning needs one")
     if from_scratch:  # the same network with random weights, frozen: the random-features baseline
         torch.manual_seed(seed)
@@ -97,6 +103,22 @@ def word_table(source: str | None, words: Counter) -> tuple[list[str], np.ndarra
     return list(keys), table, report, found.lowercase
 
 
+def encoder_reading(backbone, table: np.ndarray, source: str | None):
+    """The seq2seq encoder reading the task's word vectors `table` (n, D) as its rows 1..n (row 0: zeros)."""
+    if source is None:
+        trained = backbone.config.word_vectors or "see its config.json"
+        raise ConfigError(f"a translation encoder (CoVe) reads fixed word vectors: pass --word-vectors, the "
+                          f"ones it was trained with ({trained})")
+    named = source if source.startswith("builtin:") else Path(source).name
+    trained = backbone.config.word_vectors
+    if trained and trained != named:
+        print(f"lmlab: note: the encoder was trained on {trained}; its input here is {named}",
+              file=sys.stderr)
+    rows = np.concatenate([np.zeros((1, table.shape[1]), np.float32), table]) if len(table) else \
+        np.zeros((1, backbone.config.d_input), np.float32)
+    return backbone.with_source_vectors(torch.from_numpy(rows))
+
+
 def feature_model(model_dir, task: str, train_ex, dev_ex, labels, regression: bool, settings: FeatureSettings,
                   *, max_len: int, dropout: float, extra: dict, from_scratch: bool, seed: int):
     """(TaskModel, tokenizer, spec, family name or None, OOV report) for `lmlab finetune --features`."""
@@ -110,6 +132,8 @@ def feature_model(model_dir, task: str, train_ex, dev_ex, labels, regression: bo
     counts = Counter(w for ex in (train_ex, dev_ex) for words in features.text_words(ex, probe_spec)
                      for w in words)
     keys, table, oov, uncased = word_table(settings.word_vectors, counts)
+    if kind == "seq2seq":
+        backbone = encoder_reading(backbone, table, settings.word_vectors)
     n_states, width = features.probe_encoder(backbone, tokenizer, kind) if backbone is not None else (0, 0)
     source = settings.word_vectors  # kept as provenance only: a file's name, never its path
     named = None if source is None else source if source.startswith("builtin:") else Path(source).name

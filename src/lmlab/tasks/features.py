@@ -15,6 +15,9 @@ Encoder inputs, per kind (the family's declaration, never its name):
 - `bilm` (ELMo): the words' characters framed `<S> w_1 ... w_n </S>`; word k is position k + 1.
 - `masked_lm` (BERT): `[CLS] pieces [SEP]`, every word cut into sub-tokens on its own (WordPiece).
 - `causal_lm` (GPT, GPT-2): the words' sub-tokens, words after the first with their leading space.
+- `seq2seq` (CoVe): the words themselves, as rows of the task's word-vector table: CoVe(w) =
+  MT-LSTM(GloVe(w)) reads the same fixed vectors the task model concatenates (lmlab.tasks.feature_setup
+  gives the frozen encoder that table); word k is position k.
 `word_start`/`word_end` give each word's sub-tokens: the head reads the first (`--word-pool first`,
 BERT §5.3) or their mean. With `lowercase` the encoder reads the words lowercased (an encoder
 pretrained on lowercased text such as builtin:ptb; the word vectors follow their own case rule).
@@ -46,7 +49,7 @@ from lmlab.tasks.base import pad_2d, run_model
 from lmlab.tasks.metrics import classification_metrics, regression_metrics
 
 IGNORE = tag.IGNORE
-ENCODER_KINDS = ("bilm", "masked_lm", "causal_lm")  # whose inputs this file builds
+ENCODER_KINDS = ("bilm", "masked_lm", "causal_lm", "seq2seq")  # whose inputs this file builds
 
 _CLITIC = re.compile(r"(?i)(?<=\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
 _TOKEN = re.compile(r"(?i)n't|'(?:s|re|ve|ll|d|m)\b|\w+(?:[-.']\w+)*|\.\.\.|--|\S")
@@ -79,6 +82,8 @@ def encoder_input(kind: str, tokenizer, words: list[str]) -> tuple[object, list[
     if kind == "bilm":
         chars = tokenizer.char_ids(words).astype(np.int16)  # (n + 2, C): <S> words </S>
         return chars, list(range(1, len(words) + 1)), list(range(2, len(words) + 2))
+    if kind == "seq2seq":  # one position per word; `_text` puts the words' table rows in (0: no vector)
+        return [0] * len(words), list(range(len(words))), list(range(1, len(words) + 1))
     if kind not in ENCODER_KINDS:
         raise ConfigError(f"features of a {kind} model are not implemented (kinds: "
                           f"{', '.join(ENCODER_KINDS)})")
@@ -149,6 +154,8 @@ def _text(words: list[str], where: str, tokenizer, spec: TaskSpec, row: dict, to
     if kept == 0:
         raise DataError(f"{where}: not even the first word fits in --max-len {spec.max_len} tokens")
     ids = [row.get(vector_key(w, x["vectors_lowercase"]), 0) for w in words[:kept]]
+    if x["encoder_kind"] == "seq2seq":
+        enc = list(ids)  # the encoder reads each word's vector: its row of the same table
     return WordExample(ids, None, enc, start, end, len(words))
 
 

@@ -24,6 +24,7 @@ KINDS = {
     "wordpiece": ("lmlab.tokenizers.wordpiece", "WordPieceTokenizer"),
     "word_chars": ("lmlab.tokenizers.word_chars", "WordCharTokenizer"),  # ELMo: words in, characters out
     "midi": ("lmlab.tokenizers.midi", "MidiTokenizer"),  # MIDI in, a symusic Score out
+    "parallel_words": ("lmlab.tokenizers.parallel_words", "ParallelWordTokenizer"),  # CoVe: two vocabularies
 }
 
 

@@ -141,7 +141,8 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
         tok = run_tokenizer(run_dir, data, tokenizer, vocab_size, d, valid,
                             cfg.seq_len if recipe.reads_windows else None)
         batches, evaluate = recipe.batches(data, tok, cfg, d, valid, options)
-        config = make_config(model, preset, **{"vocab_size": tok.vocab_size, **overrides})
+        fitted = recipe.fit_config(tok, options) if recipe.fit_config is not None else {}
+        config = make_config(model, preset, **{"vocab_size": tok.vocab_size, **fitted, **overrides})
         check_vocab(tok.vocab_size, config.vocab_size)
         if cfg.seq_len > config.max_seq_len:
             raise ConfigError(f"--seq-len {cfg.seq_len} is longer than the model's max_seq_len "
@@ -152,7 +153,7 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
         objective = recipe.make_objective(options, config, cfg)
         net.family = model
         if recipe.fit_model is not None:
-            recipe.fit_model(net, tok)
+            recipe.fit_model(net, tok, options)
         net.to(device)
         if d.is_main:  # checked and built: these settings make a run
             save_settings(run_dir, settings)
@@ -171,6 +172,8 @@ def summary(r: RunResult) -> str:
         m = r.val_metrics
         val = (f", val MLM loss {m['mlm_loss']:.4f} (acc {m['mlm_acc']:.3f}), "
                f"NSP loss {m['nsp_loss']:.4f} (acc {m['nsp_acc']:.3f})")
+    if "bleu" in r.val_metrics:  # translation
+        val += f", val BLEU {r.val_metrics['bleu']:.2f}"
     resumed = f" (resumed from step {r.resumed_from})" if r.resumed_from else ""
     return (f"trained {r.steps} steps{resumed}, {r.tokens:,} tokens, loss {r.loss:.4f}{val}, "
             f"{r.tokens_per_s:,.0f} tokens/s, {r.skipped} skipped steps, {r.wall_s:.1f} s")

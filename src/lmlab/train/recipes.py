@@ -14,6 +14,10 @@ flag table). `lmlab.train.pretrain` reads these fields and nothing else about a 
 - Bidirectional LMs (ELMo §3.1): the same streams for the forward LM and streams of the reversed
   corpus for the backward LM, both states carried, the mean of the two losses; bilm-tf's 20
   unrolled steps by default. The model spells its word ids with the tokenizer's characters.
+- Translation (CoVe, McCann et al. 2017 §3): batches of sentence pairs (lmlab.data.parallel), the
+  decoder's NLL of the target given the source, validation loss and BLEU of greedy translations of
+  the first valid sentences. The model reads fixed word vectors (`--word-vectors`) for its source
+  words; words without one read the zero vector (counted and reported at the start).
 - The deep character transformer (Al-Rfou et al. 2018, §2.1): random windows of the model's whole
   context, each with the characters one and two places ahead, the auxiliary losses of
   `lmlab.objectives.char_aux` (switched by `CharAuxOptions`), validation loss on fixed windows.
@@ -21,8 +25,10 @@ flag table). `lmlab.train.pretrain` reads these fields and nothing else about a 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 
@@ -34,6 +40,7 @@ from lmlab.objectives.char_aux import CharAuxLoss
 from lmlab.objectives.clm import clm_loss
 from lmlab.objectives.clm_state import CarriedStateCLM
 from lmlab.objectives.mlm_nsp import metrics_from_sums, mlm_nsp_loss, mlm_nsp_sums
+from lmlab.objectives.translation import translation_loss
 from lmlab.options import option
 from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import Dist, barrier
@@ -100,13 +107,33 @@ class CharAuxOptions:
 
 
 @dataclass(frozen=True)
+class TranslationOptions:
+    """CoVe pretraining: the fixed source word vectors, and how many valid sentences are translated for
+    BLEU at each evaluation."""
+
+    word_vectors: str = option("builtin:glove-6b-50d", "cove: fixed source word vectors, "
+                                                        "builtin:glove-6b-50d or a GloVe text file (words "
+                                                        "without one read zeros)")
+    bleu_sentences: int = option(200, "cove: valid sentences translated (greedy) for BLEU at each evaluation "
+                                      "(0 = loss only)")
+
+    def __post_init__(self):
+        if not isinstance(self.word_vectors, str) or not self.word_vectors:
+            raise ConfigError(f"--word-vectors must name word vectors, got {self.word_vectors!r}")
+        if type(self.bleu_sentences) is not int or self.bleu_sentences < 0:
+            raise ConfigError(f"--bleu-sentences must be an integer >= 0, got {self.bleu_sentences!r}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """batches(data, tokenizer, TrainConfig, Dist, valid, options) -> (batches, evaluate).
     objective: a loss function; a class of stateful objectives (one new object per run, built with
     the options' fields as keywords); or, with `builds_objective`, a function (options, model config,
     TrainConfig) -> the run's objective (one made from the family's options, the model's shape and
-    the run's length). fit_model(model, tokenizer): what the new model takes from the tokenizer
-    before step 0 (ELMo: the spelling of every word id)."""
+    the run's length). fit_config(tokenizer, options): config fields the tokenizer sets besides
+    vocab_size (CoVe: its source vocabulary). fit_model(model, tokenizer, options): what the new model
+    takes from the tokenizer before step 0 (ELMo: the spelling of every word id; CoVe: the word
+    vectors of its source words)."""
 
     batches: Callable
     objective: Callable
@@ -116,6 +143,7 @@ class Recipe:
     reads_windows: bool = True  # reads windows of seq_len + 1 tokens of each split (not sentence pairs)
     fit_model: Callable | None = None
     builds_objective: bool = False
+    fit_config: Callable | None = None
 
     def make_objective(self, options, config, cfg: TrainConfig):
         """The objective of one run of a model with `config`: a loss function as is; a stateful
@@ -290,7 +318,7 @@ def bilm_evaluator(shard, cfg: TrainConfig):
     return evaluate
 
 
-def spell_words(model, tok) -> None:
+def spell_words(model, tok, options=None) -> None:
     """The model spells word id i as the tokenizer spells word i."""
     model.set_word_chars(tok.char_table())
 
@@ -314,6 +342,57 @@ def char_aux_objective(options: CharAuxOptions, config, cfg: TrainConfig) -> Cha
                                  next2_weight=float(options.aux_target_weight))
 
 
+# ---------------------------------------------------------------- translation (CoVe)
+
+
+def translation_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None,
+                        options: TranslationOptions):
+    """Sentence-pair batches (pairs with more than --seq-len words on a side are left out, counted);
+    validation loss over the first eval_batches x batch_size valid pairs, BLEU over the first
+    `bleu_sentences` of them. Every rank computes the same numbers."""
+    from lmlab.data.parallel import ParallelBatches, encode_pairs, read_parallel
+    from lmlab.eval.translation import translation_metrics
+
+    examples, dropped = encode_pairs(read_parallel(data, "train", valid), tok, cfg.seq_len)
+    if dropped and d.is_main:
+        print(f"lmlab: {dropped:,} training pairs longer than --seq-len {cfg.seq_len} words left out, "
+              f"{len(examples):,} kept", file=sys.stderr)
+    batches = ParallelBatches(examples, cfg.batch_size, cfg.seed, tok.bos_token_id, tok.eos_token_id,
+                              d.rank, d.world_size)
+    held = read_parallel(data, "valid", valid)[: cfg.eval_batches * cfg.batch_size]
+
+    def evaluate(model) -> dict:
+        return translation_metrics(model, tok, held, batch_size=cfg.batch_size,
+                                   bleu_sentences=options.bleu_sentences, max_len=cfg.seq_len)
+
+    return batches, evaluate
+
+
+def source_vocabulary(tok, options: TranslationOptions) -> dict:
+    """The config fields of a translation model's source side: its vocabulary size and where its
+    vectors come from (a built-in name, or only a file's name: a config never holds a path)."""
+    name = options.word_vectors
+    return {"source_vocab_size": tok.source_vocab_size,
+            "word_vectors": name if name.startswith("builtin:") else Path(name).name}
+
+
+def source_word_vectors(model, tok, options: TranslationOptions) -> None:
+    """The model reads source word i as its vector in --word-vectors (zeros when it has none: reported)."""
+    from lmlab.data.word_vectors import lookup
+
+    found = lookup(options.word_vectors, tok.source_tokens[2:])
+    if found.dim != model.config.d_input:
+        raise ConfigError(f"--word-vectors {options.word_vectors} holds {found.dim}-d vectors; this model "
+                          f"reads d_input={model.config.d_input} (pass --set d_input={found.dim})")
+    table = torch.zeros(tok.source_vocab_size, found.dim)
+    table[2:] = torch.from_numpy(found.vectors)
+    model.set_source_vectors(table)
+    missing = found.missing
+    if missing:
+        print(f"lmlab: {len(missing):,} of {len(found.words):,} source word types have no vector in "
+              f"{options.word_vectors} and read zeros (e.g. {', '.join(missing[:5])})", file=sys.stderr)
+
+
 def _context_or_default(config) -> int:
     return min(DEFAULT_SEQ_LEN, config.max_seq_len)
 
@@ -332,6 +411,11 @@ BILM_STREAMS = Recipe(bilm_batches, BiLMObjective, lambda config: 20, options=Bi
 CHAR_AUX_WINDOWS = Recipe(char_window_batches, char_aux_objective, lambda config: config.max_seq_len,
                           options=CharAuxOptions, builds_objective=True)
 
+# CoVe: sentence pairs; --seq-len caps the words of a side (the built-in corpus has at most 100).
+TRANSLATION_PAIRS = Recipe(translation_batches, translation_loss, lambda config: 100,
+                           options=TranslationOptions, reads_windows=False, fit_model=source_word_vectors,
+                           fit_config=source_vocabulary)
+
 RECIPES: dict[str, Recipe] = {
     "gpt": CAUSAL_WINDOWS,
     "gpt2": CAUSAL_WINDOWS,
@@ -339,6 +423,7 @@ RECIPES: dict[str, Recipe] = {
     "transfo-xl": MEMORY_STREAMS,
     "elmo": BILM_STREAMS,
     "char-transformer": CHAR_AUX_WINDOWS,
+    "cove": TRANSLATION_PAIRS,
 }
 
 

@@ -7,7 +7,8 @@ the model's lmlab family for `to_hf`. A layout module never touches files, so ad
 adding two functions and two dict entries.
 
 Safe loading: `torch.load(weights_only=True)` is used here, and only here, for foreign
-`pytorch_model.bin` files; everything lmlab writes is safetensors + JSON. Every file of the dir is
+`pytorch_model.bin` files and the released CoVe MT-LSTM (`cove_mtlstm`); everything lmlab writes is
+safetensors + JSON. Every file of the dir is
 read through `lmlab.checkpoints.files` (regular files inside the dir, JSON and vocabularies capped);
 the tokenizer files, which the tokenizers read by path, are checked before any of them is read.
 """
@@ -25,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.checkpoints.builtin import builtin_weights_dir, is_builtin
-from lmlab.checkpoints.convert import bilm_tf, hf_bert, hf_gpt, hf_transfo_xl
+from lmlab.checkpoints.convert import bilm_tf, cove_mtlstm, hf_bert, hf_gpt, hf_transfo_xl
 from lmlab.checkpoints.files import JSON_CAP, check_tokenizer_files, checked_path, read_json
 from lmlab.checkpoints.io import check_tokenizer_fits
 from lmlab.checkpoints.sizes import check_finite, header_state
@@ -57,6 +58,7 @@ TOKENIZER_TO_HF = {
 # lmlab family -> (reader of its original release's files: (*paths) -> (model, tokenizer), the files).
 FROM_ORIGINAL = {
     "elmo": (bilm_tf.elmo_from_bilm_tf, ("options_json", "weights_hdf5")),  # allenai/bilm-tf
+    "cove": (cove_mtlstm.cove_from_mtlstm, ("mtlstm_pth",)),  # salesforce/cove (encoder only)
 }
 
 CONFIG = "config.json"
@@ -82,7 +84,8 @@ def from_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
 
 def from_original(family: str, *paths: str | Path, device: str | torch.device = "cpu"):
     """(model, tokenizer) from a family's original released files, e.g.
-    `from_original("elmo", options_json, weights_hdf5)` (bilm-tf's options.json and weights HDF5)."""
+    `from_original("elmo", options_json, weights_hdf5)` (bilm-tf's options.json and weights HDF5) or
+    `from_original("cove", mtlstm_pth)` (the MT-LSTM's state dict; tokenizer None)."""
     if not isinstance(family, str) or family not in FROM_ORIGINAL:
         raise ConversionError(f"no original release reader for {family!r}; expected one of "
                               f"{', '.join(FROM_ORIGINAL)}")

@@ -35,7 +35,8 @@ MODEL_FILES = (MANIFEST, "config.json", "model.safetensors", "model.safetensors.
 @dataclass(frozen=True)
 class ConvertOptions:
     """`lmlab convert`: a Hugging Face model dir to an lmlab one (--from-hf), or back (--to-hf); the
-    released ELMo weights to an lmlab model dir (--from-elmo OPTIONS WEIGHTS)."""
+    released ELMo weights (--from-elmo OPTIONS WEIGHTS) or CoVe MT-LSTM (--from-cove PTH) to an lmlab
+    model dir."""
 
     out: str = option(help="where to write the converted model")
     from_hf: str | None = option(None, "a Hugging Face model dir (gpt2, openai-gpt, bert, transfo-xl) or "
@@ -43,6 +44,9 @@ class ConvertOptions:
     to_hf: str | None = option(None, "an lmlab model dir", group="source", metavar="DIR")
     from_elmo: tuple[str, ...] | None = option(None, "bilm-tf's options.json and weights .hdf5 (two files)",
                                                group="source", nargs=2, metavar=("OPTIONS", "WEIGHTS"))
+    from_cove: str | None = option(None, "the released CoVe MT-LSTM (wmtlstm-*.pth: a 2-layer bidirectional "
+                                         "LSTM's state dict); an encoder-only model", group="source",
+                                   metavar="PTH")
     overwrite: bool = option(False, "replace a model dir at --out (never a run)")
 
 
@@ -70,24 +74,26 @@ def check_out(out: Path, overwrite: bool) -> bool:
 
 
 def convert_command(from_hf: str | None, to_hf: str | None, out: str, overwrite: bool = False,
-                    from_elmo: Sequence[str] | None = None) -> int:
+                    from_elmo: Sequence[str] | None = None, from_cove: str | None = None) -> int:
     """Convert one model; exactly one of `from_hf` / `to_hf` (dirs) / `from_elmo` (bilm-tf's
-    options.json and weights HDF5, in that order) is given. Returns the exit code."""
-    if sum(x is not None for x in (from_hf, to_hf, from_elmo)) != 1:
-        raise ConversionError("give exactly one of --from-hf HF_DIR, --from-elmo OPTIONS WEIGHTS or "
-                              "--to-hf DIR")
+    options.json and weights HDF5, in that order) / `from_cove` (the MT-LSTM .pth) is given.
+    Returns the exit code."""
+    if sum(x is not None for x in (from_hf, to_hf, from_elmo, from_cove)) != 1:
+        raise ConversionError("give exactly one of --from-hf HF_DIR, --from-elmo OPTIONS WEIGHTS, "
+                              "--from-cove PTH or --to-hf DIR")
     if from_elmo is not None and len(from_elmo) != 2:
         raise ConversionError(f"--from-elmo takes two files, OPTIONS (options.json) and WEIGHTS (.hdf5), "
                               f"got {len(from_elmo)}")
-    sources = [Path(p) for p in from_elmo] if from_elmo is not None else [Path(from_hf or to_hf)]
+    sources = [Path(p) for p in from_elmo] if from_elmo is not None else [Path(from_cove or from_hf or to_hf)]
     # Both HF layouts call their config file config.json: writing into the source would clobber it.
     if any(Path(out).resolve() == source.resolve() for source in sources):
         raise ConversionError(f"--out {out} is the source dir (or file); write the converted model elsewhere")
     final = Path(out).resolve() if check_out(Path(out), overwrite) else None
     target = final.with_name(f"{final.name}.tmp-{os.getpid()}") if final else Path(out)
     try:
-        if from_elmo is not None:
-            model, tokenizer = convert.from_original("elmo", *sources)
+        if from_elmo is not None or from_cove is not None:
+            family = "elmo" if from_elmo is not None else "cove"
+            model, tokenizer = convert.from_original(family, *sources)
             save(model, tokenizer, target)
             what = "lmlab"
         else:
