@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lmlab.checkpoints.atomic import MANIFEST, read_manifest, write_bytes_atomic, write_manifest
+from lmlab.checkpoints.atomic import MANIFEST, read_manifest, temp_output, write_bytes_atomic, write_manifest
 from lmlab.checkpoints.files import JSON_CAP, check_tokenizer_files, checked_path, read_json
 from lmlab.checkpoints.sizes import (
     allocating,
@@ -32,11 +32,14 @@ from lmlab.errors import CheckpointError, LmlabError, TokenizerError
 from lmlab.models.config import config_to_dict
 from lmlab.models.heads import TaskModel, TaskSpec, build_task_model
 from lmlab.models.registry import build_from_config, family_of
+from lmlab.paths import check_outputs
 from lmlab.tokenizers import load_tokenizer
 from lmlab.version import __version__
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+# Every file `save` may write (the tokenizers' files included).
+MODEL_FILES = (CONFIG, WEIGHTS, MANIFEST, "tokenizer.json", "vocab.json", "merges.txt", "vocab.txt")
 
 
 def unique_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -81,6 +84,7 @@ def save(model: torch.nn.Module, tokenizer, out_dir: str | Path, extra: dict | N
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a directory; expected a model dir to write into")
+    check_outputs(out, MODEL_FILES)  # each a regular file or nothing yet: never renamed over a device
     out.mkdir(parents=True, exist_ok=True)
     # The manifest goes first and comes back last: a crash in between leaves no valid model here.
     (out / MANIFEST).unlink(missing_ok=True)
@@ -92,8 +96,9 @@ def save(model: torch.nn.Module, tokenizer, out_dir: str | Path, extra: dict | N
         config["extra"] = extra
     write_bytes_atomic(out / CONFIG, json.dumps(config, indent=2).encode())
     tmp = out / f"{WEIGHTS}.tmp-{os.getpid()}"
-    save_file(unique_state(model), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / WEIGHTS)
+    with temp_output(tmp, str(out / WEIGHTS)):  # a full disk: one line, no temp file left
+        save_file(unique_state(model), str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, out / WEIGHTS)
     files = [CONFIG, WEIGHTS]
     if tokenizer is not None:
         before = set(os.listdir(out))

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmlab.errors import ConfigError, DataError
+from lmlab.errors import ConfigError, DataError, OutputError
 from lmlab.models.heads import TaskModel
 from lmlab.models.registry import FAMILIES, spec_of
 from lmlab.options import option
@@ -231,8 +231,10 @@ def _word_members(words: list[int]) -> tuple[list[int], torch.Tensor]:
 def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool: str = "none",
                   batch_size: int = 16, max_len: int | None = None, device: str = "auto") -> dict:
     """Read `input`, embed every line with the model in `model_dir`, write `out` (safetensors)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from lmlab.checkpoints.atomic import io_reason
     from lmlab.checkpoints.io import load
 
     out = output_file(out, "--out")
@@ -245,7 +247,10 @@ def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool
     chosen = parse_layers(layers, net.config.n_layers + 1)
     meta = {"layers": chosen, "pool": pool, "model_dir": str(model_dir), "family": net.family,
             "line_numbers": lines, "texts": len(texts)}
-    save_file(tensors, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+    try:  # safetensors writes a temp file beside `out` and renames it: `out` was checked to be a file
+        save_file(tensors, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+    except (OSError, SafetensorError) as e:
+        raise OutputError(f"--out {out}: cannot write ({io_reason(e)})") from None
     return meta
 
 
