@@ -23,8 +23,8 @@ from lmlab.checkpoints.sizes import (
     check_finite,
     check_structure,
     header_state,
+    meta_build,
     n_stored,
-    on_meta,
     stored_names,
 )
 from lmlab.devices import resolve_device
@@ -153,7 +153,7 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool
     except FileNotFoundError:
         raise CheckpointError(f"{weights}: missing") from None
     check_structure(config, len(shapes), where, CheckpointError)
-    with on_meta():
+    with meta_build(where, CheckpointError):
         dry = build_model(family, config, task, where)
     n_params = check_sizes(dry, shapes, str(weights))
     with allocating(str(weights), n_params, CheckpointError):
