@@ -84,26 +84,28 @@ def test_finetune_stops_the_same_way(tiny_model_dir, tmp_path):
     assert again.returncode == 0 and (out / "report.json").exists(), again.stderr[-2000:]
 
 
+@pytest.mark.parametrize("writer", ["lmlab.train.state", "lmlab.checkpoints.io"])  # optimizer, weights
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_one(tmp_path, tiny_args, reference,
-                                                                            monkeypatch, capsys):
-    import lmlab.train.state as state
+                                                                            monkeypatch, capsys, writer):
+    import importlib
 
-    real, calls = state.save_file, []
+    module = importlib.import_module(writer)
+    real, calls = module.save_file, []
 
     def full_on_the_second_checkpoint(tensors, path, *args, **kwargs):
         calls.append(path)
-        if len(calls) == 2:  # the optimizer of step-8: its model files are written already
+        if len(calls) == 2:  # step-8's optimizer (its model written already) or its weights
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(tensors, path, *args, **kwargs)
 
-    monkeypatch.setattr(state, "save_file", full_on_the_second_checkpoint)
+    monkeypatch.setattr(module, "save_file", full_on_the_second_checkpoint)
     run = tmp_path / "run"
     assert main(tiny_args(run, save_every=4, **FLAGS)) == 2
     err = capsys.readouterr().err.strip()
     step4, step8 = run / "checkpoints" / "step-4", run / "checkpoints" / "step-8"
     assert err == (f"lmlab pretrain: error: {step8}: cannot write (No space left on device); {step4} is kept")
     assert sorted(os.listdir(run / "checkpoints")) == ["step-4"]  # the temp folder is gone
-    monkeypatch.setattr(state, "save_file", real)  # space again: the run resumes from step-4
+    monkeypatch.setattr(module, "save_file", real)  # space again: the run resumes from step-4
     assert main(tiny_args(run, save_every=4, resume=True, **FLAGS)) == 0
     assert losses(run) == reference
 

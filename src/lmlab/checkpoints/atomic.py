@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def io_reason(e: BaseException) -> str:
     if isinstance(e, OSError):
         return e.strerror or str(e)
     text = str(e)  # safetensors: "Error while serializing: I/O error: No space left on device (os error 28)"
-    return text.split("I/O error: ", 1)[-1].split(" at path ")[0].strip() or type(e).__name__
+    reason = text.split("I/O error: ", 1)[-1].split(" at path ")[0].strip()
+    return re.sub(r" \(os error \d+\)$", "", reason) or type(e).__name__
 
 
 @contextlib.contextmanager
@@ -77,9 +79,13 @@ def temp_output(tmp: Path, what: str, kept: str = "", error: type[LmlabError] = 
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
-        if isinstance(e, (OSError, SafetensorError)):
-            raise error(f"{what}: cannot write ({io_reason(e)}){kept}") from None
-        raise
+        # A write inside (a file of the folder `tmp`) that failed the same way: told as this one.
+        reason = io_reason(e) if isinstance(e, (OSError, SafetensorError)) else getattr(e, "io_reason", None)
+        if reason is None:
+            raise
+        failure = error(f"{what}: cannot write ({reason}){kept}")
+        failure.io_reason = reason
+        raise failure from None
 
 
 def finite_json(obj, **options) -> str:
