@@ -69,7 +69,7 @@ bench: setup
 	@$(ORACLE_OPTIONAL)
 	$(PY) benchmarks/run_all.py
 
-# The fault campaign (issue 16; not part of `make test`, about 10 minutes on two cores): SIGKILLs,
+# The fault campaign (issue 16; not part of `make test`, 10-15 minutes on two cores): SIGKILLs,
 # SIGTERMs, a full disk (a small tmpfs, as root), corrupted checkpoints, concurrent starts and hostile
 # folders against gpt2, transfo-xl, bert and a fine-tune; the table goes to benchmarks/results/faults.json.
 # FAULTS_ARGS="--seed 1" or "--quick" to vary it.

@@ -1,4 +1,4 @@
-"""The fault campaign (issue 16): `make faults`. Not part of `make test`: about 10 minutes on two cores.
+"""The fault campaign (issue 16): `make faults`. Not part of `make test`: 10-15 minutes on two cores.
 
     python benchmarks/faults.py [--seed N] [--workers 2] [--quick]
 

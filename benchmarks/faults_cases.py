@@ -279,7 +279,8 @@ class Lab:
                                                                "step": SAVE * rng.randint(1, STEPS // SAVE)}))
                 planned.append(("sigterm", family, {"signal": rng.choice(["SIGTERM", "SIGTERM", "SIGINT"]),
                                                     "delay": rng.random()}))
-            planned.append(("full-disk", family, {"fraction": rng.uniform(0.35, 1.6)}))
+            for _ in range(1 if quick else 2):  # from a third of a checkpoint to about three
+                planned.append(("full-disk", family, {"fraction": rng.uniform(0.1, 1.1)}))
         disk = self.can_mount()
         if disk is not True:
             skipped["full-disk"] = disk
