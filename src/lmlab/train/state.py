@@ -143,7 +143,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, train
 
 
 def _write_checkpoint(tmp: Path, step: int, model, tokenizer, optimizer, trainer_state: dict,
-                      carried: dict[str, torch.Tensor] | None, objective: dict[str, torch.Tensor] | None) -> None:
+                      carried: dict[str, torch.Tensor] | None,
+                      objective: dict[str, torch.Tensor] | None) -> None:
     save(model, tokenizer, tmp)
     (tmp / MANIFEST).unlink()
     _fault("weights", step)
