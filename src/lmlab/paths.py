@@ -40,7 +40,8 @@ from lmlab.errors import ConfigError
 LOCK_FILE = ".lmlab.lock"
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file of this `st_mode` is, in words (for messages)."""
     if stat.S_ISDIR(mode):
         return "a folder"
     if stat.S_ISFIFO(mode):
@@ -78,7 +79,7 @@ def check_file_target(path: str | Path, what: str | None = None) -> Path:
     if stat.S_ISDIR(mode):
         raise ConfigError(f"{what} is a folder; expected the path of a file to write")
     if not stat.S_ISREG(mode):
-        raise ConfigError(f"{what} is {_kind(mode)}, not a regular file; lmlab writes only regular "
+        raise ConfigError(f"{what} is {file_kind(mode)}, not a regular file; lmlab writes only regular "
                           f"files (choose a file path)")
     return path.resolve() if path.is_symlink() else path
 
@@ -90,7 +91,7 @@ def check_outputs(directory: Path, files: tuple[str, ...] = (), dirs: tuple[str,
     for name in dirs:
         mode = _mode(directory / name, str(directory / name))
         if mode is not None and not stat.S_ISDIR(mode):
-            raise ConfigError(f"{directory / name} is {_kind(mode)}; expected a folder")
+            raise ConfigError(f"{directory / name} is {file_kind(mode)}; expected a folder")
 
 
 def _make_folder(folder: Path, what: str) -> None:
