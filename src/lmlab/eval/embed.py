@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmlab.errors import ConfigError, DataError
+from lmlab.errors import ConfigError, DataError, OutputError
 from lmlab.eval.embed_bilm import EmbeddingState, bilm_embed_texts, embed_sentences, embedding_state
 from lmlab.eval.embed_seq2seq import embed_sentences_seq2seq, seq2seq_embed_texts
 from lmlab.models.heads import TaskModel
@@ -264,8 +264,10 @@ def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool
                   stateful: bool = False, word_vectors: str | None = None) -> dict:
     """Read `input`, embed every line with the model in `model_dir`, write `out` (safetensors).
     `stateful` (biLMs): each batch row carries its state into the next batch (lmlab.eval.embed_bilm)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from lmlab.checkpoints.atomic import io_reason
     from lmlab.checkpoints.io import load
 
     out = output_file(out, "--out")
@@ -279,7 +281,10 @@ def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool
     chosen = parse_layers(layers, n_states(net, spec.kind))
     meta = {"layers": chosen, "pool": pool, "model_dir": str(model_dir), "family": net.family,
             "line_numbers": lines, "texts": len(texts), "stateful": stateful, "batch_size": batch_size}
-    save_file(tensors, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+    try:  # safetensors writes a temp file beside `out` and renames it: `out` was checked to be a file
+        save_file(tensors, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+    except (OSError, SafetensorError) as e:
+        raise OutputError(f"--out {out}: cannot write ({io_reason(e)})") from None
     return meta
 
 
