@@ -76,7 +76,8 @@ def test_convert_from_cove_writes_a_model_dir_that_loads_equal(tmp_path, capsys)
     model, _ = lmlab.load(tmp_path / "out")
     x, mask = inputs()
     with torch.no_grad():
-        torch.testing.assert_close(model(x, attention_mask=mask).hidden, reference(lstm, x), rtol=1e-5, atol=1e-6)
+        hidden = model(x, attention_mask=mask).hidden
+    torch.testing.assert_close(hidden, reference(lstm, x), rtol=1e-5, atol=1e-6)
 
 
 def broken(state: dict, how: str) -> dict:

@@ -35,7 +35,8 @@ CASES = {
     "no 4-grams": (["the cat"], ["the cat sat"]),
     "unmatched bigrams": (["cat the mat on"], ["the cat on the mat"]),
     "longer than the reference": (["the cat sat on the mat on the mat"], ["the cat sat"]),
-    "punctuation and digits": (["Costs 3.5 (or 1,000)-ish, e.g. x/y."], ["Costs 3.5 (or 1,000) - ish, e.g. x / y ."]),
+    "punctuation and digits": (["Costs 3.5 (or 1,000)-ish, e.g. x/y."],
+                               ["Costs 3.5 (or 1,000) - ish, e.g. x / y ."]),
     "entities and skipped": (["Tom &amp; Jerry &quot;hi&quot; <skipped>"], ['Tom & Jerry "hi"']),
     "trailing space": (["the cat   "], ["the cat"]),
 }

@@ -74,7 +74,8 @@ def test_decoder_follows_equations_2_to_5_by_hand():
     model = tiny()
     d = model.decoder
     ids, mask = padded_source(model)
-    y = torch.randint(0, model.config.vocab_size, (len(LENGTHS), 4), generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    y = torch.randint(0, model.config.vocab_size, (len(LENGTHS), 4), generator=g)
     with torch.no_grad():
         out = model(ids, attention_mask=mask, decoder_input_ids=y)
         H, _, finals, feed = model(ids, attention_mask=mask).state
