@@ -199,7 +199,7 @@ def cmd_generate(o) -> int:
                      repetition_penalty=o.repetition_penalty, num_return_sequences=o.num_return_sequences,
                      stop=list(o.stop) or None, stop_at_eos=o.stop_at_eos, seed=o.seed, device=o.device,
                      draft=o.draft, draft_tokens=o.draft_tokens, beam_size=o.beam_size,
-                     length_penalty=o.length_penalty, out=sys.stdout)
+                     length_penalty=o.length_penalty, replace_unk=o.replace_unk, out=sys.stdout)
     return 0
 
 

@@ -142,3 +142,30 @@ def test_length_norm_and_bad_settings():
         beam_search(model, src, mask, beam_size=0)
     with pytest.raises(GenerationError, match="length_penalty"):
         beam_search(model, src, mask, length_penalty=-1.0)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_positions_are_the_attention_argmax_and_unk_becomes_that_source_word(k):
+    """The position given with each word is where the teacher-forced attention peaks when that word is
+    read out; `replace_unk` writes each <unk> as the source word there."""
+    from lmlab.generate.beam import translations
+    from lmlab.tokenizers.parallel_words import SOURCE_SPECIALS, TARGET_SPECIALS, ParallelWordTokenizer
+
+    torch.manual_seed(0)
+    model = lmlab.build("cove", "tiny", dropout=0.0).eval()  # 64 target words
+    with torch.no_grad():
+        model.decoder.out.bias[1] = 4.0  # <unk> often
+    words = [f"w{i}" for i in range(20)]
+    tok = ParallelWordTokenizer([*SOURCE_SPECIALS, *words], [*TARGET_SPECIALS, *(f"t{i}" for i in range(60))])
+    sentence = "w3 w7 Unseen w1 w12"
+    src = torch.tensor([tok.encode_source(sentence)])
+    ids, at = (greedy(model, src, None, bos=BOS, eos=EOS, max_len=8, positions=True) if k == 1 else
+               beam_search(model, src, None, beam_size=k, bos=BOS, eos=EOS, max_len=8, positions=True))
+    assert 1 in ids[0], "the test wants an <unk> in the translation"
+    with torch.no_grad():
+        attention = model(src, decoder_input_ids=torch.tensor([[BOS, *ids[0][:-1]]])).attention[0]
+    assert at[0] == attention.argmax(-1).tolist()
+    plain, replaced = translations(model, tok, [sentence], beam_size=k, max_len=8)[0]
+    source_words = sentence.split()
+    expect = [source_words[p] if i == 1 else tok.id_to_token(i) for i, p in zip(ids[0], at[0], strict=True)]
+    assert replaced == " ".join(expect) and plain == " ".join(tok.id_to_token(i) for i in ids[0])

@@ -1,7 +1,8 @@
 """Translation quality of a sequence-to-sequence model (CoVe's MT-LSTM, McCann et al. 2017 §3/§5.1):
 teacher-forced loss and perplexity of the reference translations, and corpus BLEU of the model's own
 translations (greedy or beam search, lmlab.generate.beam) against them, computed as sacrebleu does
-(lmlab.eval.bleu).
+(lmlab.eval.bleu); `bleu_replace_unk` scores the same translations with each `<unk>` written as the
+source word the attention weighted most (Luong et al. 2015; OpenNMT's -replace_unk).
 
 Hypotheses are the decoded target words joined by spaces (`<unk>` where the vocabulary lacks a word),
 references the target sentences as written; BLEU's 13a tokenization treats both alike. The
@@ -18,7 +19,7 @@ import torch
 
 from lmlab.errors import ConfigError
 from lmlab.eval.bleu import corpus_bleu
-from lmlab.generate.beam import check_seq2seq, translate
+from lmlab.generate.beam import check_seq2seq, translations
 from lmlab.nn.lm_loss import IGNORE_INDEX
 
 
@@ -50,15 +51,18 @@ def reference_loss(model, tokenizer, pairs, batch_size: int = 32) -> dict:
 def translation_metrics(model, tokenizer, pairs, batch_size: int = 32, beam_size: int = 1,
                         length_penalty: float = 1.0, bleu_sentences: int | None = None,
                         max_len: int | None = None) -> dict:
-    """{"loss", "ppl", "words", "bleu", "sentences"} over `pairs` (BLEU over the first
-    `bleu_sentences` of them, all by default; 0 leaves BLEU out)."""
+    """{"loss", "ppl", "words", "bleu", "bleu_replace_unk", "sentences"} over `pairs` (BLEU over the
+    first `bleu_sentences` of them, all by default; 0 leaves BLEU out). `bleu_replace_unk`: the same
+    translations with each `<unk>` written as the source word attended most (lmlab.generate.beam)."""
     check_seq2seq(model)
     out = reference_loss(model, tokenizer, pairs, batch_size)
     scored = pairs if bleu_sentences is None else pairs[:bleu_sentences]
     if scored:
-        hyps = translate(model, tokenizer, [p.source for p in scored], beam_size=beam_size, max_len=max_len,
-                         length_penalty=length_penalty, batch_size=batch_size)
-        out.update(bleu=corpus_bleu(hyps, [p.target for p in scored]), sentences=len(scored))
+        both = translations(model, tokenizer, [p.source for p in scored], beam_size=beam_size,
+                            max_len=max_len, length_penalty=length_penalty, batch_size=batch_size)
+        refs = [p.target for p in scored]
+        out.update(bleu=corpus_bleu([b[0] for b in both], refs),
+                   bleu_replace_unk=corpus_bleu([b[1] for b in both], refs), sentences=len(scored))
     return out
 
 

@@ -16,6 +16,13 @@ sentence is done when `beam_size` hypotheses have finished (fairseq's and OpenNM
 normalised score.
 With beam_size 1 this is greedy decoding: the one live hypothesis takes the best word, and `<eos>`
 finishes it.
+
+Unknown-word replacement (Luong et al. 2015, "Addressing the rare word problem"; OpenNMT's
+-replace_unk, the MT-LSTM's training code): with `replace_unk`, `translate` writes each `<unk>` of a
+translation as the source word the attention weighted most when `<unk>` was chosen. Names, numbers
+and API identifiers, which the help text keeps untranslated and a word vocabulary lacks, are then
+copied. `greedy` and `beam_search` give those positions with `positions=True` (models whose output
+has no `attention` give -1).
 """
 
 from __future__ import annotations
@@ -39,10 +46,12 @@ def _start(model, source, attention_mask):
 
 
 def _step(model, words: torch.Tensor, state):
-    """(log-probabilities (N, V) of the next word after `words` (N,), the new state)."""
+    """(log-probabilities (N, V) of the next word after `words` (N,), the new state, the source
+    position attended most (N,) or -1 without attention)."""
     with torch.inference_mode():
         out = model(decoder_input_ids=words[:, None], state=state)
-    return out.logits[:, -1].float().log_softmax(-1), out.state
+    where = out.attention[:, -1].argmax(-1) if out.attention is not None else torch.full_like(words, -1)
+    return out.logits[:, -1].float().log_softmax(-1), out.state, where.tolist()
 
 
 def _limit(max_len: int | None, source_len: int) -> int:
@@ -54,9 +63,10 @@ def _limit(max_len: int | None, source_len: int) -> int:
 
 @torch.no_grad()
 def greedy(model, source: torch.Tensor, attention_mask=None, bos: int = 2, eos: int = 3,
-           max_len: int | None = None) -> list[list[int]]:
+           max_len: int | None = None, positions: bool = False):
     """Per source row, the greedy translation's ids (without <bos> and <eos>); `max_len` words at most
-    (default 2 · source length + 10)."""
+    (default 2 · source length + 10). With `positions`: (ids, the source position attended most at
+    each word)."""
     check_seq2seq(model)
     state, S = _start(model, source, attention_mask)
     limit = _limit(max_len, S)
@@ -64,16 +74,18 @@ def greedy(model, source: torch.Tensor, attention_mask=None, bos: int = 2, eos: 
     words = torch.full((B,), bos, dtype=torch.long, device=source.device)
     done = torch.zeros(B, dtype=torch.bool, device=source.device)
     out: list[list[int]] = [[] for _ in range(B)]
+    at: list[list[int]] = [[] for _ in range(B)]
     for _ in range(limit):
-        logp, state = _step(model, words, state)
+        logp, state, where = _step(model, words, state)
         words = logp.argmax(-1)
         for r in (~done).nonzero().flatten().tolist():
             if int(words[r]) != eos:
                 out[r].append(int(words[r]))
+                at[r].append(where[r])
         done |= words == eos
         if bool(done.all()):
             break
-    return out
+    return (out, at) if positions else out
 
 
 def length_norm(length: int, alpha: float) -> float:
@@ -83,8 +95,10 @@ def length_norm(length: int, alpha: float) -> float:
 
 @torch.no_grad()
 def beam_search(model, source: torch.Tensor, attention_mask=None, beam_size: int = 5, bos: int = 2,
-                eos: int = 3, max_len: int | None = None, length_penalty: float = 1.0) -> list[list[int]]:
-    """Per source row, the best hypothesis's ids (without <bos> and <eos>); see the module docstring."""
+                eos: int = 3, max_len: int | None = None, length_penalty: float = 1.0,
+                positions: bool = False):
+    """Per source row, the best hypothesis's ids (without <bos> and <eos>); see the module docstring.
+    With `positions`: (ids, the source position attended most at each word)."""
     check_seq2seq(model)
     if not isinstance(beam_size, int) or beam_size < 1:
         raise GenerationError(f"beam size must be a positive integer, got {beam_size!r}")
@@ -99,14 +113,15 @@ def beam_search(model, source: torch.Tensor, attention_mask=None, beam_size: int
     scores[:, 0] = 0.0
     words = torch.full((B * k,), bos, dtype=torch.long, device=device)
     history = [[[] for _ in range(k)] for _ in range(B)]
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    at = [[[] for _ in range(k)] for _ in range(B)]  # the attended source position of each word
+    finished: list[list[tuple[float, list[int], list[int]]]] = [[] for _ in range(B)]
     active = [True] * B
     for step in range(limit):
-        logp, state = _step(model, words, state)
+        logp, state, where = _step(model, words, state)
         V = logp.shape[-1]
         total = (scores[:, :, None] + logp.view(B, k, V)).view(B, k * V)  # (B, k·V)
         best, index = total.topk(min(2 * k, k * V), dim=-1)
-        rows, new_words, new_scores, new_history = [], [], [], []
+        rows, new_words, new_scores, new_history, new_at = [], [], [], [], []
         for b in range(B):
             keep = []
             if active[b]:
@@ -116,7 +131,8 @@ def beam_search(model, source: torch.Tensor, attention_mask=None, beam_size: int
                     beam, word = divmod(i, V)
                     if word == eos:
                         path = history[b][beam]
-                        finished[b].append((s / length_norm(len(path) + 1, length_penalty), path))
+                        score = s / length_norm(len(path) + 1, length_penalty)
+                        finished[b].append((score, path, at[b][beam]))
                     else:
                         keep.append((s, beam, word))
                     if len(keep) == k:
@@ -124,7 +140,8 @@ def beam_search(model, source: torch.Tensor, attention_mask=None, beam_size: int
                 active[b] = bool(keep) and len(finished[b]) < k
                 if active[b] and step == limit - 1:  # out of words: the live ones finish as they are
                     finished[b] += [(sc / length_norm(len(history[b][beam]) + 1, length_penalty),
-                                     history[b][beam] + [word]) for sc, beam, word in keep]
+                                     history[b][beam] + [word], at[b][beam] + [where[b * k + beam]])
+                                    for sc, beam, word in keep]
                     active[b] = False
             if not active[b] or not keep:
                 keep = [(float("-inf"), 0, eos)] * k
@@ -133,7 +150,9 @@ def beam_search(model, source: torch.Tensor, attention_mask=None, beam_size: int
                 rows.append(b * k + beam)
                 new_words.append(word)
                 new_scores.append(s)
-                new_history.append(history[b][beam] + [word] if s > float("-inf") else [])
+                live = s > float("-inf")
+                new_history.append(history[b][beam] + [word] if live else [])
+                new_at.append(at[b][beam] + [where[b * k + beam]] if live else [])
         if not any(active):
             break
         select = torch.tensor(rows, device=device)
@@ -141,13 +160,25 @@ def beam_search(model, source: torch.Tensor, attention_mask=None, beam_size: int
         words = torch.tensor(new_words, device=device)
         scores = torch.tensor(new_scores, device=device).view(B, k)
         history = [new_history[b * k:(b + 1) * k] for b in range(B)]
-    return [max(f, key=lambda x: x[0])[1] if f else [] for f in finished]
+        at = [new_at[b * k:(b + 1) * k] for b in range(B)]
+    best = [max(f, key=lambda x: x[0]) if f else (0.0, [], []) for f in finished]
+    return ([b[1] for b in best], [b[2] for b in best]) if positions else [b[1] for b in best]
 
 
 def translate(model, tokenizer, sentences: list[str], beam_size: int = 1, max_len: int | None = None,
-              length_penalty: float = 1.0, batch_size: int = 32, device=None) -> list[str]:
+              length_penalty: float = 1.0, batch_size: int = 32, device=None,
+              replace_unk: bool = False) -> list[str]:
     """The translations of `sentences` (source text) as target text: greedy with beam_size 1, else beam
-    search. The tokenizer gives source ids (`encode_source`) and target text (`decode`)."""
+    search. `replace_unk`: each `<unk>` becomes the source word attended most (module docstring)."""
+    both = translations(model, tokenizer, sentences, beam_size, max_len, length_penalty, batch_size, device)
+    return [b[1] if replace_unk else b[0] for b in both]
+
+
+def translations(model, tokenizer, sentences: list[str], beam_size: int = 1, max_len: int | None = None,
+                 length_penalty: float = 1.0, batch_size: int = 32, device=None) -> list[tuple[str, str]]:
+    """Per sentence (the translation as decoded, the same with `<unk>` replaced), from one decoding.
+    The tokenizer gives source ids (`encode_source`), the source words they are of (`source_words`,
+    one id each) and target text (`decode`)."""
     check_seq2seq(model)
     device = device or next(model.parameters()).device
     ids = [tokenizer.encode_source(s) for s in sentences]
@@ -168,10 +199,21 @@ def translate(model, tokenizer, sentences: list[str], beam_size: int = 1, max_le
             source, mask = source.to(device), mask.to(device)
             bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
             if beam_size == 1:
-                found = greedy(model, source, mask, bos, eos, max_len)
+                found, at = greedy(model, source, mask, bos, eos, max_len, positions=True)
             else:
-                found = beam_search(model, source, mask, beam_size, bos, eos, max_len, length_penalty)
-            out += [tokenizer.decode(f) for f in found]
+                found, at = beam_search(model, source, mask, beam_size, bos, eos, max_len, length_penalty,
+                                        positions=True)
+            for r, (f, a) in enumerate(zip(found, at, strict=True)):
+                out.append((tokenizer.decode(f), _with_source_words(tokenizer, f, a, sentences[start + r])))
     finally:
         model.train(was_training)
     return out
+
+
+def _with_source_words(tokenizer, ids: list[int], at: list[int], source: str) -> str:
+    """The decoded words, each `<unk>` written as the source word at its attended position."""
+    words = tokenizer.source_words(source)
+    unk = tokenizer.unk_token_id
+    out = [words[p] if i == unk and 0 <= p < len(words) else tokenizer.decode([i])
+           for i, p in zip(ids, at, strict=True)]
+    return " ".join(w for w in out if w)

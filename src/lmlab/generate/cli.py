@@ -40,6 +40,8 @@ class SampleOptions:
                                "greedily (1) or by beam search with this many hypotheses")
     length_penalty: float = option(1.0, "beam search: α of the length normalisation ((5 + |y|) / 6)^α "
                                         "(0 = raw log-probability)")
+    replace_unk: bool = option(False, "translation models: write each <unk> as the source word the "
+                                      "attention weighted most (Luong et al. 2015)")
 
 
 class TextStreamer:
@@ -72,7 +74,8 @@ def generate_command(model_dir: str, prompt: str, max_new_tokens: int = 50, do_s
                      repetition_penalty: float = 1.0, num_return_sequences: int = 1,
                      stop: list[str] | None = None, stop_at_eos: bool = True, seed: int = 0,
                      device: str = "cpu", draft: str | None = None, draft_tokens: int = DRAFT_TOKENS,
-                     beam_size: int = 1, length_penalty: float = 1.0, out=sys.stdout) -> list[str]:
+                     beam_size: int = 1, length_penalty: float = 1.0, replace_unk: bool = False,
+                     out=sys.stdout) -> list[str]:
     """draft: "int8" (the model with int8 layers, CPU) or a model dir: speculative greedy decoding.
     A sequence-to-sequence model translates `prompt` (lmlab.generate.beam): greedy with beam_size 1,
     else beam search; the sampling options do not apply."""
@@ -83,7 +86,7 @@ def generate_command(model_dir: str, prompt: str, max_new_tokens: int = 50, do_s
         raise TokenizerError(f"{model_dir}: no tokenizer.json; generate needs text in and out")
     if not isinstance(model, TaskModel) and spec_of(model).kind == "seq2seq":
         text = translate(model, tokenizer, [prompt], beam_size=beam_size, max_len=max_new_tokens,
-                         length_penalty=length_penalty)[0]
+                         length_penalty=length_penalty, replace_unk=replace_unk)[0]
         out.write(text + "\n")
         return [text]
     draft_model = None

@@ -104,6 +104,10 @@ class ParallelWordTokenizer:
         get = self._source_ids.get
         return [get(w, 1) for w in words]
 
+    def source_words(self, text: str) -> list[str]:
+        """The words of a source text, one per id of `encode_source`."""
+        return split_words(text)
+
     def encode_source(self, text: str) -> list[int]:
         return self.encode_source_words(split_words(text))
 
