@@ -3,20 +3,24 @@ parallel text, its encoder's states as features beside GloVe, and how the downst
 the translation model's BLEU.
 
     python benchmarks/cove_downstream.py [--work DIR] [--stage pretrain|translate|downstream|report|all]
-                                         [--steps N] [--early-step N] [--threads N]
+                                         [--steps N] [--early-step N] [--final-step N] [--which ...]
+                                         [--beam-sentences N] [--threads N]
 
 1. pretrain: `lmlab pretrain --model cove --preset small --data builtin:lohelp-en-de` (LibreOffice help,
    English -> German, split by page): GloVe 6B 50-d inputs (fixed), a two-layer biLSTM of 128 units per
    direction, a two-layer 256-unit attentional decoder, 8,000 target words, pairs of at most 50 words,
    batches of 64 pairs, Adam at 2e-3 with warmup and cosine decay; checkpoints every 100 steps, all kept.
-2. translate: test-split BLEU (computed as sacrebleu does) of an early checkpoint (--early-step) and of
-   the final model, greedy and beam 5 (final), against the copy-the-source baseline.
+2. translate: test-split BLEU (computed as sacrebleu does, plain and with <unk> replaced by the most
+   attended source word) of an early checkpoint (--early-step) and of the final model (the finished run,
+   or checkpoint --final-step), greedy on the whole test split, and for the final model beam 5 against
+   greedy on the first --beam-sentences test pairs; the copy-the-source baseline beside them.
 3. downstream: `lmlab finetune CKPT --features --word-vectors builtin:glove-6b-50d` on
    builtin:rotten-tomatoes (classify) and builtin:wsj-pos (tag) with benchmarks/elmo_downstream.py's task
    model and budget (one biLSTM of 100 units per direction, dropout 0.5, batch 32, seed 0; classify 3
    epochs at 1e-3, tag 20 epochs at 1e-2). CKPT: the early checkpoint, the final model, and the same
-   network untrained (--from-scratch: random weights, BLEU 0). The GloVe-alone and GloVe + ELMo rows are
-   elmo_downstream.py's (benchmarks/results/elmo_downstream.json): the same task model, budget and seed.
+   network untrained (--from-scratch: random weights, BLEU 0); --which picks among random, early, final.
+   The GloVe-alone and GloVe + ELMo rows are elmo_downstream.py's (benchmarks/results/elmo_downstream.json):
+   the same task model, budget and seed.
 4. report: the tables (markdown) and benchmarks/results/cove_downstream.json; docs/img/cove_bleu_gain.png
    (downstream accuracy against test BLEU).
 
@@ -89,12 +93,12 @@ def translate(work: Path, early: int, threads: int, beam_sentences: int) -> None
         out.write_text(json.dumps({**json.loads(text), "wall_s": round(wall, 1)}, indent=2) + "\n")
 
 
-def downstream(work: Path, early: int, threads: int, which: list[str]) -> None:
+def downstream(work: Path, early: int, threads: int, which: list[str], tasks: list[str]) -> None:
     models = {**{f"glove+cove-{k}": (str(v), []) for k, v in checkpoints(work, early).items()},
               "glove+cove-random": (str(checkpoints(work, early)["early"]), ["--from-scratch"])}
     for task, (data, epochs, lr) in TASKS.items():
         for name, (model, extra) in models.items():
-            if name.rsplit("-", 1)[1] not in which:
+            if name.rsplit("-", 1)[1] not in which or task not in tasks:
                 continue
             out = work / f"{task}-{name}"
             if (out / "report.json").exists():
@@ -190,10 +194,11 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "cove-downstream"))
     parser.add_argument("--stage", choices=("pretrain", "translate", "downstream", "report", "all"),
                         default="all")
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--early-step", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--which", default="random,early,final", help="downstream: the CoVe models to use")
+    parser.add_argument("--tasks", default="classify,tag", help="downstream: the tasks to run")
     parser.add_argument("--final-step", type=int, default=None,
                         help="use this checkpoint of the run as the final model (default: the finished run)")
     parser.add_argument("--beam-sentences", type=int, default=300, help="translate: test pairs for beam 5")
@@ -207,7 +212,7 @@ def main() -> None:
     if args.stage in ("translate", "all"):
         translate(work, args.early_step, args.threads, args.beam_sentences)
     if args.stage in ("downstream", "all"):
-        downstream(work, args.early_step, args.threads, args.which.split(","))
+        downstream(work, args.early_step, args.threads, args.which.split(","), args.tasks.split(","))
     if args.stage in ("report", "all"):
         report(work, args.early_step)
 
