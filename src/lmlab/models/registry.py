@@ -16,7 +16,8 @@ name or `hasattr(model, ...)`. A family declares:
 - `tokenizer`: the tokenizer kind `lmlab pretrain` builds by default (None: the corpus's own).
 - `readers`: how task heads read the network, first = default: `pooled_cls` (the pooled [CLS]
   state), `extract_token` (GPT's <extract> token; the model has `init_token_rows`), `scalar_mix`
-  (a learned mix of every layer over a frozen network), `concat_pool` (ULMFiT's pooling).
+  (a learned mix of every layer over a frozen network), `concat_pool` (ULMFiT's pooling), `directions`
+  (per-direction states whose directions never mix: CVT's restricted views, `models/cvt.py`).
 
 Every model also has `layer_groups()` (parameters bottom to top, for discriminative learning rates
 and gradual unfreezing) and a config with `vocab_size` and `max_seq_len`.
@@ -28,13 +29,13 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lmlab.errors import ConfigError
-from lmlab.models import bert, char_transformer, elmo, gpt, transformer_xl
+from lmlab.models import bert, char_transformer, cvt, elmo, gpt, transformer_xl
 from lmlab.models.config import config_from_dict
 
 KINDS = ("causal_lm", "masked_lm", "bilm", "seq2seq", "tagger")
 STATES = ("none", "kv_cache", "memory", "rnn")
 CARRIED = ("memory", "rnn")  # states that continue from one call (segment, batch) to the next
-READERS = ("pooled_cls", "extract_token", "scalar_mix", "concat_pool")
+READERS = ("pooled_cls", "extract_token", "scalar_mix", "concat_pool", "directions")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ FAMILIES: dict[str, Family] = {
     "transfo-xl": Family(transformer_xl.TransfoXLConfig, transformer_xl.TransfoXL, transformer_xl.PRESETS,
                          kind="causal_lm", state="memory", paper="Dai et al. 2019"),
     "elmo": Family(elmo.ELMoConfig, elmo.ELMo, elmo.PRESETS, kind="bilm", state="rnn",
-                   paper="Peters et al. 2018", tokenizer="word_chars", readers=("scalar_mix",)),
+                   paper="Peters et al. 2018", tokenizer="word_chars", readers=("scalar_mix", "directions")),
+    "cvt": Family(cvt.CVTConfig, cvt.CVTTagger, cvt.PRESETS, kind="tagger", state="none",
+                  paper="Clark et al. 2018", tokenizer="word_chars", readers=("directions",)),
     # Characters (lmlab's chars tokenizer: one id per code point seen, text8 = 27 + <unk>, <eos>).
     "char-transformer": Family(char_transformer.CharTransformerConfig, char_transformer.CharTransformer,
                                char_transformer.PRESETS, kind="causal_lm", state="kv_cache",
