@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 ORACLE_VENV := .venv-oracle
 ORACLE_PY := $(ORACLE_VENV)/bin/python
 
-.PHONY: setup oracle data browser test demo bench clean
+.PHONY: setup oracle data browser test demo bench faults clean
 
 setup: $(VENV)/.stamp
 
@@ -84,6 +84,14 @@ demo: setup
 bench: setup
 	@$(ORACLE_OPTIONAL)
 	$(PY) benchmarks/run_all.py
+
+# The fault campaign (issue 16; not part of `make test`, 10-15 minutes on two cores): SIGKILLs,
+# SIGTERMs, a full disk (a small tmpfs, as root), corrupted checkpoints, concurrent starts and hostile
+# folders against gpt2, transfo-xl, bert and a fine-tune; the table goes to benchmarks/results/faults.json.
+# FAULTS_ARGS="--seed 1" or "--quick" to vary it.
+FAULTS_ARGS ?=
+faults: setup
+	$(PY) benchmarks/faults.py $(FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(ORACLE_VENV) runs .cache .pytest_cache

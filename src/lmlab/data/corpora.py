@@ -398,11 +398,21 @@ def jsonl_records(path, text: str):
         where = f"{path}:{lineno}"
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:
+            raise DataError(f"{where}: not valid JSON ({json_problem(e)})") from None
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
         yield where, record
+
+
+def json_problem(e: Exception) -> str:
+    """What a JSON parse error means, in a few words: the parser's message, or the limits it hit
+    (Python refuses integers of more than 4300 digits, and nesting deeper than its recursion limit)."""
+    if isinstance(e, json.JSONDecodeError):
+        return e.msg
+    if isinstance(e, RecursionError):
+        return "nested deeper than the parser's recursion limit"
+    return f"{str(e).split(':')[0]}"  # "Exceeds the limit (4300 digits) for integer string conversion"
 
 
 def _surrogate_at(text: str) -> int | None:

@@ -22,13 +22,13 @@ shows its bytes as \\xNN). Long texts wrap into several strips of `per_strip` to
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lmlab.checkpoints.atomic import finite_json
 from lmlab.errors import ConfigError, DataError, TokenizerError
 from lmlab.eval.perplexity import model_device, windows
 from lmlab.eval.scoring import check_causal_lm, context_length
@@ -182,13 +182,14 @@ def inspect_command(model_dir: str | Path, text: str, out: str | Path, json_path
     `json_path` (default: `out` with the suffix .json); returns the JSON dict."""
     from lmlab.checkpoints.io import load
 
+    png = output_file(out, "--out")  # first: a refused --out leaves nothing beside it
     json_path = output_file(Path(out).with_suffix(".json") if json_path is None else json_path, "--json")
-    out = output_file(out, "--out")
+    out = png
     model, tokenizer = load(model_dir, device=device)
     check_causal_lm(model, str(model_dir), "inspect")
     if tokenizer is None:
         raise TokenizerError(f"{model_dir} has no tokenizer.json; inspect needs to read the text")
     result = inspect_text(model, tokenizer, text, unit=unit, stride=stride, seed_text=seed_text)
     plot_inspection(result, out, per_strip=per_strip)
-    json_path.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
+    json_path.write_text(finite_json(result, ensure_ascii=False, indent=1), encoding="utf-8")
     return result

@@ -111,18 +111,6 @@ def _fits(kind: str | None, tokenizer, words: list[str], limit: int):
     return enc, start, end, lo
 
 
-def _label(ex, spec: TaskSpec):
-    if spec.regression:
-        try:
-            return float(ex.label)
-        except (TypeError, ValueError):
-            raise DataError(f"{ex.where}: regression label {ex.label!r} is not a number") from None
-    if ex.label not in spec.labels:
-        raise DataError(f"{ex.where}: label {ex.label!r} does not occur in the training data "
-                        f"(labels: {', '.join(spec.labels)})")
-    return spec.labels.index(ex.label)
-
-
 def example_words(examples, spec: TaskSpec) -> list[tuple[list[str], str]]:
     """(words, where) of each example: a tag sentence's tokens, or a classify text split into words
     (pair: the first text; `text_words` gives every text)."""
@@ -167,7 +155,7 @@ def featurize(examples, tokenizer, spec: TaskSpec, truncate: bool = False) -> li
         if spec.name == "tag":
             f.label, f.gold = [index[lab] for lab in ex.labels[:len(f.word_ids)]], tuple(ex.labels)
         else:
-            f.label = _label(ex, spec)
+            f.label = classify.target(ex, spec)
         if spec.name == "pair":
             f.second = _text(split_words(ex.text_b), where, tokenizer, spec, row, too_long)
         out.append(f)

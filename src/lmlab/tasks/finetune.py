@@ -15,7 +15,6 @@ step always has a full batch. The sampler state is (epoch, index): resuming cont
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmlab.checkpoints.atomic import write_bytes_atomic
+from lmlab.checkpoints.atomic import finite_json, write_bytes_atomic
 from lmlab.checkpoints.io import load
 from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError
 from lmlab.models.heads import TaskModel, TaskSpec, build_task_model
 from lmlab.models.registry import build_from_config, config_fields, family_of, family_spec
 from lmlab.options import option
+from lmlab.paths import holds_dir
 from lmlab.tasks import features as feature_tasks
 from lmlab.tasks.base import add_task_tokens, default_reader, lm_aux_loss
 from lmlab.tasks.feature_setup import FeatureSettings, feature_model
@@ -206,6 +206,7 @@ def _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_ev
         raise ConfigError(f"--lm-coef must be >= 0, got {lm_coef}")
 
 
+@holds_dir("finetune")  # one process per run dir (lmlab.paths.DirLock)
 def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | Path, *,
              epochs: int = 3, lr: float | None = None, batch_size: int = 32, max_len: int = 128,
              warmup_ratio: float = 0.1, lm_coef: float = 0.5, seed: int = 0, from_scratch: bool = False,
@@ -295,7 +296,7 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
                                                          "mix_layer_norm", "mix_l2", "lstm_dim", "lowercase")}
         report["oov"] = oov
         report["mix_weights"] = mix_weights(model)
-    write_bytes_atomic(Path(out) / REPORT, json.dumps(report, indent=2).encode())
+    write_bytes_atomic(Path(out) / REPORT, finite_json(report, indent=2).encode())
     return report
 
 

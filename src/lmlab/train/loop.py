@@ -49,6 +49,7 @@ from lmlab.train.guard import NonFiniteGuard
 from lmlab.train.metrics import MetricsLog, plot_losses
 from lmlab.train.optim import make_optimizer, set_trainable, trainable_groups
 from lmlab.train.schedule import lr_at
+from lmlab.train.signals import StopSignals, fault_hooks
 from lmlab.train.state import (
     TRAINER_STATE,
     check_run_dir,
@@ -133,8 +134,16 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
     state_dict()/load_state_dict() (its position goes into checkpoints). `evaluate(model)` returns
     a validation loss. `objective(model, batch) -> loss` defaults to causal LM; a stateful
     objective (see the module docstring) carries state across steps and into checkpoints.
+
+    SIGTERM or SIGINT while it runs: the step is finished, a checkpoint of it written, and
+    lmlab.errors.Stopped raised (lmlab.train.signals).
     """
-    run_dir = Path(run_dir)
+    with StopSignals() as stop:
+        return _train(model, tokenizer, cfg, Path(run_dir), batches, evaluate, objective, resume, dist, stop)
+
+
+def _train(model, tokenizer, cfg: TrainConfig, run_dir: Path, batches, evaluate, objective, resume: bool,
+           dist: Dist, stop: StopSignals) -> RunResult:
     device = next(model.parameters()).device
     per_rank, accum = split_batch(cfg, dist)
     stateful = callable(getattr(objective, "state_dict", None))
@@ -242,7 +251,9 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
         log_step = done % cfg.log_every == 0 or done == cfg.steps
         evaluating = evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0)
                                                or done == cfg.steps)
-        saving = (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps
+        fault_hooks(done, dist.rank, stop)
+        stopping = done < cfg.steps and stop.agreed(dist)  # a signal: checkpoint this step, then stop
+        saving = (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps or stopping
         # Host values only where they are needed; the same steps on every rank, so all stop together.
         if log_step or evaluating or saving or stateful:
             skipped, bad_run = guard.counts()
@@ -282,6 +293,9 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
                                 own.state_dict() if own_saved else None)
                 rotate(run_dir, cfg.keep_checkpoints, protect=ckpt)  # never the one resumed from
             barrier(dist)
+            if stopping:
+                bar.close()
+                raise stop.stopped(done, run_dir / "checkpoints" / f"step-{done}")
         if dist.is_main and done % cfg.log_every == 0:
             t_last = time.perf_counter()  # tokens/s counts training, not evaluation or saving
     bar.close()
