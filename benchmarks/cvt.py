@@ -14,8 +14,10 @@ the same tagger trained on labeled sentences alone or with CVT on unlabeled text
    batch 16, peak lr 3e-3 (linear warmup 10% and decay), seed 0, `--steps` labeled batches per run
    (default 300; a CVT run makes as many unlabeled steps in between, so twice the optimizer steps).
    Dev: builtin:wsj-pos's 100 held-out sentences (token accuracy), builtin:chunking's 8 (span F1,
-   conlleval). Runs: wsj-pos at 10%, 50%, 100% and chunking (its 32 sentences), each supervised-only
-   and CVT; multi-task CVT (wsj-pos 10% + chunking on one encoder) against the two single-task CVT runs.
+   conlleval). Runs: wsj-pos at 10%, 50%, 100% and chunking (its 32 sentences, CHUNK_STEPS labeled
+   batches), each supervised-only and CVT; wsj-pos 10% with CVT on in-domain unlabeled text (the other
+   90% of the training sentences, their labels withheld); multi-task CVT (wsj-pos 10% + chunking on
+   one encoder, CHUNK_STEPS labeled batches of each) against the single-task CVT runs.
 3. report: the table (markdown, printed), learning curves (dev score against labeled batches seen) in
    docs/img/cvt_curves.png, everything in benchmarks/results/cvt.json.
 
@@ -40,6 +42,7 @@ FRACTIONS = (10, 50)
 COMMON = ["--cvt", "--cvt-preset", "small", "--word-vectors", "builtin:glove-6b-50d", "--lowercase",
           "--batch-size", "16", "--lr", "3e-3", "--seed", "0", "--device", "cpu", "--no-progress",
           "--log-every", "25"]
+CHUNK_STEPS = 150  # labeled batches of the chunking runs: 32 sentences are 2 batches, so 75 epochs
 EVALS = 12  # dev evaluations per run (the learning curve's points)
 
 
@@ -54,10 +57,15 @@ def runs(work: Path) -> dict[str, dict]:
                                         "dev": "builtin:wsj-pos", "metric": "accuracy"}
     for mode in ("supervised", "cvt"):
         out[f"chunk-{mode}"] = {"task": "chunking", "labeled": 100, "mode": mode, "train": "builtin:chunking",
-                                "dev": "builtin:chunking", "metric": "f1"}
+                                "dev": "builtin:chunking", "metric": "f1", "steps": CHUNK_STEPS}
+    # The same 10% with in-domain unlabeled text: the other 90% of the training sentences, labels withheld.
+    out["pos10-cvt-rest"] = {"task": "wsj-pos", "labeled": 10, "mode": "cvt",
+                             "train": str(data / "wsj-pos-10.conll"), "dev": "builtin:wsj-pos",
+                             "metric": "accuracy",
+                             "unlabeled": str(data / "wsj-pos-rest-10.txt")}
     out["pos10+chunk-cvt"] = {"task": "wsj-pos + chunking", "labeled": 10, "mode": "cvt multi-task",
                               "train": str(data / "wsj-pos-10.conll"), "dev": "builtin:wsj-pos",
-                              "metric": "accuracy", "also": "builtin:chunking"}
+                              "metric": "accuracy", "also": "builtin:chunking", "steps": CHUNK_STEPS}
     return out
 
 
@@ -75,6 +83,9 @@ def make_data(work: Path) -> None:
         text = "".join("".join(f"{w} {t}\n" for w, t in zip(s.words, s.labels, strict=True)) + "\n"
                        for s in chosen)
         (data / f"wsj-pos-{frac}.conll").write_text(text, encoding="utf-8")
+        rest = [sentences[i] for i in sorted(order[round(len(sentences) * frac / 100):])]
+        (data / f"wsj-pos-rest-{frac}.txt").write_text("".join(" ".join(s.words) + "\n" for s in rest),
+                                                        encoding="utf-8")
     lines = [x.strip() for split in ("valid", "test") for x in read_corpus("builtin:ptb", split) if x.strip()]
     (data / "unlabeled.txt").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
 
@@ -88,15 +99,16 @@ def lmlab(args: list[str], threads: int) -> float:
     return time.perf_counter() - start
 
 
-def train(work: Path, steps: int, threads: int, only: set[str] | None) -> None:
+def train(work: Path, default_steps: int, threads: int, only: set[str] | None) -> None:
     for name, run in runs(work).items():
         out = work / name
         if (out / "report.json").exists() or (only and name not in only):
             continue
+        steps = run.get("steps", default_steps)
         cvt = run["mode"] != "supervised"
         sets = 2 if "also" in run else 1
         period = sets * (2 if cvt else 1)  # optimizer steps per labeled batch of the main tag set
-        extra = (["--unlabeled", str(work / "data" / "unlabeled.txt")] if cvt else [])
+        extra = (["--unlabeled", run.get("unlabeled", str(work / "data" / "unlabeled.txt"))] if cvt else [])
         extra += ["--also-task", run["also"]] if "also" in run else []
         lmlab(["finetune", "none", "--task", "tag", "--train", run["train"], "--dev", run["dev"],
                "--out", str(out), *COMMON, "--steps", str(steps * period),
@@ -146,6 +158,11 @@ def table(rows: list[dict]) -> str:
             continue
         lines.append(f"| {task} | {sup['n_train']} ({sup['labeled_pct']}%) | {sup['dev']:.4f} | "
                      f"{cvt['dev']:.4f} | {sup['wall_s']:.0f} / {cvt['wall_s']:.0f} |")
+    rest = by.get("pos10-cvt-rest")
+    if rest:
+        lines.append(f"\nwsj-pos 10% with CVT on the other 90% of the training sentences (labels withheld, "
+                     f"{rest['n_unlabeled']} sentences) as unlabeled text: accuracy {rest['dev']:.4f} "
+                     f"({rest['wall_s']:.0f} s)")
     multi = by.get("pos10+chunk-cvt")
     if multi:
         lines.append(f"\nmulti-task CVT (wsj-pos 10% + chunking, one encoder): wsj-pos accuracy "
@@ -167,11 +184,12 @@ def plot(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.2), dpi=110)
     for ax, (key, title, ylabel) in zip(axes, panels, strict=True):
-        for mode, style in (("supervised", "--"), ("cvt", "-")):
+        for mode, style, label in (("supervised", "--", "supervised only"), ("cvt", "-", "CVT, PTB text"),
+                                   ("cvt-rest", ":", "CVT, the other 90%")):
             r = by.get(f"{key}-{mode}")
             if r:
                 xs, ys = zip(*r["curve"], strict=True)
-                ax.plot(xs, ys, style, marker=".", label="supervised only" if mode == "supervised" else "CVT")
+                ax.plot(xs, ys, style, marker=".", label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("labeled batches seen")
         ax.set_ylabel(f"dev {ylabel}")
@@ -185,7 +203,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default=str(ROOT / "runs" / "cvt"))
     parser.add_argument("--stage", choices=("data", "runs", "report", "all"), default="all")
-    parser.add_argument("--steps", type=int, default=300, help="labeled batches per run")
+    parser.add_argument("--steps", type=int, default=300,
+                        help="labeled batches per run (chunking: CHUNK_STEPS)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", default=None, help="comma-separated run names (default: all)")
     args = parser.parse_args()
