@@ -46,7 +46,8 @@ def write_conll(path, n: int, seed: int, columns=(0, 1)) -> str:
 
 def write_text(path, n: int, seed: int) -> str:
     rng = random.Random(seed)
-    path.write_text("".join(" ".join(w for w, _, _ in sentence(rng)) + "\n" for _ in range(n)), encoding="utf-8")
+    lines = [" ".join(w for w, _, _ in sentence(rng)) + "\n" for _ in range(n)]
+    path.write_text("".join(lines), encoding="utf-8")
     return str(path)
 
 
@@ -138,7 +139,8 @@ def logged(run) -> list[dict]:
 
 def test_a_run_learns_and_saves_the_weight_average(files, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(args(files, out, "--steps", "120", "--eval-every", "60", "--save-every", "60", "--lr", "1e-2")) == 0
+    assert main(args(files, out, "--steps", "120", "--eval-every", "60", "--save-every", "60",
+                     "--lr", "1e-2")) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["reader"] == "directions" and report["family"] == "cvt" and report["steps"] == 120
     assert report["cross_view"]["n_unlabeled"] == 200 and report["cross_view"]["encoder_kind"] == "tagger"
@@ -165,7 +167,8 @@ def test_resume_is_bitwise(files, tmp_path):
     shutil.rmtree(resumed / "checkpoints" / "step-8")  # as if killed after the step-4 checkpoint
     for name in ("model.safetensors", "MANIFEST.json", "report.json"):
         (resumed / name).unlink()
-    assert main(args(files, resumed, "--steps", "8", "--save-every", "4", "--eval-every", "4", "--resume")) == 0
+    assert main(args(files, resumed, "--steps", "8", "--save-every", "4", "--eval-every", "4",
+                     "--resume")) == 0
     assert logged(resumed) == logged(whole)
     for name in ("model.safetensors", "checkpoints/step-8/objective.safetensors",
                  "checkpoints/step-8/model.safetensors"):
