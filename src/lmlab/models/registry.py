@@ -28,7 +28,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lmlab.errors import ConfigError
-from lmlab.models import bert, elmo, gpt, transformer_xl
+from lmlab.models import bert, elmo, gpt, music, transformer_xl
 from lmlab.models.config import config_from_dict
 
 KINDS = ("causal_lm", "masked_lm", "bilm", "seq2seq", "tagger")
@@ -73,6 +73,9 @@ FAMILIES: dict[str, Family] = {
                          kind="causal_lm", state="memory", paper="Dai et al. 2019"),
     "elmo": Family(elmo.ELMoConfig, elmo.ELMo, elmo.PRESETS, kind="bilm", state="rnn",
                    paper="Peters et al. 2018", tokenizer="word_chars", readers=("scalar_mix",)),
+    "music": Family(music.MusicConfig, music.MusicTransformer, music.PRESETS, kind="causal_lm",
+                    state="kv_cache",
+                    paper="Payne 2019 (MuseNet); Huang et al. 2018 (Music Transformer)", tokenizer="midi"),
 }
 
 

@@ -1,0 +1,63 @@
+"""Negative log-likelihood per event of a music model on held-out pieces, the measure the Music
+Transformer reports (Huang et al. 2018, §4.1 Table 1: NLL per event on JSB Chorales, with and
+without relative attention).
+
+Every piece is scored on its own, from its conditioning prefix (composer and instruments, given,
+not predicted) to its `<eos>`: each event token once, windows as `lmlab.data.music_windows.
+piece_windows` makes them (a piece longer than the window continues in windows that start with
+its prefix again). The result is the mean over events, in nats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lmlab.data.music_windows import IGNORE_INDEX, PieceIndex, piece_windows
+from lmlab.errors import ConfigError, DataError
+
+
+@torch.no_grad()
+def music_nll(model, shard, tokenizer, seq_len: int, batch_size: int = 8, stride: int | None = None,
+              max_batches: int | None = None) -> dict:
+    """{"nll_per_event", "events", "windows"} of `model` on the pieces of a music token shard
+    (the first `max_batches` batches only, when given: the same ones every call)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    events = windows = 0
+    try:
+        for i, (x, y) in enumerate(piece_windows(shard, seq_len, tokenizer, stride, batch_size)):
+            if max_batches is not None and i >= max_batches:
+                break
+            y = y.to(device)
+            total += model(x.to(device), targets=y).nll.double().sum()
+            events += int((y != IGNORE_INDEX).sum())
+            windows += x.shape[0]
+    finally:
+        model.train(was_training)
+    if events == 0:
+        raise DataError("the music data holds no events to score")
+    return {"nll_per_event": float(total) / events, "events": events, "windows": windows}
+
+
+def music_evaluate(model, tokenizer, model_dir: str, data: str, split: str, window: int | None,
+                   stride: int | None, batch_size: int) -> dict:
+    """`lmlab evaluate` for a model with a MIDI tokenizer: NLL per event on `split` of a music source."""
+    from lmlab.data.music_shards import prepare_music
+
+    if split not in ("train", "valid", "test"):
+        raise ConfigError(f"--split {split}: music is split by piece into train, valid and test")
+    context = model.config.max_seq_len
+    window = context if window is None else window
+    if not 2 <= window <= context:
+        raise ConfigError(f"--window {window} must be in 2..{context} (the model's context)")
+    shard = prepare_music(data, tokenizer, splits=(split,))[split]
+    result = music_nll(model, shard, tokenizer, window, batch_size, stride)
+    tokens = getattr(shard, "tokens", shard)
+    pieces = len(PieceIndex(tokens, tokenizer.start_token_id, tokenizer.eos_token_id))
+    return {"model_dir": str(model_dir), "data": data, "split": split, "pieces": pieces, **result,
+            "loss": result["nll_per_event"], "ppl": math.exp(min(result["nll_per_event"], 50)),
+            "window": window, "stride": stride}
