@@ -197,7 +197,9 @@ def cmd_generate(o) -> int:
                      temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
                      repetition_penalty=o.repetition_penalty, num_return_sequences=o.num_return_sequences,
                      stop=list(o.stop) or None, stop_at_eos=o.stop_at_eos, seed=o.seed, device=o.device,
-                     draft=o.draft, draft_tokens=o.draft_tokens)
+                     draft=o.draft, draft_tokens=o.draft_tokens,
+                     music=dict(prompt_midi=o.prompt_midi, composer=o.composer,
+                                instruments=list(o.instrument), out=o.out, soundfont=o.soundfont, wav=o.wav))
     return 0
 
 
@@ -312,8 +314,8 @@ COMMANDS = {
                         lambda: {"seq_len": SEQ_LEN_HELP}, whole_values=True),
     "finetune": Command("fine-tune a saved model on a task (classify, pair, tag, qa, choice)",
                         _options("lmlab.tasks.finetune", "FinetuneOptions"), cmd_finetune, _tasks),
-    "generate": Command("sample text from a model dir", _options("lmlab.generate.cli", "SampleOptions"),
-                        cmd_generate),
+    "generate": Command("sample text (or music, to MIDI) from a model dir",
+                        _options("lmlab.generate.cli", "SampleOptions"), cmd_generate),
     "evaluate": Command("perplexity on a corpus, or task metrics of a fine-tuned model",
                         _options("lmlab.eval.cli", "EvalOptions"), cmd_evaluate, _evaluate_tasks),
     "convert": Command("convert between Hugging Face and lmlab model dirs",
