@@ -205,3 +205,21 @@ def test_evaluate_gives_nll_per_event_as_computed_by_hand(run, chorales, capsys)
             events += 1
     assert result["events"] == events and result["pieces"] == 1
     assert result["nll_per_event"] == pytest.approx(total / events, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_pretrain_on_builtin_bach_chorales_and_generate(tmp_path, capsys):
+    """The documented command on the whole built-in (converts the 349 chorales on first use: minutes)."""
+    out = tmp_path / "chorales"
+    assert main(args(["pretrain", "--no-progress"], model="music", data="builtin:bach-chorales", out=out,
+                     device="cpu", **{**TRAIN, "steps": 3})) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+    midi = tmp_path / "x.mid"
+    assert main(["generate", str(out), "--composer", "bach", "--out", str(midi), "--max-new-tokens", "40",
+                 "--no-wav"]) == 0
+    assert len(music21.converter.parse(str(midi)).flatten().notes) > 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", "builtin:bach-chorales", "--split", "test",
+                 "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pieces"] == 17 and result["nll_per_event"] > 0

@@ -6,6 +6,9 @@ Every piece is scored on its own, from its conditioning prefix (composer and ins
 not predicted) to its `<eos>`: each event token once, windows as `lmlab.data.music_windows.
 piece_windows` makes them (a piece longer than the window continues in windows that start with
 its prefix again). The result is the mean over events, in nats.
+
+`note_statistics` describes a piece (or a sample) by three numbers that tell composers apart:
+pitch range, note density and the number of voices sounding at once.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 from lmlab.data.music_windows import IGNORE_INDEX, PieceIndex, piece_windows
 from lmlab.errors import ConfigError, DataError
+from lmlab.tokenizers.midi_notes import DRUMS
 
 
 @torch.no_grad()
@@ -61,3 +65,21 @@ def music_evaluate(model, tokenizer, model_dir: str, data: str, split: str, wind
     return {"model_dir": str(model_dir), "data": data, "split": split, "pieces": pieces, **result,
             "loss": result["nll_per_event"], "ppl": math.exp(min(result["nll_per_event"], 50)),
             "window": window, "stride": stride}
+
+
+def note_statistics(notes, steps_per_quarter: int) -> dict | None:
+    """{"range": highest - lowest pitch (semitones), "density": notes per quarter note from the first
+    onset to the last end, "voices": mean number of notes sounding over the time anything sounds,
+    "notes"} of pitched notes (midi_notes.Note; drums left out); None without any."""
+    import numpy as np
+
+    notes = [n for n in notes if n.program != DRUMS]
+    if not notes:
+        return None
+    start, end = min(n.start for n in notes), max(n.end for n in notes)
+    sounding = np.zeros(end - start, dtype=np.int64)
+    for n in notes:
+        sounding[n.start - start:n.end - start] += 1
+    pitches = [n.pitch for n in notes]
+    return {"range": max(pitches) - min(pitches), "density": len(notes) * steps_per_quarter / (end - start),
+            "voices": float(sounding[sounding > 0].mean()), "notes": len(notes)}
