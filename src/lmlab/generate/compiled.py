@@ -1,9 +1,10 @@
 """Fixed-shape decoding steps: `lmlab.generate(..., compile=True)` for models with a KV cache.
 
 The step below is written for the GPT block layout (token and position tables `wte`/`wpe`, `blocks`,
-`ln_f`, `lm_head`) with plain attention (`SelfAttention`), which every `kv_cache` family has today
-(gpt, gpt2, and the music model without relative attention). A model whose blocks attend otherwise
-(the music model's relative attention needs each query's position among the slots) is refused.
+`ln_f`, `lm_head`) with plain attention: `supports(model)` says whether a model has it (gpt, gpt2, and
+the music model without relative attention). Other `kv_cache` models decode with the eager steps: the
+character transformer (a position table in every layer) and the music model with relative attention
+(it needs each query's position among the slots).
 
 Eager decoding (`loop.state_steps`) launches every kernel of every layer from Python for each new
 token; at batch 1 a 124M model spends most of a step launching ~200 small kernels. Here a decoding
@@ -35,12 +36,17 @@ import weakref
 
 import torch
 
-from lmlab.errors import GenerationError
 from lmlab.models.gpt import GPT
 from lmlab.nn.attention import SelfAttention
 
 SLOT_MULTIPLE = 64
 WARMUP_STEPS = 3  # before capture: compile, autotune and create cuBLAS handles outside the graph
+
+
+def supports(model) -> bool:
+    """Whether `model` has the GPT layout the fixed-shape step is written for, with plain attention in
+    every block (relative attention needs each query's position among the slots)."""
+    return isinstance(model, GPT) and all(type(block.attn) is SelfAttention for block in model.blocks)
 
 
 def slots_for(tokens: int, max_len: int) -> int:
@@ -172,9 +178,6 @@ def decoder_for(model: GPT, batch: int, length: int, compile: bool) -> StaticDec
 def static_cache_steps(model: GPT, ids: torch.Tensor, mask: torch.Tensor | None, max_new_tokens: int,
                        compile: bool = True):
     """`loop.state_steps` with fixed-shape steps: (last logits (B, V), step: token (B,) -> logits)."""
-    if any(type(block.attn) is not SelfAttention for block in model.blocks):
-        raise GenerationError("compile=True decodes plain attention only; this model's relative attention "
-                              "is decoded without it (leave compile off: the same tokens, eagerly)")
     B, T = ids.shape
     with torch.inference_mode():  # every use of the decoder's tensors is inside inference mode
         decoder = decoder_for(model, B, slots_for(T + max_new_tokens, model.config.max_seq_len), compile)

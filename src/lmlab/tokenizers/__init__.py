@@ -35,7 +35,7 @@ def load_tokenizer(directory: str | Path):
         return None
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise TokenizerError(f"{path}: not a readable JSON tokenizer file ({e})") from None
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if not isinstance(kind, str) or kind not in KINDS:

@@ -14,6 +14,9 @@ flag table). `lmlab.train.pretrain` reads these fields and nothing else about a 
 - Bidirectional LMs (ELMo §3.1): the same streams for the forward LM and streams of the reversed
   corpus for the backward LM, both states carried, the mean of the two losses; bilm-tf's 20
   unrolled steps by default. The model spells its word ids with the tokenizer's characters.
+- The deep character transformer (Al-Rfou et al. 2018, §2.1): random windows of the model's whole
+  context, each with the characters one and two places ahead, the auxiliary losses of
+  `lmlab.objectives.char_aux` (switched by `CharAuxOptions`), validation loss on fixed windows.
 - Music (MuseNet, Music Transformer): a MIDI tokenizer over the source's composer labels, random
   windows of the music token shards with each piece's composer/instrument prefix in front
   (lmlab.data.music_windows), optional transposition and time stretch, validation NLL per event
@@ -31,6 +34,7 @@ from lmlab.data.prepare import prepare_tokens
 from lmlab.data.sampler import BidirectionalStreams, ContiguousStreams, RandomWindowSampler, SequentialWindows
 from lmlab.errors import ConfigError
 from lmlab.objectives.bilm import BiLMObjective, bilm_stream_loss
+from lmlab.objectives.char_aux import CharAuxLoss
 from lmlab.objectives.clm import clm_loss
 from lmlab.objectives.clm_state import CarriedStateCLM
 from lmlab.objectives.mlm_nsp import metrics_from_sums, mlm_nsp_loss, mlm_nsp_sums
@@ -76,6 +80,30 @@ class BiLMOptions:
 
 
 @dataclass(frozen=True)
+class CharAuxOptions:
+    """The auxiliary losses of the deep character transformer (Al-Rfou et al. 2018, §2.1;
+    lmlab.objectives.char_aux), each on unless switched off."""
+
+    aux_positions: bool = option(True, "char-transformer: predict at the last position of each window only "
+                                       "(off: the multiple-positions loss)", flag="no-aux-positions")
+    aux_intermediate: bool = option(True, "char-transformer: no intermediate-layer losses (on: layer l of "
+                                          "n predicts too until l/(2n) of training)",
+                                    flag="no-aux-intermediate")
+    aux_targets: bool = option(True, "char-transformer: no multiple-targets loss (on: every scored position "
+                                     "also predicts the character after next)", flag="no-aux-targets")
+    aux_target_weight: float = option(0.5, "char-transformer: weight of the character-after-next losses "
+                                           "(the paper's 0.5)")
+
+    def __post_init__(self):
+        for name in ("aux_positions", "aux_intermediate", "aux_targets"):
+            if type(getattr(self, name)) is not bool:
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        weight = self.aux_target_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ConfigError(f"--aux-target-weight must be a number >= 0, got {weight!r}")
+
+
+@dataclass(frozen=True)
 class MusicOptions:
     """Music pretraining (lmlab.data.music_windows): each window starts with its piece's conditioning
     prefix (MuseNet) unless `window_prefix` is off; `transpose` N draws a shift in [-N, N] semitones
@@ -104,10 +132,12 @@ class MusicOptions:
 @dataclass(frozen=True)
 class Recipe:
     """batches(data, tokenizer, TrainConfig, Dist, valid, options) -> (batches, evaluate).
-    objective: a loss function, or a class of stateful objectives (one new object per run, built with
-    the options' fields as keywords). fit_model(model, tokenizer): what the new model takes from the
-    tokenizer before step 0 (ELMo: the spelling of every word id). make_tokenizer(data, kind, options):
-    a new run's tokenizer, for data that needs its own kind (music: MIDI); None = the text tokenizers."""
+    objective: a loss function; a class of stateful objectives (one new object per run, built with
+    the options' fields as keywords); or, with `builds_objective`, a function (options, model config,
+    TrainConfig) -> the run's objective (one made from the family's options, the model's shape and
+    the run's length). fit_model(model, tokenizer): what the new model takes from the tokenizer
+    before step 0 (ELMo: the spelling of every word id). make_tokenizer(data, kind, options): a new
+    run's tokenizer, for data that needs its own kind (music: MIDI); None = the text tokenizers."""
 
     batches: Callable
     objective: Callable
@@ -117,9 +147,13 @@ class Recipe:
     reads_windows: bool = True  # reads windows of seq_len + 1 tokens of each split (not sentence pairs)
     fit_model: Callable | None = None
     make_tokenizer: Callable | None = None
+    builds_objective: bool = False
 
-    def make_objective(self, options):
-        """The run's objective: a loss function as is; a stateful objective class, one new object."""
+    def make_objective(self, options, config, cfg: TrainConfig):
+        """The objective of one run of a model with `config`: a loss function as is; a stateful
+        objective class, one new object; with `builds_objective`, objective(options, config, cfg)."""
+        if self.builds_objective:
+            return self.objective(options, config, cfg)
         return self.objective(**asdict(options)) if isinstance(self.objective, type) else self.objective
 
     def make_options(self, family: str, values: dict):
@@ -341,6 +375,25 @@ def spell_words(model, tok) -> None:
     model.set_word_chars(tok.char_table())
 
 
+# ---------------------------------------------------------------- deep character transformer
+
+
+def char_window_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, options):
+    """Random windows with the characters one and two places ahead (x, y, y2); validation loss of
+    the next character on fixed windows."""
+    shards = _tokens(data, tok, cfg, d, valid)
+    per_rank = cfg.batch_size // d.world_size if cfg.batch_size % d.world_size == 0 else cfg.batch_size
+    batches = RandomWindowSampler(shards["train"], cfg.seq_len, cfg.batch_size, cfg.seed, d.rank,
+                                  d.world_size, ahead=2)
+    return batches, window_evaluator(shards["valid"], cfg.seq_len, max(1, per_rank), cfg.eval_batches, d)
+
+
+def char_aux_objective(options: CharAuxOptions, config, cfg: TrainConfig) -> CharAuxLoss:
+    return CharAuxLoss.for_model(config, cfg.steps, all_positions=options.aux_positions,
+                                 intermediate=options.aux_intermediate, multiple_targets=options.aux_targets,
+                                 next2_weight=float(options.aux_target_weight))
+
+
 def _context_or_default(config) -> int:
     return min(DEFAULT_SEQ_LEN, config.max_seq_len)
 
@@ -355,6 +408,10 @@ MEMORY_STREAMS = Recipe(stream_batches, CarriedStateCLM, lambda config: config.t
 BILM_STREAMS = Recipe(bilm_batches, BiLMObjective, lambda config: 20, options=BiLMOptions,
                       fit_model=spell_words)
 
+# The character transformer reads its whole fixed context per window (§2: 512 characters).
+CHAR_AUX_WINDOWS = Recipe(char_window_batches, char_aux_objective, lambda config: config.max_seq_len,
+                          options=CharAuxOptions, builds_objective=True)
+
 # Music: the model's whole context per window by default (a chorale is ~700 tokens).
 MUSIC_WINDOWS = Recipe(music_batches, clm_loss, lambda config: config.max_seq_len, options=MusicOptions,
                        make_tokenizer=midi_tokenizer)
@@ -365,6 +422,7 @@ RECIPES: dict[str, Recipe] = {
     "bert": MASKED_PAIRS,
     "transfo-xl": MEMORY_STREAMS,
     "elmo": BILM_STREAMS,
+    "char-transformer": CHAR_AUX_WINDOWS,
     "music": MUSIC_WINDOWS,
 }
 

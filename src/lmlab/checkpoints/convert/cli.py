@@ -23,6 +23,7 @@ from lmlab.errors import ConversionError
 from lmlab.models.heads import TaskModel
 from lmlab.models.registry import family_of
 from lmlab.options import option
+from lmlab.paths import DirLock, check_outputs
 
 # What a training run leaves (train/state.py RUN_OUTPUTS less the final model, a model file here).
 RUN_FILES = ("checkpoints", "metrics.jsonl")
@@ -83,10 +84,18 @@ def convert_command(from_hf: str | None, to_hf: str | None, out: str, overwrite:
     # Both HF layouts call their config file config.json: writing into the source would clobber it.
     if any(Path(out).resolve() == source.resolve() for source in sources):
         raise ConversionError(f"--out {out} is the source dir (or file); write the converted model elsewhere")
-    final = Path(out).resolve() if check_out(Path(out), overwrite) else None
+    if os.path.lexists(out) and not Path(out).is_dir():
+        raise ConversionError(f"{out}: exists and is not a directory; expected a dir to write the model into")
+    with DirLock(out, "convert"):  # one process per --out; checked and written under the lock
+        return _convert_into(from_hf, from_elmo is not None, sources, Path(out), overwrite)
+
+
+def _convert_into(from_hf: str | None, elmo: bool, sources: list[Path], out: Path, overwrite: bool) -> int:
+    check_outputs(out, MODEL_FILES)  # the files written there: regular files or nothing yet
+    final = out.resolve() if check_out(out, overwrite) else None
     target = final.with_name(f"{final.name}.tmp-{os.getpid()}") if final else Path(out)
     try:
-        if from_elmo is not None:
+        if elmo:
             model, tokenizer = convert.from_original("elmo", *sources)
             save(model, tokenizer, target)
             what = "lmlab"
