@@ -17,8 +17,8 @@ one option from the Music Transformer:
 
 State: a KV cache (`init_state`), with relative attention too: a query sits after every cached
 key, so the skew needs no position other than the number of keys. `lmlab.generate(...,
-compile=True)` decodes the plain GPT block layout only and refuses a model with relative attention
-(`lmlab.generate.compiled`); the eager KV-cache path gives the same tokens.
+compile=True)` runs fixed-shape steps for the plain GPT block layout only (`lmlab.generate.compiled.
+supports`); a model with relative attention is decoded by the eager KV-cache steps (the same tokens).
 
 Known deviations: MuseNet's exact sizes (72 layers, 24 heads, 4096 tokens) and its sparse
 attention are not reproduced; the presets are small. The Music Transformer's relative attention
