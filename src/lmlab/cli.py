@@ -263,6 +263,13 @@ def cmd_serve(o) -> int:
     return serve_command(o)
 
 
+def cmd_zoo(o) -> int:
+    from lmlab.zoo.table import zoo_table
+
+    print(zoo_table(o.format))
+    return 0
+
+
 @dataclass(frozen=True)
 class Command:
     help: str
@@ -332,6 +339,8 @@ COMMANDS = {
                        _options("lmlab.eval.inspect", "InspectOptions"), cmd_inspect),
     "serve": Command("an OpenAI-compatible HTTP API and a web page for a model dir",
                      _options("lmlab.serve.server", "ServeOptions"), cmd_serve),
+    "zoo": Command("the lineage's summary table, from the family registry",
+                   _options("lmlab.zoo.table", "ZooOptions"), cmd_zoo),
 }
 
 
