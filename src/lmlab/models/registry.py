@@ -52,6 +52,11 @@ class Lineage:
     finetuning: str  # what is trained on the task ("/" = nothing: features only)
     weights: tuple[str, ...] = ()  # published releases lmlab reads, with the command
     oracle: str = ""  # the reference the outputs are compared with, on the same weights
+    # How `lmlab zoo --run` measures it: the built-in corpus it pretrains on, and the `lmlab finetune`
+    # options of its paper's transfer method on the downstream task (None: no downstream use, a
+    # language model only; {} = fine-tune the whole network through its first reader).
+    corpus: str = "builtin:ptb"
+    transfer: dict | None = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ FAMILIES: dict[str, Family] = {
                                   "model-based", "task-agnostic",
                                   "pre-trained layers + top task layer(s), LM loss kept as auxiliary",
                                   weights=("openai-gpt (convert --from-hf)",),
-                                  oracle="HF transformers OpenAIGPTLMHeadModel")),
+                                  oracle="HF transformers OpenAIGPTLMHeadModel", transfer={"lm_coef": 0.5})),
     "gpt2": Family(gpt.GPTConfig, gpt.GPT, gpt.PRESETS["gpt2"], kind="causal_lm", state="kv_cache",
                    paper="Radford et al. 2019", readers=("extract_token", "scalar_mix"),
                    lineage=Lineage("Transformer decoder (pre-LN)", "unsupervised: left-to-right LM",
@@ -108,13 +113,16 @@ FAMILIES: dict[str, Family] = {
                                          "unsupervised: left-to-right LM over carried segments",
                                          "language model (long context)", "/", "/",
                                          weights=("transfo-xl-wt103 (convert --from-hf)",),
-                                         oracle="HF transformers 4.44 TransfoXLLMHeadModel (goldens)")),
+                                         oracle="HF transformers 4.44 TransfoXLLMHeadModel (goldens)",
+                                         transfer=None)),
     "elmo": Family(elmo.ELMoConfig, elmo.ELMo, elmo.PRESETS, kind="bilm", state="rnn",
                    paper="Peters et al. 2018", tokenizer="word_chars", readers=("scalar_mix",),
                    lineage=Lineage("two-layer biLSTM over a char CNN", "unsupervised: forward + backward LM",
                                    "feature-based", "task-specific", "/ (a learned mix of frozen layers)",
                                    weights=("bilm-tf options.json + weights.hdf5 (convert --from-elmo)",),
-                                   oracle="bilm-tf TensorFlow outputs on the released weights")),
+                                   oracle="bilm-tf TensorFlow outputs on the released weights",
+                                   transfer={"features": True, "word_vectors": "builtin:glove-6b-50d",
+                                             "lowercase": True})),
     # Characters (lmlab's chars tokenizer: one id per code point seen, text8 = 27 + <unk>, <eos>).
     "char-transformer": Family(char_transformer.CharTransformerConfig, char_transformer.CharTransformer,
                                char_transformer.PRESETS, kind="causal_lm", state="kv_cache",
@@ -122,7 +130,8 @@ FAMILIES: dict[str, Family] = {
                                lineage=Lineage("deep Transformer decoder over characters (T12, T64)",
                                                "unsupervised: next character + auxiliary losses",
                                                "language model (characters)", "/", "/",
-                                               oracle="the paper's auxiliary-loss formulas (section 2.1)")),
+                                               oracle="the paper's auxiliary-loss formulas (section 2.1)",
+                                               corpus="builtin:ptb-char", transfer=None)),
 }
 
 

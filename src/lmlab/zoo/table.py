@@ -32,6 +32,29 @@ class ZooOptions:
     loads and the oracle its outputs are checked against."""
 
     format: str = option("markdown", "markdown (a table) or json (a list of rows)", choices=FORMATS)
+    run: bool = option(False, "train every family with its own recipe under one CPU budget and measure "
+                              "each the way its paper did (LM quality, downstream score, speed) into --out")
+    budget_minutes: float = option(30.0, "--run: minutes in all, shared equally by the families")
+    families: tuple[str, ...] = option((), "--run: only these families (default: every declared one)",
+                                       nargs="+", metavar="FAMILY")
+    out: str = option("runs/zoo", "--run: report dir (results.json, results.md, PNG charts); a second run "
+                                  "there resumes, skipping finished families")
+    lr: float = option(1e-3, "--run: peak learning rate of every pretraining")
+    batch_size: int = option(16, "--run: pretraining sequences per step")
+    eval_tokens: int = option(20000, "--run: test tokens scored per causal LM")
+    seed: int = option(0, "--run: seed of every run")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    progress: bool = option(True, "no progress bars", flag="no-progress")
+
+    def __post_init__(self):
+        from lmlab.errors import ConfigError
+
+        if not self.budget_minutes > 0:
+            raise ConfigError(f"--budget-minutes must be > 0, got {self.budget_minutes!r}")
+        for name in ("batch_size", "eval_tokens"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
 
 
 def _year(paper: str) -> int:
