@@ -1,6 +1,7 @@
 """`lmlab zoo --run`: every family's own recipe under a shared budget, measured, resumable."""
 
 import json
+import time
 
 import pytest
 from tests.checks import one_line_error
@@ -32,9 +33,11 @@ def test_report_table_and_charts(tmp_path):
         assert (tmp_path / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_steps_fill_the_share():
-    assert _steps_for(60.0, probe_wall=3.0, probe_steps=3) == 60
-    assert _steps_for(1.0, probe_wall=3.0, probe_steps=3) == 10  # a floor: a run worth measuring
+def test_steps_fill_the_time_left():
+    now = time.perf_counter()
+    assert _steps_for(now + 60.5, probe_wall=3.0, probe_steps=3) == 60
+    assert _steps_for(now + 1.0, probe_wall=3.0, probe_steps=3) == 10  # a floor: a run worth measuring
+    assert _steps_for(now - 5.0, probe_wall=3.0, probe_steps=3) == 10  # already late
 
 
 def test_families_are_checked(register_family):

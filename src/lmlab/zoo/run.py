@@ -5,8 +5,10 @@ For each family (the registry's order, or `--families`), from its declaration al
 
 1. **Pretraining**: `lmlab pretrain` of its `tiny` preset on its declared built-in corpus
    (`Lineage.corpus`: PTB words, PTB characters for the character models, ...) with its own recipe
-   (objective, batches, validation). Every family gets the same share of the budget: a short probe
-   run times its steps, and the real run gets as many steps as fit in its share.
+   (objective, batches, validation). Every family gets an equal share of what is left of the budget
+   (so one that overran is paid for by the ones after it), 70% of it up to the end of pretraining
+   and the rest for transfer. A short probe run times its steps, and the real run gets as many steps
+   as fit before that point (at least 10): preparing the corpus and the probe count against it.
 2. **Language-model quality**: causal LMs are scored on the corpus's test split with `lmlab evaluate`
    (perplexity per token, bits per character for a character tokenizer; families that carry state
    with the memory protocol); other kinds report their recipe's own validation (BERT: perplexity of
@@ -51,8 +53,6 @@ class ZooRun:
     seed: int = 0
     progress: bool = True
 
-    def seconds_per_family(self) -> float:
-        return self.budget_minutes * 60 / len(self.families)
 
 
 def runnable(names: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -68,9 +68,10 @@ def runnable(names: tuple[str, ...] = ()) -> tuple[str, ...]:
 # ---------------------------------------------------------------- one family
 
 
-def _steps_for(seconds: float, probe_wall: float, probe_steps: int) -> int:
+def _steps_for(deadline: float, probe_wall: float, probe_steps: int) -> int:
+    """The steps that fit between now and `deadline` (time.perf_counter()), at the probe's pace."""
     per_step = max(probe_wall / probe_steps, 1e-3)
-    return max(10, int(seconds / per_step))
+    return max(10, int((deadline - time.perf_counter()) / per_step))
 
 
 def _planned(folder: Path, key: str, probe) -> int:
@@ -91,7 +92,7 @@ def _fresh(path: Path) -> str:
     return str(path)
 
 
-def _pretrain(run: ZooRun, name: str, family: Family, folder: Path, seconds: float) -> tuple[dict, Path]:
+def _pretrain(run: ZooRun, name: str, family: Family, folder: Path, deadline: float) -> tuple[dict, Path]:
     from lmlab.train.pretrain import pretrain
 
     common = dict(model=name, preset="tiny", data=family.lineage.corpus, lr=run.lr, batch_size=run.batch_size,
@@ -101,7 +102,7 @@ def _pretrain(run: ZooRun, name: str, family: Family, folder: Path, seconds: flo
     def probe() -> int:
         timed = pretrain(out=_fresh(folder / "probe"), steps=PROBE_STEPS, eval_batches=1, **common)
         _fresh(folder / "probe")
-        return _steps_for(seconds, timed.wall_s, PROBE_STEPS)
+        return _steps_for(deadline, timed.wall_s, PROBE_STEPS)
 
     steps = _planned(folder, "pretrain_steps", probe)
     lm_dir = folder / "lm"
@@ -130,7 +131,7 @@ def _lm_quality(run: ZooRun, family: Family, lm_dir: Path, trained: dict) -> dic
     return {"metric": "ppl", "value": math.exp(trained["val_loss"]), "split": "valid"}
 
 
-def _transfer(run: ZooRun, family: Family, lm_dir: Path, folder: Path, seconds: float) -> dict:
+def _transfer(run: ZooRun, family: Family, lm_dir: Path, folder: Path, deadline: float) -> dict:
     from lmlab.tasks.finetune import finetune
 
     options = {**DOWNSTREAM, **family.lineage.transfer}
@@ -141,7 +142,7 @@ def _transfer(run: ZooRun, family: Family, lm_dir: Path, folder: Path, seconds: 
         timed = finetune(lm_dir, out=_fresh(folder / "transfer-probe"), steps=PROBE_STEPS, eval_every=10**6,
                          save_every=10**6, **common, **options)
         _fresh(folder / "transfer-probe")
-        return _steps_for(seconds, timed["wall_s"], PROBE_STEPS)
+        return _steps_for(deadline, timed["wall_s"], PROBE_STEPS)
 
     steps = _planned(folder, "transfer_steps", probe)
     out = folder / "transfer"
@@ -153,17 +154,17 @@ def _transfer(run: ZooRun, family: Family, lm_dir: Path, folder: Path, seconds: 
             "transfer_wall_s": report["wall_s"]}
 
 
-def run_family(run: ZooRun, name: str) -> dict:
+def run_family(run: ZooRun, name: str, share: float) -> dict:
+    """Train and measure family `name` in about `share` seconds."""
     import torch
 
     from lmlab.checkpoints.io import load
 
     family = family_spec(name)
     folder = run.out / name
-    seconds = run.seconds_per_family()
-    lm_share = seconds * (PRETRAIN_SHARE if family.lineage.transfer is not None else 1.0)
     t0 = time.perf_counter()
-    trained, lm_dir = _pretrain(run, name, family, folder, lm_share)
+    lm_share = share * (PRETRAIN_SHARE if family.lineage.transfer is not None else 1.0)
+    trained, lm_dir = _pretrain(run, name, family, folder, t0 + lm_share)
     model, _ = load(lm_dir, device="cpu")
     row = {"family": name, "paper": family.paper, "corpus": family.lineage.corpus,
            "parameters": sum(p.numel() for p in model.parameters()), **trained}
@@ -171,7 +172,7 @@ def run_family(run: ZooRun, name: str) -> dict:
     torch.manual_seed(run.seed)
     row["lm"] = _lm_quality(run, family, lm_dir, trained)
     if family.lineage.transfer is not None:
-        row["transfer"] = _transfer(run, family, lm_dir, folder, seconds - lm_share)
+        row["transfer"] = _transfer(run, family, lm_dir, folder, t0 + share)
     row["wall_s"] = round(time.perf_counter() - t0, 1)
     return row
 
@@ -206,9 +207,12 @@ def run_zoo(run: ZooRun) -> dict:
     todo = [name for name in run.families if name not in results["families"]]
     bar = tqdm(total=len(run.families), initial=len(run.families) - len(todo), desc="zoo", unit="family",
                disable=not run.progress)
-    for name in todo:
+    for i, name in enumerate(todo):
         bar.set_postfix_str(name)
-        results["families"][name] = run_family(run, name)
+        done = results["families"]
+        spent = sum(done[other]["wall_s"] for other in run.families if other in done)
+        share = max(run.budget_minutes * 60 - spent, 0.0) / (len(todo) - i)
+        results["families"][name] = run_family(run, name, share)
         write_bytes_atomic(run.out / RESULTS, finite_json(results, indent=2).encode())
         bar.update(1)
     bar.close()
