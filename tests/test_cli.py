@@ -13,7 +13,7 @@ from lmlab.tokenizers.words import WordTokenizer
 
 # positionals only: argparse checks those
 REQUIRED = {"demo": [], "pretrain": [], "finetune": ["DIR"], "generate": ["DIR"], "evaluate": ["DIR"],
-            "convert": [], "embed": ["DIR"], "inspect": ["DIR"], "serve": ["DIR"]}
+            "convert": [], "embed": ["DIR"], "inspect": ["DIR"], "serve": ["DIR"], "zoo": []}
 
 pytestmark = pytest.mark.usefixtures("one_thread_private_cache")
 

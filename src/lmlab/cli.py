@@ -265,6 +265,22 @@ def cmd_serve(o) -> int:
     return serve_command(o)
 
 
+def cmd_zoo(o) -> int:
+    if not o.run:
+        from lmlab.zoo.table import zoo_table
+
+        print(zoo_table(o.format))
+        return 0
+    from lmlab.zoo.report import markdown
+    from lmlab.zoo.run import ZooRun, run_zoo, runnable
+
+    results = run_zoo(ZooRun(Path(o.out), o.budget_minutes, runnable(tuple(o.families)), device=o.device,
+                             lr=o.lr, batch_size=o.batch_size, eval_tokens=o.eval_tokens, seed=o.seed,
+                             progress=o.progress))
+    print(markdown(results) + f"\nwrote {o.out}")
+    return 0
+
+
 @dataclass(frozen=True)
 class Command:
     help: str
@@ -304,6 +320,12 @@ def _evaluate_tasks() -> dict:
     return {"task": [*TASKS, *ZEROSHOT_TASKS]}
 
 
+def _zoo_families() -> dict:
+    from lmlab.models.registry import FAMILIES
+
+    return {"families": list(FAMILIES)}
+
+
 def _options(module: str, name: str) -> Callable[[], tuple]:
     def classes():
         import importlib
@@ -334,6 +356,8 @@ COMMANDS = {
                        _options("lmlab.eval.inspect", "InspectOptions"), cmd_inspect),
     "serve": Command("an OpenAI-compatible HTTP API and a web page for a model dir",
                      _options("lmlab.serve.server", "ServeOptions"), cmd_serve),
+    "zoo": Command("the lineage's summary table, from the family registry; --run: measured",
+                   _options("lmlab.zoo.table", "ZooOptions"), cmd_zoo, _zoo_families),
 }
 
 

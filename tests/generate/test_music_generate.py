@@ -205,6 +205,12 @@ def test_evaluate_gives_nll_per_event_as_computed_by_hand(run, chorales, capsys)
             events += 1
     assert result["events"] == events and result["pieces"] == 1
     assert result["nll_per_event"] == pytest.approx(total / events, rel=1e-5)
+    assert result["tokens"] == events  # the events scored, the key other causal LMs report too
+    # max_tokens (lmlab zoo's cap) stops after the batch that reaches it: the first window here
+    assert main(["evaluate", str(run), "--data", str(chorales), "--split", "valid", "--window", "64",
+                 "--batch-size", "1", "--max-tokens", "10", "--device", "cpu"]) == 0
+    capped = json.loads(capsys.readouterr().out)
+    assert capped["tokens"] == capped["events"] == min(len(ids), 65) - p and capped["windows"] == 1
 
 
 @pytest.mark.slow

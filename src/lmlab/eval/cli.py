@@ -155,7 +155,8 @@ def evaluate_command(model_dir: str, data: str, split: str = "valid", protocol: 
     the scored text, plus bpc (= loss / ln 2) for a character tokenizer.
 
     A model with a MIDI tokenizer is scored on the pieces of a music source (builtin:NAME or a folder of
-    .mid files): NLL per event (lmlab.eval.music), keys nll_per_event (= loss), events, pieces, window.
+    .mid files): NLL per event (lmlab.eval.music), keys nll_per_event (= loss), events (= tokens),
+    pieces, window.
 
     `detokenize` (none, ptb, wikitext; GPT-2 §3.1) rewrites each document with the invertible
     detokenizer of lmlab.eval.detokenize before tokenizing; the result then adds "detokenizer",
@@ -179,7 +180,8 @@ def evaluate_command(model_dir: str, data: str, split: str = "valid", protocol: 
     if tokenizer is not None and tokenizer.kind == "midi":  # music: NLL per event, piece by piece
         from lmlab.eval.music import music_evaluate
 
-        return music_evaluate(model, tokenizer, model_dir, data, split, window, stride, batch_size)
+        return music_evaluate(model, tokenizer, model_dir, data, split, window, stride, batch_size,
+                              max_tokens)
     check_protocol(model, protocol, window, stride)
     settings = resolve_settings(model, eval_preset, tgt_len, mem_len, clamp_len, same_length)
     context = model.config.max_seq_len

@@ -24,9 +24,10 @@ from lmlab.tokenizers.midi_notes import DRUMS
 
 @torch.no_grad()
 def music_nll(model, shard, tokenizer, seq_len: int, batch_size: int = 8, stride: int | None = None,
-              max_batches: int | None = None) -> dict:
+              max_batches: int | None = None, max_events: int | None = None) -> dict:
     """{"nll_per_event", "events", "windows"} of `model` on the pieces of a music token shard
-    (the first `max_batches` batches only, when given: the same ones every call)."""
+    (the first `max_batches` batches only, or the batches up to the one that reaches `max_events`
+    scored events, when given: the same ones every call)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -35,6 +36,8 @@ def music_nll(model, shard, tokenizer, seq_len: int, batch_size: int = 8, stride
     try:
         for i, (x, y) in enumerate(piece_windows(shard, seq_len, tokenizer, stride, batch_size)):
             if max_batches is not None and i >= max_batches:
+                break
+            if max_events is not None and events >= max_events:
                 break
             y = y.to(device)
             total += model(x.to(device), targets=y).nll.double().sum()
@@ -48,8 +51,9 @@ def music_nll(model, shard, tokenizer, seq_len: int, batch_size: int = 8, stride
 
 
 def music_evaluate(model, tokenizer, model_dir: str, data: str, split: str, window: int | None,
-                   stride: int | None, batch_size: int) -> dict:
-    """`lmlab evaluate` for a model with a MIDI tokenizer: NLL per event on `split` of a music source."""
+                   stride: int | None, batch_size: int, max_tokens: int | None = None) -> dict:
+    """`lmlab evaluate` for a model with a MIDI tokenizer: NLL per event on `split` of a music source
+    ("tokens" = the events scored; `max_tokens`: stop after the batch that reaches that many)."""
     from lmlab.data.music_shards import prepare_music
 
     if split not in ("train", "valid", "test"):
@@ -59,12 +63,12 @@ def music_evaluate(model, tokenizer, model_dir: str, data: str, split: str, wind
     if not 2 <= window <= context:
         raise ConfigError(f"--window {window} must be in 2..{context} (the model's context)")
     shard = prepare_music(data, tokenizer, splits=(split,))[split]
-    result = music_nll(model, shard, tokenizer, window, batch_size, stride)
+    result = music_nll(model, shard, tokenizer, window, batch_size, stride, max_events=max_tokens)
     tokens = getattr(shard, "tokens", shard)
     pieces = len(PieceIndex(tokens, tokenizer.start_token_id, tokenizer.eos_token_id))
     return {"model_dir": str(model_dir), "data": data, "split": split, "pieces": pieces, **result,
             "loss": result["nll_per_event"], "ppl": math.exp(min(result["nll_per_event"], 50)),
-            "window": window, "stride": stride}
+            "tokens": result["events"], "window": window, "stride": stride, "max_tokens": max_tokens}
 
 
 def note_statistics(notes, steps_per_quarter: int) -> dict | None:
