@@ -69,8 +69,8 @@ def register_family(monkeypatch):
     from lmlab.models import registry
 
     def register(name, model_cls, config=type(None), kind="causal_lm", state="none", **fields):
-        family = registry.Family(config, model_cls, {"tiny": {}}, kind=kind, state=state, paper="test",
-                                 **fields)
+        fields.setdefault("paper", "test")
+        family = registry.Family(config, model_cls, {"tiny": {}}, kind=kind, state=state, **fields)
         monkeypatch.setitem(registry.FAMILIES, name, family)
         return name
 

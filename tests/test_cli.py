@@ -13,7 +13,7 @@ from lmlab.tokenizers.words import WordTokenizer
 
 # positionals only: argparse checks those
 REQUIRED = {"demo": [], "pretrain": [], "finetune": ["DIR"], "generate": ["DIR"], "evaluate": ["DIR"],
-            "convert": [], "embed": ["DIR"], "inspect": ["DIR"], "serve": ["DIR"]}
+            "convert": [], "embed": ["DIR"], "inspect": ["DIR"], "serve": ["DIR"], "zoo": []}
 
 pytestmark = pytest.mark.usefixtures("one_thread_private_cache")
 
@@ -83,9 +83,9 @@ def test_a_bad_config_file_is_one_line_naming_the_file(lm_dir, tmp_path, capsys,
 
 def test_a_required_option_missing_from_flags_and_file_is_named(lm_dir, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["generate", str(lm_dir)])
+        main(["inspect", str(lm_dir)])
     assert info.value.code == 2
-    assert "the following arguments are required: --prompt" in capsys.readouterr().err
+    assert "the following arguments are required: --text, --out" in capsys.readouterr().err
 
 
 def test_a_two_file_option_takes_both_values_from_flags_or_file(tmp_path):

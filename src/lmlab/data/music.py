@@ -5,7 +5,7 @@
 
 Built-ins come from the corpus shipped inside the music21 package (no download), converted once
 to MIDI with music21's own MIDI writer and cached per piece under
-`$LMLAB_CACHE/music/NAME-music21-VERSION/` (a killed conversion resumes where it stopped):
+`$LMLAB_CACHE/midi/NAME-music21-VERSION/` (a killed conversion resumes where it stopped):
 - `bach-chorales`: the chorales of `corpus.chorales.Iterator()`, Riemenschneider's 371 numbers;
   22 of them open a file another number already opens (the same harmonization), so the data set
   holds 349 distinct pieces, each once (no piece in two splits); label "bach".
@@ -138,7 +138,7 @@ def _resolve(root: Path, name: str) -> str:
 
 
 def music_cache(name: str) -> Path:
-    return cache_dir() / "music" / f"{name}-music21-{music21_version()}"
+    return cache_dir() / "midi" / f"{name}-music21-{music21_version()}"
 
 
 def _slug(name: str) -> str:

@@ -70,7 +70,7 @@ def prepare_music(source: str, tokenizer, cache_dir: str | Path | None = None, *
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "shards"
     digest = tokenizer_digest(tokenizer)
     name = source[len("builtin:"):] if is_builtin(source) else Path(source).name
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:40] or "music"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:40] or "midi"
     out: dict[str, Shard] = {}
     for split in splits:
         path = cache / f"{slug}-{split}-{_key(source, split, digest, max_pieces)[:24]}.bin"

@@ -159,6 +159,10 @@ def evaluate_command(model_dir: str, data: str, split: str = "valid", protocol: 
     window, stride, and with a tokenizer characters, bits_per_character and bits_per_byte of
     the scored text, plus bpc (= loss / ln 2) for a character tokenizer.
 
+    A model with a MIDI tokenizer is scored on the pieces of a music source (builtin:NAME or a folder of
+    .mid files): NLL per event (lmlab.eval.music), keys nll_per_event (= loss), events (= tokens),
+    pieces, window.
+
     `detokenize` (none, ptb, wikitext; GPT-2 §3.1) rewrites each document with the invertible
     detokenizer of lmlab.eval.detokenize before tokenizing; the result then adds "detokenizer",
     "words" (whitespace words + line ends of the original text) and, without max_tokens,
@@ -183,6 +187,11 @@ def evaluate_command(model_dir: str, data: str, split: str = "valid", protocol: 
         return evaluate_translation(model, tokenizer, model_dir, data, "test" if split == "all" else split,
                                     batch_size, beam_size, max_examples=max_examples)
     check_causal_lm(model, str(model_dir), "perplexity evaluation")
+    if tokenizer is not None and tokenizer.kind == "midi":  # music: NLL per event, piece by piece
+        from lmlab.eval.music import music_evaluate
+
+        return music_evaluate(model, tokenizer, model_dir, data, split, window, stride, batch_size,
+                              max_tokens)
     check_protocol(model, protocol, window, stride)
     settings = resolve_settings(model, eval_preset, tgt_len, mem_len, clamp_len, same_length)
     context = model.config.max_seq_len

@@ -1,4 +1,6 @@
-"""`lmlab generate`: load a model dir, encode the prompt, print tokens as they are sampled."""
+"""`lmlab generate`: load a model dir, encode the prompt, print tokens as they are sampled; for a music
+model (a MIDI tokenizer) write the continuation of a MIDI prompt or of conditioning tokens to a MIDI
+file (lmlab.generate.music)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from lmlab.checkpoints.io import load
 from lmlab.errors import GenerationError, TokenizerError
 from lmlab.generate.beam import translate
 from lmlab.generate.loop import generate, stream
+from lmlab.generate.music import check_music_flags, generate_music
 from lmlab.generate.speculative import DRAFT_TOKENS, quantized_draft
 from lmlab.models.heads import TaskModel
 from lmlab.models.registry import spec_of
@@ -17,10 +20,22 @@ from lmlab.options import option
 
 @dataclass(frozen=True)
 class SampleOptions:
-    """`lmlab generate`: a continuation of --prompt, printed as it is sampled."""
+    """`lmlab generate`: a continuation of --prompt, printed as it is sampled; a music model (MIDI
+    tokenizer) continues --prompt-midi and/or --composer / --instrument into --out OUT.mid (+ a
+    piano-roll PNG, + a WAV where FluidSynth is installed)."""
 
     model_dir: str = option(help="an lmlab model dir (a run dir works)", positional=True)
-    prompt: str = option(help="text to continue")
+    prompt: str | None = option(None, "text to continue (text models)")
+    prompt_midi: str | None = option(None, "music: a MIDI file to continue", metavar="FILE")
+    composer: str | None = option(None, "music: the composer to condition on, e.g. bach")
+    instrument: tuple[str, ...] = option((), "music: an instrument to condition on, a General MIDI name "
+                                             "(acoustic_grand_piano, violin, ...) or drums (repeatable)",
+                                         repeat=True)
+    out: str | None = option(None, "music: the MIDI file to write (OUT.png beside it, and OUT.wav)",
+                             metavar="OUT.mid")
+    soundfont: str | None = option(None, "music: a General MIDI .sf2 soundfont for the WAV (default: "
+                                         "Debian's fluid-soundfont-gm where installed)")
+    wav: bool = option(True, "music: no WAV rendering", flag="no-wav")
     max_new_tokens: int = option(50, "tokens to generate")
     greedy: bool = option(False, "always take the most likely token")
     temperature: float = option(1.0, "softmax temperature")
@@ -69,21 +84,36 @@ class TextStreamer:
         return piece
 
 
-def generate_command(model_dir: str, prompt: str, max_new_tokens: int = 50, do_sample: bool = True,
+def generate_command(model_dir: str, prompt: str | None, max_new_tokens: int = 50, do_sample: bool = True,
                      temperature: float = 1.0, top_k: int = 40, top_p: float = 1.0,
                      repetition_penalty: float = 1.0, num_return_sequences: int = 1,
                      stop: list[str] | None = None, stop_at_eos: bool = True, seed: int = 0,
                      device: str = "cpu", draft: str | None = None, draft_tokens: int = DRAFT_TOKENS,
                      beam_size: int = 1, length_penalty: float = 1.0, replace_unk: bool = False,
-                     out=sys.stdout) -> list[str]:
+                     out=None, music: dict | None = None) -> list:
     """draft: "int8" (the model with int8 layers, CPU) or a model dir: speculative greedy decoding.
-    A sequence-to-sequence model translates `prompt` (lmlab.generate.beam): greedy with beam_size 1,
+    music: generate_music's options (prompt_midi, composer, instruments, out, soundfont, wav), used
+    when the model's tokenizer is a MIDI one; returns the MIDI paths written then. A
+    sequence-to-sequence model translates `prompt` (lmlab.generate.beam): greedy with beam_size 1,
     else beam search; the sampling options do not apply."""
     if draft is not None and do_sample:
         raise GenerationError("a draft speeds up greedy decoding only: add --greedy")
+    out = out if out is not None else sys.stdout  # looked up now: the caller may have replaced it
     model, tokenizer = load(model_dir, device=device)
     if tokenizer is None:
         raise TokenizerError(f"{model_dir}: no tokenizer.json; generate needs text in and out")
+    music = dict(music or {})
+    is_music = tokenizer.kind == "midi"
+    flags = {"--prompt-midi": music.get("prompt_midi"), "--composer": music.get("composer"),
+             "--instrument": music.get("instruments"), "--out": music.get("out")}
+    check_music_flags(is_music, prompt, flags, tokenizer.kind)
+    if is_music:
+        if draft is not None:
+            raise GenerationError("--draft decodes text models only")
+        return generate_music(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                              temperature=temperature, top_k=top_k, top_p=top_p,
+                              repetition_penalty=repetition_penalty,
+                              num_return_sequences=num_return_sequences, seed=seed, stream=out, **music)
     if not isinstance(model, TaskModel) and spec_of(model).kind == "seq2seq":
         text = translate(model, tokenizer, [prompt], beam_size=beam_size, max_len=max_new_tokens,
                          length_penalty=length_penalty, replace_unk=replace_unk)[0]

@@ -1,8 +1,10 @@
 """Fixed-shape decoding steps: `lmlab.generate(..., compile=True)` for models with a KV cache.
 
 The step below is written for the GPT block layout (token and position tables `wte`/`wpe`, `blocks`,
-`ln_f`, `lm_head`): `supports(model)` says whether a model has it (gpt, gpt2). Other `kv_cache` models
-(the character transformer, with a position table in every layer) decode with the eager steps.
+`ln_f`, `lm_head`) with plain attention: `supports(model)` says whether a model has it (gpt, gpt2, and
+the music model without relative attention). Other `kv_cache` models decode with the eager steps: the
+character transformer (a position table in every layer) and the music model with relative attention
+(it needs each query's position among the slots).
 
 Eager decoding (`loop.state_steps`) launches every kernel of every layer from Python for each new
 token; at batch 1 a 124M model spends most of a step launching ~200 small kernels. Here a decoding
@@ -35,14 +37,16 @@ import weakref
 import torch
 
 from lmlab.models.gpt import GPT
+from lmlab.nn.attention import SelfAttention
 
 SLOT_MULTIPLE = 64
 WARMUP_STEPS = 3  # before capture: compile, autotune and create cuBLAS handles outside the graph
 
 
 def supports(model) -> bool:
-    """Whether `model` has the GPT layout the fixed-shape step is written for."""
-    return isinstance(model, GPT)
+    """Whether `model` has the GPT layout the fixed-shape step is written for, with plain attention in
+    every block (relative attention needs each query's position among the slots)."""
+    return isinstance(model, GPT) and all(type(block.attn) is SelfAttention for block in model.blocks)
 
 
 def slots_for(tokens: int, max_len: int) -> int:

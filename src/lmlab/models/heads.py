@@ -12,6 +12,9 @@ Readers (how a head reads the network; a family declares the ones it supports, s
 - `scalar_mix` (ELMo §3.3): the network stays frozen (no gradient, not in the optimizer, eval mode, run
   under no_grad) and a task model reads a learned mix of all its layers per word, beside fixed word
   vectors (`lmlab.models.feature_heads`). The backbone may be None: word vectors alone.
+- `directions` (CVT, Clark et al. 2018): the head runs the backbone itself and reads its per-direction
+  states (`lmlab.models.cvt.CrossViewHead`): a primary module over all of them, auxiliary modules
+  over restricted views.
 Token-level heads (tag, qa) read every position's last-layer state, whatever the reader.
 """
 
@@ -29,7 +32,7 @@ from lmlab.nn.layers import parameter_groups
 from lmlab.nn.lm_loss import IGNORE_INDEX
 
 TASK_NAMES = ("classify", "pair", "tag", "qa", "choice")
-TASK_READERS = ("pooled_cls", "extract_token", "scalar_mix")  # the readers task heads implement today
+TASK_READERS = ("pooled_cls", "extract_token", "scalar_mix", "directions")  # the readers task heads implement
 _LEGACY_ARCH = {"encoder": "pooled_cls", "decoder": "extract_token"}  # TaskSpec.arch before readers
 
 
@@ -154,6 +157,8 @@ class TaskModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **batch) -> TaskOutput:
+        if self.spec.reader == "directions":  # the head runs the backbone (lmlab.models.cvt)
+            return self.head(self.backbone, input_ids, attention_mask, batch)
         if self.spec.reader == "scalar_mix":
             states = self.frozen_states(input_ids, attention_mask) if self.backbone is not None else None
             return self.head(states, batch)
@@ -325,6 +330,10 @@ def build_task_model(backbone: nn.Module, spec: TaskSpec) -> TaskModel:
         from lmlab.models.feature_heads import build_feature_head
 
         return TaskModel(backbone, build_feature_head(spec), spec)
+    if spec.reader == "directions":
+        from lmlab.models.cvt import CrossViewHead
+
+        return TaskModel(backbone, CrossViewHead(spec), spec)
     if spec.name not in HEADS:
         raise ConfigError(f"no head for task {spec.name!r}; known tasks: {', '.join(HEADS)}")
     return TaskModel(backbone, HEADS[spec.name](backbone, spec), spec)

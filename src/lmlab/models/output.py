@@ -68,6 +68,21 @@ class Seq2SeqOutput(ModelOutput):
     attention: torch.Tensor | None = None  # (B, T, S) attention weights over the source
 
 
+@dataclass
+class TaggerOutput(ModelOutput):
+    """kind `tagger` (CVT): label scores per token from the primary prediction module (`logits`,
+    (B, T, labels)) and, when asked for, from the auxiliary modules on restricted views (`views`,
+    name -> (B, T, labels)). Given `targets` (B, T) label ids (-100 = not scored), `nll` is the
+    primary module's per-token cross-entropy and `view_nll` each view's (0 where not scored).
+    `tasks` holds every tag set's scores (name -> logits, "primary" included) when asked for."""
+
+    views: dict[str, torch.Tensor] | None = None
+    nll: torch.Tensor | None = None  # (B, T)
+    view_nll: dict[str, torch.Tensor] | None = None
+    tasks: list[dict[str, torch.Tensor]] | None = None
+    mask: torch.Tensor | None = None  # (B, T) bool: the positions that are words (scored)
+
+
 # kind -> the output type a model of that kind returns (tests check every family against it).
 OUTPUTS = {"causal_lm": CausalLMOutput, "masked_lm": MaskedLMOutput, "bilm": BiLMOutput,
-           "seq2seq": Seq2SeqOutput}
+           "seq2seq": Seq2SeqOutput, "tagger": TaggerOutput}

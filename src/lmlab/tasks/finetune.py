@@ -103,8 +103,22 @@ class FinetuneOptions:
     mix_l2: float = option(0.001, "--features: λ of the L2 penalty on the mix weights s (ELMo §5.2)")
     lstm_dim: int = option(100, "--features: the task model's biLSTM units per direction")
     lstm_layers: int = option(1, "--features: the task model's biLSTM layers")
-    lowercase: bool = option(False, "--features: the encoder reads the words lowercased (pretrained on "
-                                    "lowercased text, e.g. builtin:ptb)")
+    lowercase: bool = option(False, "--features, --cvt: the encoder reads the words lowercased (pretrained "
+                                    "on lowercased text, e.g. builtin:ptb)")
+    cvt: bool = option(False, "tag with cross-view training (Clark et al. 2018, docs/cvt.md): MODEL_DIR "
+                              "`none` = a new CVT tagger (word embeddings + char CNN + 2-layer biLSTM; "
+                              "--word-vectors start its embeddings), or a pretrained encoder with "
+                              "per-direction states (ELMo), fine-tuned under CVT's prediction modules")
+    unlabeled: str | None = option(None, "--cvt: unlabeled text (a file, one sentence per line) or "
+                                         "builtin:NAME; its batches alternate with labeled ones (without it: "
+                                         "supervised only)")
+    cvt_preset: str = option("small", "--cvt with MODEL_DIR none: the tagger's size (tiny, small, base)")
+    ema_decay: float = option(0.998, "--cvt: decay of the weights' moving average that is evaluated and "
+                                     "saved (0 = the trained weights themselves)")
+    aux_weight: float = option(1.0, "--cvt: weight of the auxiliary modules' cross-entropy on labeled "
+                                    "batches (0 = the primary module alone)")
+    also_task: str | None = option(None, "--cvt: a second tag set on the same encoder (multi-task CVT): "
+                                         "builtin:NAME or TRAIN_FILE,DEV_FILE")
 
 
 class EpochBatches:
@@ -169,6 +183,8 @@ def _task_model(model_dir, from_scratch, seed, task, labels, regression, lm_coef
     if reader == "scalar_mix":
         raise ConfigError(f"{model_dir}: {family} models are read through a frozen scalar mix; "
                           f"pass --features")
+    if reader == "directions":
+        raise ConfigError(f"{model_dir}: {family} models are trained per direction; pass --cvt")
     ids = add_task_tokens(backbone, tokenizer) if reader == "extract_token" else {}
     pad = tokenizer.eos_token_id if reader == "extract_token" else getattr(tokenizer, "pad_token_id", None)
     spec = TaskSpec(name=task, labels=labels, regression=regression, lm_coef=lm_coef, pair_mode=pair_mode,
@@ -203,22 +219,38 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
              doc_stride: int = 128, max_query_len: int = 64, null_threshold: float = 0.0,
              version_2: bool | None = None, features: bool = False, word_vectors: str | None = None,
              word_pool: str = "first", mix_layer_norm: bool = False, mix_l2: float = 0.001,
-             lstm_dim: int = 100, lstm_layers: int = 1, lowercase: bool = False) -> dict:
+             lstm_dim: int = 100, lstm_layers: int = 1, lowercase: bool = False, cvt: bool = False,
+             unlabeled: str | None = None, cvt_preset: str = "small", ema_decay: float = 0.998,
+             aux_weight: float = 1.0, also_task: str | None = None) -> dict:
     """Fine-tune the model in `model_dir` on `task`; returns (and writes) the report dict.
 
     steps (default epochs × full batches per epoch), eval_every and save_every (default: once an
     epoch) are in optimizer steps. features: the frozen model + ScalarMix task model
-    (lmlab.tasks.feature_setup), with the word_vectors ... lowercase settings.
+    (lmlab.tasks.feature_setup), with the word_vectors ... lowercase settings. cvt: cross-view training
+    (lmlab.tasks.cross_view_setup) with the unlabeled ... also_task settings, word_vectors and lowercase.
     """
-    lr = (1e-3 if features else GPT_LR) if lr is None else lr
+    lr = (1e-3 if features or cvt else GPT_LR) if lr is None else lr
     _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_every)
     target = resolve_device(device)  # a bad --device fails before the data is read
     check_run_dir(Path(out), not resume)  # before the data is read (the training loop checks again)
-    module = feature_tasks if features else task_module(task)
     options = {"task": task, "text_column": text_column, "text_b_column": text_b_column,
                "label_column": label_column, "regression": regression, "word_column": word_column,
                "tag_scheme": tag_scheme, "doc_stride": doc_stride, "max_query_len": max_query_len,
                "null_threshold": null_threshold, "version_2": version_2}
+    if cvt:
+        from lmlab.tasks import cross_view_setup as cross
+
+        settings = cross.CrossViewSettings(unlabeled, cvt_preset, ema_decay, aux_weight, also_task,
+                                           word_vectors, lowercase)
+        cross.check_options(settings, task, features)
+        cfg = {"lr": lr, "weight_decay": weight_decay, "beta1": 0.9, "beta2": 0.999, "grad_clip": 1.0,
+               "seed": seed, "log_every": log_every, "device": device, "progress": progress}
+        return cross.cross_view_finetune(
+            model_dir, task, train, dev, out, settings, options=options, cfg=cfg, device=target,
+            batch_size=batch_size, epochs=epochs, steps=steps, warmup_ratio=warmup_ratio,
+            eval_every=eval_every, save_every=save_every, max_len=max_len, dropout=dropout,
+            from_scratch=from_scratch, truncate=truncate, resume=resume, eval_batch_size=eval_batch_size)
+    module = feature_tasks if features else task_module(task)
     train_ex = module.read(str(train), "train", options)
     dev_ex = module.read(str(dev), "dev", options)
     labels, is_regression = module.label_set(train_ex, options)
@@ -299,6 +331,10 @@ def evaluate_task(model_dir: str | Path, task: str, data: str, split: str = "dev
     spec = model.spec
     if task != spec.name:
         raise ConfigError(f"{model_dir} was fine-tuned for task {spec.name!r}, not {task!r}")
+    if spec.reader == "directions":  # a cross-view tagger
+        from lmlab.tasks.cross_view_setup import evaluate_tagger
+
+        return evaluate_tagger(model, tokenizer, data, split, batch_size, truncate, word_column, label_column)
     module = feature_tasks if spec.reader == "scalar_mix" else task_module(spec.name)
     if null_threshold is not None:  # qa v2.0: score the same model with another no-answer threshold
         spec = dataclasses.replace(spec, extra={**spec.extra, "null_threshold": float(null_threshold)})
@@ -319,6 +355,8 @@ def summary(report: dict) -> str:
         how.append("from scratch")
     if report.get("oov"):
         how.append(f"{report['oov']['types']} word types without a vector")
+    if report.get("cross_view", {}).get("unlabeled"):
+        how.append(f"cross-view training with {report['cross_view']['n_unlabeled']} unlabeled sentences")
     if report.get("mix_weights"):
         how.append("mix weights " + " ".join(f"{w:.2f}" for w in report["mix_weights"]))
     return (f"fine-tuned {report['task']} for {report['steps']} steps ({', '.join(how)}): "

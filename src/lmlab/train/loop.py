@@ -21,7 +21,8 @@ nn.Module). The loop moves it to the device, trains its parameters with the mode
 after the model's, so the model's optimizer state keeps its indices), clips them with the model's,
 averages their gradients over the processes (they are outside DDP), and saves them into every
 training checkpoint (objective.safetensors) and restores them on resume; the final model dir holds
-the model only. An objective with `set_step(step)` is told each optimizer step (0-based) before it
+the model only. A module with buffers alone (CVT's moving average of the weights) is saved and
+restored the same way. An objective with `set_step(step)` is told each optimizer step (0-based) before it
 runs: a schedule over training that is a pure function of the step, so resume is exact.
 """
 
@@ -151,6 +152,7 @@ def _train(model, tokenizer, cfg: TrainConfig, run_dir: Path, batches, evaluate,
     if own is not None:
         own.to(device)
     own_params = [p for p in own.parameters() if p.requires_grad] if own is not None else []
+    own_saved = own is not None and len(own.state_dict()) > 0  # parameters or buffers: checkpointed
     sharded, replica = cfg.fsdp and dist.enabled, None  # FSDP2 under torchrun (lmlab.train.fsdp)
     if sharded and own_params:
         raise TrainingError("this objective trains parameters of its own (training-only output layers); "
@@ -175,7 +177,7 @@ def _train(model, tokenizer, cfg: TrainConfig, run_dir: Path, batches, evaluate,
             print(f"lmlab: {note}", file=sys.stderr)
     if ckpt is not None:
         state = (fsdp.load_sharded_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer)
-        if own_params:
+        if own_saved:
             load_objective(ckpt, own)
         try:
             set_rng_state(state["rng"])
@@ -288,7 +290,7 @@ def _train(model, tokenizer, cfg: TrainConfig, run_dir: Path, batches, evaluate,
                 save_checkpoint(run_dir, done, whole, tokenizer, whole_optimizer,
                                 {"tokens": tokens, "skipped": skipped, "bad_run": bad_run,
                                  "sampler": batches.state_dict(), "config": asdict(cfg)}, carried,
-                                own.state_dict() if own_params else None)
+                                own.state_dict() if own_saved else None)
                 rotate(run_dir, cfg.keep_checkpoints, protect=ckpt)  # never the one resumed from
             barrier(dist)
             if stopping:

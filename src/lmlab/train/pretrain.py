@@ -73,12 +73,14 @@ def train_config(values: dict) -> TrainConfig:
 
 
 def run_tokenizer(run_dir: Path, data: str, kind: str | None, vocab_size: int | None, d: Dist,
-                  valid: str | None = None, seq_len: int | None = None):
+                  valid: str | None = None, seq_len: int | None = None, build=None):
     """The tokenizer saved in the run dir, or a new one trained on `data` (by rank 0). The corpus
-    checks that need no tokenizer (with `seq_len`: room for one window) run before it is trained."""
+    checks that need no tokenizer (with `seq_len`: room for one window) run before it is trained.
+    `build(data, kind)`: the recipe's own tokenizer maker (music), instead of the text tokenizers."""
     saved = run_dir / TOKENIZER_DIR
     if d.is_main and load_tokenizer(saved) is None:
-        tok = build_tokenizer_for(data, kind, vocab_size, valid=valid, seq_len=seq_len)
+        tok = (build(data, kind) if build is not None
+               else build_tokenizer_for(data, kind, vocab_size, valid=valid, seq_len=seq_len))
         saved.mkdir(parents=True, exist_ok=True)
         tok.save(saved)
     barrier(d)
@@ -146,8 +148,10 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
         run_dir = Path(out)
         lock = hold_run_dir(run_dir, "pretrain", d)  # one process per run dir, before it is written
         check_run_dir(run_dir, not resume, RUN_FILES)  # before the corpus is read
+        build = (None if recipe.make_tokenizer is None
+                 else lambda source, kind: recipe.make_tokenizer(source, kind, options))
         tok = run_tokenizer(run_dir, data, tokenizer, vocab_size, d, valid,
-                            cfg.seq_len if recipe.reads_windows else None)
+                            cfg.seq_len if recipe.reads_windows else None, build)
         batches, evaluate = recipe.batches(data, tok, cfg, d, valid, options)
         fitted = recipe.fit_config(tok, options) if recipe.fit_config is not None else {}
         config = make_config(model, preset, **{"vocab_size": tok.vocab_size, **fitted, **overrides})

@@ -21,6 +21,10 @@ flag table). `lmlab.train.pretrain` reads these fields and nothing else about a 
 - The deep character transformer (Al-Rfou et al. 2018, §2.1): random windows of the model's whole
   context, each with the characters one and two places ahead, the auxiliary losses of
   `lmlab.objectives.char_aux` (switched by `CharAuxOptions`), validation loss on fixed windows.
+- Music (MuseNet, Music Transformer): a MIDI tokenizer over the source's composer labels, random
+  windows of the music token shards with each piece's composer/instrument prefix in front
+  (lmlab.data.music_windows), optional transposition and time stretch, validation NLL per event
+  piece by piece; the default sequence length is the model's context.
 """
 
 from __future__ import annotations
@@ -125,6 +129,32 @@ class TranslationOptions:
 
 
 @dataclass(frozen=True)
+class MusicOptions:
+    """Music pretraining (lmlab.data.music_windows): each window starts with its piece's conditioning
+    prefix (MuseNet) unless `window_prefix` is off; `transpose` N draws a shift in [-N, N] semitones
+    per window, `stretch` F a time factor in [1-F, 1+F] (the Music Transformer: 3 and 0.05)."""
+
+    transpose: int = option(0, "music: transpose each window by up to +-N semitones (0 = off)")
+    stretch: float = option(0.0, "music: stretch each window's time by a factor in [1-F, 1+F] (0 = off)")
+    window_prefix: bool = option(True, "music: plain random windows, without each piece's composer and "
+                                       "instrument prefix put in front", flag="no-window-prefix")
+    midi_encoding: str = option("musenet", "music: the MIDI encoding of a new run's tokenizer (remi: "
+                                           "no augmentation)", choices=("musenet", "remi"))
+
+    def __post_init__(self):
+        if type(self.transpose) is not int or not 0 <= self.transpose <= 24:
+            raise ConfigError(f"--transpose must be a whole number of semitones in 0..24, "
+                              f"got {self.transpose!r}")
+        if not isinstance(self.stretch, (int, float)) or not 0 <= self.stretch <= 0.5:
+            raise ConfigError(f"--stretch must be in [0, 0.5], got {self.stretch!r}")
+        if self.midi_encoding not in ("musenet", "remi"):
+            raise ConfigError(f"--midi-encoding must be musenet or remi, got {self.midi_encoding!r}")
+        if self.midi_encoding == "remi" and (self.transpose or self.stretch):
+            raise ConfigError("--transpose and --stretch work on the musenet encoding's ids; "
+                              "not with --midi-encoding remi")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """batches(data, tokenizer, TrainConfig, Dist, valid, options) -> (batches, evaluate).
     objective: a loss function; a class of stateful objectives (one new object per run, built with
@@ -133,7 +163,8 @@ class Recipe:
     the run's length). fit_config(tokenizer, options): config fields the tokenizer sets besides
     vocab_size (CoVe: its source vocabulary). fit_model(model, tokenizer, options): what the new model
     takes from the tokenizer before step 0 (ELMo: the spelling of every word id; CoVe: the word
-    vectors of its source words)."""
+    vectors of its source words). make_tokenizer(data, kind, options): a new run's tokenizer, for data
+    that needs its own kind (music: MIDI); None = the text tokenizers."""
 
     batches: Callable
     objective: Callable
@@ -142,6 +173,7 @@ class Recipe:
     seq_len_field: str | None = None  # a config field --seq-len sets (Transformer-XL's tgt_len)
     reads_windows: bool = True  # reads windows of seq_len + 1 tokens of each split (not sentence pairs)
     fit_model: Callable | None = None
+    make_tokenizer: Callable | None = None
     builds_objective: bool = False
     fit_config: Callable | None = None
 
@@ -318,6 +350,54 @@ def bilm_evaluator(shard, cfg: TrainConfig):
     return evaluate
 
 
+# ---------------------------------------------------------------- music, conditioned windows
+
+
+def midi_tokenizer(data: str, kind: str | None, options: MusicOptions):
+    """A MIDI tokenizer knowing lmlab's default composer labels and every label of `data`'s pieces
+    (converting a built-in from music21 first, once, with a progress bar)."""
+    from lmlab.data.music import all_pieces, composers_of
+    from lmlab.tokenizers.midi import DEFAULT_COMPOSERS, MidiTokenizer
+
+    if kind not in (None, "midi"):
+        raise ConfigError(f"music is read with the midi tokenizer; --tokenizer {kind} does not apply")
+    labels = composers_of(all_pieces(data))
+    return MidiTokenizer(options.midi_encoding,
+                         composers=[*DEFAULT_COMPOSERS, *(c for c in labels if c not in DEFAULT_COMPOSERS)])
+
+
+def music_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, options: MusicOptions):
+    """Conditioned random windows of the train pieces; NLL per event on the valid pieces."""
+    from lmlab.data.music_shards import prepare_music
+    from lmlab.data.music_windows import MusicWindows
+
+    if valid is not None:
+        raise ConfigError("--valid does not apply to music: its pieces are split by piece into train, "
+                          "valid and test (lmlab.data.music)")
+    if d.is_main:
+        shards = prepare_music(data, tok, seq_len=cfg.seq_len, progress=cfg.progress)
+    barrier(d)
+    if not d.is_main:
+        shards = prepare_music(data, tok, seq_len=cfg.seq_len, progress=False)
+    batches = MusicWindows(shards["train"], cfg.seq_len, cfg.batch_size, tok, cfg.seed, d.rank, d.world_size,
+                           prefix=options.window_prefix, transpose=options.transpose, stretch=options.stretch)
+    return batches, music_evaluator(shards["valid"], tok, cfg)
+
+
+def music_evaluator(shard, tok, cfg: TrainConfig):
+    """NLL per event over the first eval_batches batches of the valid pieces (the same every time;
+    every rank computes the same number)."""
+    from lmlab.eval.music import music_nll
+
+    per_batch = max(1, cfg.micro_batch_size or cfg.batch_size)
+
+    def evaluate(model) -> float:
+        result = music_nll(model, shard, tok, cfg.seq_len, per_batch, max_batches=cfg.eval_batches)
+        return result["nll_per_event"]
+
+    return evaluate
+
+
 def spell_words(model, tok, options=None) -> None:
     """The model spells word id i as the tokenizer spells word i."""
     model.set_word_chars(tok.char_table())
@@ -415,6 +495,9 @@ CHAR_AUX_WINDOWS = Recipe(char_window_batches, char_aux_objective, lambda config
 TRANSLATION_PAIRS = Recipe(translation_batches, translation_loss, lambda config: 100,
                            options=TranslationOptions, reads_windows=False, fit_model=source_word_vectors,
                            fit_config=source_vocabulary)
+# Music: the model's whole context per window by default (a chorale is ~700 tokens).
+MUSIC_WINDOWS = Recipe(music_batches, clm_loss, lambda config: config.max_seq_len, options=MusicOptions,
+                       make_tokenizer=midi_tokenizer)
 
 RECIPES: dict[str, Recipe] = {
     "gpt": CAUSAL_WINDOWS,
@@ -424,6 +507,7 @@ RECIPES: dict[str, Recipe] = {
     "elmo": BILM_STREAMS,
     "char-transformer": CHAR_AUX_WINDOWS,
     "cove": TRANSLATION_PAIRS,
+    "music": MUSIC_WINDOWS,
 }
 
 

@@ -1,0 +1,1 @@
+"""`lmlab zoo`: the lecture's summary table of the lineage, generated from the family registry."""
