@@ -7,6 +7,7 @@ import pytest
 from tests.checks import one_line_error
 
 from lmlab.errors import ConfigError
+from lmlab.models import registry
 from lmlab.zoo.report import CHARTS, TABLE, markdown, write_report
 from lmlab.zoo.run import RESULTS, ZooRun, _steps_for, run_zoo, runnable
 
@@ -45,12 +46,14 @@ def test_families_are_checked(register_family):
     with pytest.raises(ConfigError, match="unknown model family 'nope'"):
         runnable(("nope",))
     register_family("bare", object)
-    assert "bare" not in runnable()
+    register_family("untrainable", object, lineage=registry.Lineage("n", "p", "d", "m", "f", corpus=None,
+                                                                     transfer=None))
+    assert "bare" not in runnable() and "untrainable" not in runnable()
+    with pytest.raises(ConfigError, match="untrainable declares no lineage"):
+        runnable(("untrainable",))
     with pytest.raises(ConfigError, match="bare declares no lineage"):
         runnable(("bare",))
-    assert "cvt" not in runnable()  # trained on a task: nothing to pretrain
-    with pytest.raises(ConfigError, match="cvt is not pretrained"):
-        runnable(("cvt",))
+    assert "cvt" in runnable()  # no corpus, but a task it learns from the start
 
 
 def test_a_report_dir_of_other_settings_is_refused(tmp_path):

@@ -34,9 +34,10 @@ def markdown(results: dict) -> str:
         score = _score(row)
         downstream = "-" if score is None else (f"{score[0]} {score[1]:.3f} ({row['transfer']['task']}, "
                                                 f"{row['transfer']['steps']} steps)")
-        quality = f"{lm['metric']} {lm['value']:.3f} ({lm['split']})"
-        lines.append(f"| {name} | {row['paper']} | {row['corpus']} | {row['parameters']:,} | "
-                     f"{row['steps']} | {row['train_tokens_per_s']:,.0f} | {quality} | "
+        quality = "-" if lm is None else f"{lm['metric']} {lm['value']:.3f} ({lm['split']})"
+        speed = "-" if row["train_tokens_per_s"] is None else f"{row['train_tokens_per_s']:,.0f}"
+        lines.append(f"| {name} | {row['paper']} | {row['corpus'] or '-'} | {row['parameters']:,} | "
+                     f"{row['steps']} | {speed} | {quality} | "
                      f"{downstream} | {row['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -59,7 +60,8 @@ def _charts(results: dict, out: Path) -> None:
     rows = results["families"]
     by_metric: dict[str, list[tuple[str, float]]] = {}
     for name, row in rows.items():
-        by_metric.setdefault(row["lm"]["metric"], []).append((name, row["lm"]["value"]))
+        if row["lm"] is not None:
+            by_metric.setdefault(row["lm"]["metric"], []).append((name, row["lm"]["value"]))
     panels = max(1, len(by_metric))
     fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.6), squeeze=False)
     for ax, (metric, pairs) in zip(axes[0], by_metric.items(), strict=False):
@@ -78,7 +80,8 @@ def _charts(results: dict, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     names = list(rows)
     _bars(axes[0], names, [rows[n]["parameters"] for n in names], "parameters")
-    _bars(axes[1], names, [rows[n]["train_tokens_per_s"] for n in names], "training tokens/s")
+    timed = [n for n in names if rows[n]["train_tokens_per_s"] is not None]
+    _bars(axes[1], timed, [rows[n]["train_tokens_per_s"] for n in timed], "pretraining tokens/s")
     fig.tight_layout()
     fig.savefig(out / CHARTS[2], dpi=110)
     plt.close(fig)

@@ -55,18 +55,18 @@ class ZooRun:
 
 
 
+def _measurable(lineage) -> bool:
+    """Something to train: a corpus to pretrain on, or a task it learns from the start (CVT)."""
+    return lineage is not None and (lineage.corpus is not None or lineage.transfer is not None)
+
+
 def runnable(names: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The families to run: those named (checked), or every family with a declared lineage and a
-    corpus to pretrain on (CVT has none: it trains on a tag task, `lmlab finetune --task tag --cvt`)."""
+    """The families to run: those named (checked), or every family with a lineage to measure."""
     if not names:
-        return tuple(name for name, family in FAMILIES.items()
-                     if family.lineage is not None and family.lineage.corpus is not None)
+        return tuple(name for name, family in FAMILIES.items() if _measurable(family.lineage))
     for name in names:
-        lineage = family_spec(name).lineage  # family_spec: one line for an unknown name
-        if lineage is None:
-            raise ConfigError(f"--families: {name} declares no lineage (corpus, transfer) to run")
-        if lineage.corpus is None:
-            raise ConfigError(f"--families: {name} is not pretrained (it trains on a task); leave it out")
+        if not _measurable(family_spec(name).lineage):  # family_spec: one line for an unknown name
+            raise ConfigError(f"--families: {name} declares no lineage (corpus or transfer) to run")
     return tuple(dict.fromkeys(names))
 
 
@@ -171,16 +171,20 @@ def run_family(run: ZooRun, name: str, share: float) -> dict:
     family = family_spec(name)
     folder = run.out / name
     t0 = time.perf_counter()
-    lm_share = share * (PRETRAIN_SHARE if family.lineage.transfer is not None else 1.0)
-    trained, lm_dir = _pretrain(run, name, family, folder, t0 + lm_share)
-    model, _ = load(lm_dir, device="cpu")
-    row = {"family": name, "paper": family.paper, "corpus": family.lineage.corpus,
-           "parameters": sum(p.numel() for p in model.parameters()), **trained}
-    del model
-    torch.manual_seed(run.seed)
-    row["lm"] = _lm_quality(run, family, lm_dir, trained)
+    row = {"family": name, "paper": family.paper, "corpus": family.lineage.corpus, "steps": 0,
+           "train_tokens_per_s": None, "lm": None}
+    model_dir: str | Path = "none"  # no corpus: a new model learns the task from the start (CVT)
+    if family.lineage.corpus is not None:
+        lm_share = share * (PRETRAIN_SHARE if family.lineage.transfer is not None else 1.0)
+        trained, model_dir = _pretrain(run, name, family, folder, t0 + lm_share)
+        row.update(trained)
+        torch.manual_seed(run.seed)
+        row["lm"] = _lm_quality(run, family, model_dir, trained)
     if family.lineage.transfer is not None:
-        row["transfer"] = _transfer(run, family, lm_dir, folder, t0 + share)
+        row["transfer"] = _transfer(run, family, model_dir, folder, t0 + share)
+    trained_dir = model_dir if family.lineage.corpus is not None else folder / "transfer"
+    model, _ = load(trained_dir, device="cpu")
+    row["parameters"] = sum(p.numel() for p in model.parameters())
     row["wall_s"] = round(time.perf_counter() - t0, 1)
     return row
 
