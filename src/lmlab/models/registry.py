@@ -125,8 +125,8 @@ FAMILIES: dict[str, Family] = {
                                    transfer={"features": True, "word_vectors": "builtin:glove-6b-50d",
                                              "lowercase": True})),
     # Source words in (fixed word vectors), target words out; features from the encoder. Not in `zoo
-    # --run` yet (corpus None): its pretraining reads parallel text and the tiny preset's 8-d vectors
-    # are not GloVe's; docs/cove.md has the measured run.
+    # --run` yet (corpus and transfer None): its pretraining reads parallel text and the tiny preset's
+    # 8-d vectors are not GloVe's; docs/cove.md has the measured run.
     "cove": Family(cove.CoVeConfig, cove.CoVe, cove.PRESETS, kind="seq2seq", state="rnn",
                    paper="McCann et al. 2017", tokenizer="parallel_words", readers=("scalar_mix",),
                    lineage=Lineage("two-layer biLSTM (MT-LSTM) over fixed GloVe + attentional LSTM decoder",
@@ -134,8 +134,7 @@ FAMILIES: dict[str, Family] = {
                                    "feature-based", "task-specific", "/ ([GloVe; CoVe] into a task model)",
                                    weights=("salesforce/cove wmtlstm .pth (convert --from-cove)",),
                                    oracle="torch.nn.LSTM on packed sequences; sacrebleu for BLEU",
-                                   corpus=None, transfer={"features": True,
-                                                          "word_vectors": "builtin:glove-6b-50d"})),
+                                   corpus=None, transfer=None)),
     "cvt": Family(cvt.CVTConfig, cvt.CVTTagger, cvt.PRESETS, kind="tagger", state="none",
                   paper="Clark et al. 2018", tokenizer="word_chars", readers=("directions",),
                   lineage=Lineage("two-layer biLSTM over word vectors + a char CNN",
