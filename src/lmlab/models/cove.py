@@ -346,6 +346,9 @@ PRESETS = {
     # Tests: ~30k parameters, random stand-in word vectors.
     "tiny": dict(vocab_size=64, source_vocab_size=64, d_input=8, d_model=16, n_layers=2, d_embed=16,
                  dropout=0.1),
+    # The tiny model over real 50-d GloVe (`lmlab zoo --run`: its features go beside the same GloVe).
+    "tiny-glove": dict(vocab_size=64, source_vocab_size=64, d_input=50, d_model=16, n_layers=2, d_embed=16,
+                       dropout=0.1, word_vectors="builtin:glove-6b-50d"),
     # CPU-sized, on builtin:glove-6b-50d (the default --word-vectors of `lmlab pretrain --model cove`).
     "small": dict(vocab_size=8000, d_input=50, d_model=128, n_layers=2, d_embed=128, dropout=0.2,
                   word_vectors="builtin:glove-6b-50d"),

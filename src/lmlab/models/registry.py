@@ -57,6 +57,7 @@ class Lineage:
     # options of its paper's transfer method on the downstream task (None: no downstream use, a
     # language model only; {} = fine-tune the whole network through its first reader).
     corpus: str | None = "builtin:ptb"  # None: not pretrained (trained on a task, e.g. CVT)
+    preset: str = "tiny"  # the preset it pretrains
     transfer: dict | None = field(default_factory=dict)
 
 
@@ -80,6 +81,8 @@ class Family:
                              f"{READERS}")
         if "tiny" not in self.presets:
             raise ValueError("family declaration: every family has a 'tiny' preset (the tests use it)")
+        if self.lineage is not None and self.lineage.preset not in self.presets:
+            raise ValueError(f"family declaration: lineage preset {self.lineage.preset!r} is not a preset")
 
     @property
     def carries_state(self) -> bool:
@@ -134,7 +137,8 @@ FAMILIES: dict[str, Family] = {
                                    "feature-based", "task-specific", "/ ([GloVe; CoVe] into a task model)",
                                    weights=("salesforce/cove wmtlstm .pth (convert --from-cove)",),
                                    oracle="torch.nn.LSTM on packed sequences; sacrebleu for BLEU",
-                                   corpus=None, transfer=None)),
+                                   corpus="builtin:lohelp-en-de", preset="tiny-glove",
+                                   transfer={"features": True, "word_vectors": "builtin:glove-6b-50d"})),
     "cvt": Family(cvt.CVTConfig, cvt.CVTTagger, cvt.PRESETS, kind="tagger", state="none",
                   paper="Clark et al. 2018", tokenizer="word_chars", readers=("directions",),
                   lineage=Lineage("two-layer biLSTM over word vectors + a char CNN",

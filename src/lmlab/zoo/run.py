@@ -3,7 +3,8 @@ way its paper measured it, into one report dir.
 
 For each family (the registry's order, or `--families`), from its declaration alone:
 
-1. **Pretraining**: `lmlab pretrain` of its `tiny` preset on its declared built-in corpus
+1. **Pretraining**: `lmlab pretrain` of its declared preset (`Lineage.preset`, `tiny` unless it says
+   otherwise) on its declared built-in corpus
    (`Lineage.corpus`: PTB words, PTB characters for the character models, ...) with its own recipe
    (objective, batches, validation). Every family gets an equal share of what is left of the budget
    (so one that overran is paid for by the ones after it), 70% of it up to the end of pretraining
@@ -100,7 +101,8 @@ def _fresh(path: Path) -> str:
 def _pretrain(run: ZooRun, name: str, family: Family, folder: Path, deadline: float) -> tuple[dict, Path]:
     from lmlab.train.pretrain import pretrain
 
-    common = dict(model=name, preset="tiny", data=family.lineage.corpus, lr=run.lr, batch_size=run.batch_size,
+    common = dict(model=name, preset=family.lineage.preset, data=family.lineage.corpus, lr=run.lr,
+                  batch_size=run.batch_size,
                   device=run.device, seed=run.seed, eval_every=0, save_every=0, progress=False)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -134,6 +136,8 @@ def _lm_quality(run: ZooRun, family: Family, lm_dir: Path, trained: dict) -> dic
                     "tokens": r["tokens"]}
         return {"metric": "ppl", "value": r["ppl"], "split": "test", "tokens": r["tokens"]}
     metrics = trained["val_metrics"]
+    if "bleu" in metrics:  # translation (CoVe's MT-LSTM): greedy BLEU on valid sentences
+        return {"metric": "BLEU", "value": metrics["bleu"], "split": "valid"}
     if "mlm_loss" in metrics:  # masked LM: the perplexity of the masked tokens, NSP apart
         return {"metric": "masked-token ppl", "value": math.exp(metrics["mlm_loss"]), "split": "valid"}
     return {"metric": "ppl", "value": math.exp(trained["val_loss"]), "split": "valid"}
