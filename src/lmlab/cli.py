@@ -74,7 +74,8 @@ def add_options(parser: argparse.ArgumentParser, classes, choices: dict | None =
                 target.add_argument("--" + flag_name(f), action="append", metavar=meta.get("metavar"), **args)
             else:
                 target.add_argument("--" + flag_name(f), type=_value_type(hint), metavar=meta.get("metavar"),
-                                    choices=choices.get(f.name, meta.get("choices")), **args)
+                                    choices=choices.get(f.name, meta.get("choices")), nargs=meta.get("nargs"),
+                                    **args)
 
 
 def all_fields(classes) -> list[dataclasses.Field]:
@@ -232,7 +233,8 @@ def cmd_evaluate(o) -> int:
 def cmd_convert(o) -> int:
     from lmlab.checkpoints.convert.cli import convert_command
 
-    return convert_command(o.from_hf, o.to_hf, o.out, o.overwrite)
+    return convert_command(o.from_hf, o.to_hf, o.out, o.overwrite, from_fastai=o.from_fastai,
+                           to_fastai=o.to_fastai)
 
 
 def cmd_embed(o) -> int:

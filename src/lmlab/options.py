@@ -7,7 +7,8 @@ one key of its `--config` YAML file). The dataclasses live beside the functions 
 - `positional`: a positional argument (`lmlab generate DIR`);
 - `repeat`: a flag that may be given several times (a list);
 - `choices`: the allowed values (the CLI fills in registry-derived choices itself);
-- `group`: fields of one group are alternatives; exactly one must be given.
+- `group`: fields of one group are alternatives; exactly one must be given;
+- `nargs`: a flag that takes this many values (a tuple field, e.g. `--from-fastai PTH VOCAB`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import MISSING, field
 
 
 def option(default=MISSING, help: str = "", *, flag: str | None = None, positional: bool = False,
-           repeat: bool = False, choices: tuple | None = None, group: str | None = None, metavar=None):
+           repeat: bool = False, choices: tuple | None = None, group: str | None = None, metavar=None,
+           nargs: int | None = None):
     metadata = {"help": help, "flag": flag, "positional": positional, "repeat": repeat, "choices": choices,
-                "group": group, "metavar": metavar}
+                "group": group, "metavar": metavar, "nargs": nargs}
     return field(default=default, metadata=metadata)

@@ -33,7 +33,7 @@ CACHE_VERSION = 1
 DEFAULT_BPE_VOCAB = 8192
 # The smallest --vocab-size each tokenizer kind can train (see its `train`): words need <unk> and
 # <eos>, byte_bpe the 256 bytes and <|endoftext|>, wordpiece its 5 specials and one more id.
-MIN_VOCAB = {"words": 2, "chars": None, "byte_bpe": 257, "wordpiece": 6}
+MIN_VOCAB = {"words": 2, "chars": None, "byte_bpe": 257, "wordpiece": 6, "fastai_words": 9}
 _BATCH_CHARS = 1 << 20  # encode about 1M characters per call: bounded memory, a live progress bar
 # Long documents are cut only where every tokenizer here (characters, whitespace words, BERT's
 # whitespace/punctuation split, GPT-2's pre-tokenizer regex) starts a new piece whatever came
@@ -98,7 +98,7 @@ def build_tokenizer_for(source: str, kind: str | None = None, vocab_size: int | 
     """
     kind = kind or default_tokenizer_kind(source)
     if kind not in MIN_VOCAB:
-        raise DataError(f"unknown tokenizer kind {kind!r}; expected words, chars, byte_bpe or wordpiece")
+        raise DataError(f"unknown tokenizer kind {kind!r}; expected {', '.join(MIN_VOCAB)}")
     if vocab_size is not None:  # before the corpus is read
         if MIN_VOCAB[kind] is None:
             raise ConfigError(f"--vocab-size does not apply to the {kind} tokenizer (it takes every "
@@ -111,6 +111,10 @@ def build_tokenizer_for(source: str, kind: str | None = None, vocab_size: int | 
         from lmlab.tokenizers.words import WordTokenizer
 
         return WordTokenizer.train(docs, max_size=vocab_size)
+    if kind == "fastai_words":  # the words after fastai's rules (ULMFiT)
+        from lmlab.tokenizers.fastai_words import FastaiWordTokenizer
+
+        return FastaiWordTokenizer.train(docs, max_size=vocab_size)
     if kind == "chars":
         from lmlab.tokenizers.chars import CharTokenizer
 

@@ -100,7 +100,7 @@ class ULMFiT(nn.Module):
         self.decoder_bias = nn.Parameter(torch.zeros(c.vocab_size))
         nn.init.uniform_(self.embed.weight, -c.init_range, c.init_range)
 
-    def init_state(self, batch_size: int, max_len: int | None = None, device=None) -> list[list[torch.Tensor]]:
+    def init_state(self, batch_size: int, max_len: int | None = None, device=None) -> list:
         """Zero (h, c) of every layer for `batch_size` rows (max_len: unused, a recurrence needs none)."""
         w = self.embed.weight
         return [list(layer.zero_state(batch_size, device or w.device, w.dtype)) for layer in self.layers]
@@ -165,8 +165,8 @@ class ULMFiT(nn.Module):
             # The bias as one more input column: h W^T + b = [h, 1] [W, b]^T, so the chunked loss
             # (lmlab.nn.lm_loss) scores it without ever holding the (B, T, V) logits.
             ones = kept.new_ones(*kept.shape[:2], 1)
-            out.nll = output_nll(torch.cat([kept, ones], -1), torch.cat([head, self.decoder_bias[:, None]], 1),
-                                 targets)  # (B, T)
+            weight = torch.cat([head, self.decoder_bias[:, None]], 1)  # (V, D + 1)
+            out.nll = output_nll(torch.cat([kept, ones], -1), weight, targets)  # (B, T)
         return out
 
     @staticmethod

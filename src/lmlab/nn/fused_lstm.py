@@ -47,7 +47,8 @@ class DropConnectLSTM(nn.Module):
 
     def zero_state(self, batch_size: int, device=None, dtype=None) -> LayerState:
         kw = {"device": device or self.weight_hh.device, "dtype": dtype or self.weight_hh.dtype}
-        return (torch.zeros(batch_size, self.hidden_size, **kw), torch.zeros(batch_size, self.hidden_size, **kw))
+        zeros = torch.zeros(batch_size, self.hidden_size, **kw)
+        return zeros, zeros.clone()
 
     def forward(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
         h, c = state if state is not None else self.zero_state(x.shape[0], x.device, x.dtype)

@@ -26,13 +26,14 @@ class WordTokenizer(SpecListVocab):
 
     kind = "words"
     one_line_specials = True  # a newline is <eos>
+    unk_token, eos_token = UNK, EOS  # (fastai_words: xxunk, xxeos)
 
     def __init__(self, tokens: Sequence[str], special_tokens: Sequence[str] = (UNK, EOS),
                  source: str = "vocabulary"):
         self._tokens = list(tokens)
         self._ids = unique_ids(self._tokens, source)
         self._special = list(special_tokens)
-        for t in (UNK, EOS, *self._special):  # both are needed: encode emits them
+        for t in (self.unk_token, self.eos_token, *self._special):  # both are needed: encode emits them
             if t not in self._ids:
                 raise TokenizerError(f"{source}: special token {t!r} is not in the vocabulary")
         for t in self._tokens:
@@ -62,11 +63,11 @@ class WordTokenizer(SpecListVocab):
     # save, load: SpecListVocab)
     @property
     def eos_token_id(self) -> int:
-        return self._ids[EOS]
+        return self._ids[self.eos_token]
 
     @property
     def unk_token_id(self) -> int:
-        return self._ids[UNK]
+        return self._ids[self.unk_token]
 
     def encode(self, text: str) -> list[int]:
         ids, unk, eos, get = [], self._ids[UNK], self._ids[EOS], self._ids.get

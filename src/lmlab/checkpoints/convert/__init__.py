@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.checkpoints.builtin import builtin_weights_dir, is_builtin
-from lmlab.checkpoints.convert import hf_bert, hf_gpt, hf_transfo_xl
+from lmlab.checkpoints.convert import fastai_awd, hf_bert, hf_gpt, hf_transfo_xl
 from lmlab.checkpoints.files import JSON_CAP, check_tokenizer_files, checked_path, read_json
 from lmlab.checkpoints.io import check_tokenizer_fits
 from lmlab.checkpoints.sizes import check_finite, header_state
@@ -54,6 +54,15 @@ TOKENIZER_TO_HF = {
     "wordpiece": hf_bert.write_wordpiece_tokenizer,
 }
 
+# lmlab family -> (reader of its original release's files: (*paths) -> (model, tokenizer), the files).
+FROM_ORIGINAL = {
+    "ulmfit": (fastai_awd.ulmfit_from_fastai, ("weights_pth", "vocab")),  # fastai AWD-LSTM LM
+}
+# lmlab family -> writer of its original release's files: (model, tokenizer, out_dir) -> out_dir.
+TO_ORIGINAL = {
+    "ulmfit": fastai_awd.ulmfit_to_fastai,
+}
+
 CONFIG = "config.json"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -73,6 +82,31 @@ def from_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
     model, tokenizer = FROM_HF[model_type](directory, config, HFWeights(directory))
     check_tokenizer_fits(model, tokenizer, directory)
     return model.to(device).eval(), tokenizer
+
+
+def from_original(family: str, *paths: str | Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer) from a family's original released files, e.g.
+    `from_original("ulmfit", weights_pth, vocab)` (fastai's AWD-LSTM LM state dict and its itos)."""
+    if not isinstance(family, str) or family not in FROM_ORIGINAL:
+        raise ConversionError(f"no original release reader for {family!r}; expected one of "
+                              f"{', '.join(FROM_ORIGINAL)}")
+    reader, files = FROM_ORIGINAL[family]
+    if len(paths) != len(files):
+        raise ConversionError(f"from_original({family!r}, ...) takes {len(files)} files "
+                              f"({', '.join(files)}), got {len(paths)}")
+    model, tokenizer = reader(*paths)
+    return model.to(device).eval(), tokenizer
+
+
+def to_original(model, tokenizer, out_dir: str | Path) -> Path:
+    """Write `model` (and `tokenizer`) in its family's original release layout into `out_dir`
+    (ulmfit: fastai's lm.pth + itos.pkl)."""
+    family = family_of(model.backbone if isinstance(model, TaskModel) else model)
+    if isinstance(model, TaskModel) or family not in TO_ORIGINAL:
+        raise ConversionError(f"no original release layout for {family!r}"
+                              + (" task models" if isinstance(model, TaskModel) else "")
+                              + f"; expected a language model of {', '.join(TO_ORIGINAL)}")
+    return TO_ORIGINAL[family](model, tokenizer, out_dir)
 
 
 def to_hf(model, tokenizer, hf_dir: str | Path) -> Path:

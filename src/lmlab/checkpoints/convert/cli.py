@@ -1,4 +1,5 @@
-"""`lmlab convert --from-hf HF_DIR --out DIR | --to-hf DIR --out HF_DIR` as a plain function.
+"""`lmlab convert --from-hf HF_DIR | --from-fastai PTH VOCAB --out DIR | --to-hf | --to-fastai DIR --out OUT`
+as a plain function.
 
 --out is checked before any work, as `pretrain` checks its run dir: a dir that already holds a
 model (any of MODEL_FILES) is refused unless `overwrite`, and then replaced as a whole once the new
@@ -32,12 +33,19 @@ MODEL_FILES = (MANIFEST, "config.json", "model.safetensors", "model.safetensors.
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """`lmlab convert`: a Hugging Face model dir to an lmlab one (--from-hf), or back (--to-hf)."""
+    """`lmlab convert`: a Hugging Face model dir or fastai AWD-LSTM files to an lmlab model dir (--from-hf,
+    --from-fastai), or back (--to-hf, --to-fastai)."""
 
     out: str = option(help="where to write the converted model")
     from_hf: str | None = option(None, "a Hugging Face model dir (gpt2, openai-gpt, bert, transfo-xl) or "
                                        "builtin:minilm", group="source", metavar="HF_DIR")
     to_hf: str | None = option(None, "an lmlab model dir", group="source", metavar="DIR")
+    from_fastai: tuple[str, ...] | None = option(None, "a fastai AWD-LSTM LM state dict (.pth, e.g. the "
+                                                       "published WT-103 model) and its vocabulary (itos "
+                                                       "pickle or one token per line)", group="source",
+                                                 metavar=("PTH", "VOCAB"), nargs=2)
+    to_fastai: str | None = option(None, "an lmlab ulmfit model dir: writes fastai's lm.pth + itos.pkl",
+                                   group="source", metavar="DIR")
     overwrite: bool = option(False, "replace a model dir at --out (never a run)")
 
 
@@ -64,18 +72,31 @@ def check_out(out: Path, overwrite: bool) -> bool:
     return True
 
 
-def convert_command(from_hf: str | None, to_hf: str | None, out: str, overwrite: bool = False) -> int:
-    """Convert one model dir; exactly one of `from_hf` / `to_hf` is given. Returns the exit code."""
-    if (from_hf is None) == (to_hf is None):
-        raise ConversionError("give exactly one of --from-hf HF_DIR or --to-hf DIR")
-    source = Path(from_hf if from_hf is not None else to_hf)
+def convert_command(from_hf: str | None, to_hf: str | None, out: str, overwrite: bool = False,
+                    from_fastai: tuple[str, ...] | None = None, to_fastai: str | None = None) -> int:
+    """Convert one model; exactly one of `from_hf` / `to_hf` / `to_fastai` (dirs) / `from_fastai`
+    (fastai's weights .pth and vocabulary) is given. Returns the exit code."""
+    if sum(x is not None for x in (from_hf, to_hf, from_fastai, to_fastai)) != 1:
+        raise ConversionError("give exactly one of --from-hf HF_DIR, --from-fastai PTH VOCAB, --to-hf DIR or "
+                              "--to-fastai DIR")
+    if from_fastai is not None and len(from_fastai) != 2:
+        raise ConversionError(f"--from-fastai takes two files, PTH and VOCAB, got {len(from_fastai)}")
+    if to_fastai is not None:
+        return _to_fastai(Path(to_fastai), Path(out))
+    sources = [Path(p) for p in from_fastai] if from_fastai is not None else [Path(from_hf or to_hf)]
+    source = sources[0]
     # Both layouts call their config file config.json: writing into the source would clobber it.
-    if Path(out).resolve() == source.resolve():
-        raise ConversionError(f"--out {out} is the source dir; write the converted model elsewhere")
+    if any(Path(out).resolve() == s.resolve() for s in sources):
+        raise ConversionError(f"--out {out} is the source; write the converted model elsewhere")
     final = Path(out).resolve() if check_out(Path(out), overwrite) else None
     target = final.with_name(f"{final.name}.tmp-{os.getpid()}") if final else Path(out)
     try:
-        model, tokenizer, what = _convert(from_hf, source, target)
+        if from_fastai is not None:
+            model, tokenizer = convert.from_original("ulmfit", *sources)
+            save(model, tokenizer, target)
+            what = "lmlab"
+        else:
+            model, tokenizer, what = _convert(from_hf, source, target)
         if final:
             commit_dir(target, final)  # the old model goes only now, once the new one is complete
     finally:
@@ -98,3 +119,12 @@ def _convert(from_hf: str | None, source: Path, out: Path):
                               f"{model.spec.name!r}); only pretrained backbones convert to Hugging Face")
     convert.to_hf(model, tokenizer, out)
     return model, tokenizer, "Hugging Face"
+
+
+def _to_fastai(source: Path, out: Path) -> int:
+    model, tokenizer = load(source)
+    if out.resolve() == source.resolve():
+        raise ConversionError(f"--out {out} is the source dir; write the fastai files elsewhere")
+    convert.to_original(model, tokenizer, out)
+    print(f"wrote fastai files {out / 'lm.pth'} and {out / 'itos.pkl'} ({family_of(model)})")
+    return 0
