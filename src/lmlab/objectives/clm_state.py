@@ -32,6 +32,12 @@ PREFIX = "state."
 _LEGACY_PREFIX = "mems."  # Transformer-XL checkpoints written before the state protocol
 
 
+def mean_nll(nll: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean of per-token `nll` over the targets that are scored (not IGNORE_INDEX)."""
+    scored = targets != IGNORE_INDEX
+    return (nll.float() * scored).sum() / scored.sum().clamp(min=1)
+
+
 class CarriedStateCLM:
     """objective(model, (x, y), rows) -> mean NLL of y given x and the carried state of those rows."""
 
@@ -41,13 +47,19 @@ class CarriedStateCLM:
 
     def __call__(self, model, batch, rows: slice) -> torch.Tensor:
         x, y = batch
-        key = (rows.start, rows.stop)
-        out = model(x, state=self._state(key), targets=y)
-        self.states[key] = detach_state(out.state)
+        out = model(x, state=self.state_of(rows), targets=y)
+        self.keep(rows, out.state)
+        return mean_nll(out.nll, y)
+
+    def state_of(self, rows: slice):
+        """The state rows `rows` carry into this step (None: none yet)."""
+        return self._state((rows.start, rows.stop))
+
+    def keep(self, rows: slice, state) -> None:
+        """Remember the state rows `rows` leave after this step (detached: no gradient flows back)."""
+        self.states[(rows.start, rows.stop)] = detach_state(state)
         if self._restored is not None and sum(b - a for a, b in self.states) >= self._rows_restored():
             self._restored = None  # every saved row has moved on
-        scored = y != IGNORE_INDEX
-        return (out.nll.float() * scored).sum() / scored.sum().clamp(min=1)
 
     def _rows_restored(self) -> int:
         return next(iter(self._restored.values())).shape[0]

@@ -127,7 +127,7 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
     cfg = train_config(train_values)
     settings = dict(model=model, preset=preset, data=data, valid=valid, tokenizer=tokenizer,
                     vocab_size=vocab_size, overrides=overrides or {}, **(recipe_options or {}), **asdict(cfg))
-    objective = recipe.objective() if isinstance(recipe.objective, type) else recipe.objective
+    objective = recipe.make_objective(options)
     overrides = recipe.config_overrides(overrides or {}, cfg.seq_len)
     tokenizer = tokenizer or family.tokenizer
     device = resolve_device(cfg.device)

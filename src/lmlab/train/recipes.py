@@ -11,18 +11,21 @@ flag table). `lmlab.train.pretrain` reads these fields and nothing else about a 
 - Causal LMs that carry state (Transformer-XL §3.2): the corpus as `batch_size` contiguous streams
   read `seq_len` tokens a step, the state carried from step to step, validation with the memory
   protocol.
+- AWD-LSTM (ULMFiT §3.1, Merity et al. 2017 §4): the same streams read a random length a step
+  (variable-length BPTT around seq_len = 70), the state carried, AR/TAR added to the loss.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
 from lmlab.data.prepare import prepare_tokens
-from lmlab.data.sampler import ContiguousStreams, RandomWindowSampler, SequentialWindows
+from lmlab.data.sampler import ContiguousStreams, RandomWindowSampler, SequentialWindows, VariableBPTTStreams
 from lmlab.errors import ConfigError
+from lmlab.objectives.awd import AWDObjective
 from lmlab.objectives.clm import clm_loss
 from lmlab.objectives.clm_state import CarriedStateCLM
 from lmlab.objectives.mlm_nsp import metrics_from_sums, mlm_nsp_loss, mlm_nsp_sums
@@ -55,9 +58,25 @@ class MaskedLMOptions:
 
 
 @dataclass(frozen=True)
+class AWDOptions:
+    """AWD-LSTM / ULMFiT pretraining: the weights of activation regularisation (α·mean(dropped h²)) and
+    temporal activation regularisation (β·mean((h_t - h_{t-1})²)) of the last layer (Merity §4.6)."""
+
+    ar_alpha: float = option(2.0, "ulmfit: α of activation regularisation (AR)")
+    tar_beta: float = option(1.0, "ulmfit: β of temporal activation regularisation (TAR)")
+
+    def __post_init__(self):
+        for name in ("ar_alpha", "tar_beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """batches(data, tokenizer, TrainConfig, Dist, valid, options) -> (batches, evaluate).
-    objective: a loss function, or a class of stateful objectives (one new object per run)."""
+    objective: a loss function, or a class of stateful objectives (one new object per run, built with
+    the options' fields as keywords)."""
 
     batches: Callable
     objective: Callable
@@ -65,6 +84,10 @@ class Recipe:
     options: type = NoOptions
     seq_len_field: str | None = None  # a config field --seq-len sets (Transformer-XL's tgt_len)
     reads_windows: bool = True  # reads windows of seq_len + 1 tokens of each split (not sentence pairs)
+
+    def make_objective(self, options):
+        """The run's objective: a loss function as is; a stateful objective class, one new object."""
+        return self.objective(**asdict(options)) if isinstance(self.objective, type) else self.objective
 
     def make_options(self, family: str, values: dict):
         """The recipe's options from the values given (None = not given); ConfigError names an option
@@ -206,6 +229,15 @@ def stream_evaluator(shard, cfg: TrainConfig):
     return evaluate
 
 
+def variable_stream_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, options):
+    """AWD-LSTM: contiguous streams read a random length around seq_len a step; memory-protocol
+    validation (the state carried over the whole valid split)."""
+    shards = _tokens(data, tok, cfg, d, valid)
+    batches = VariableBPTTStreams(shards["train"], cfg.seq_len, cfg.batch_size, cfg.seed, d.rank,
+                                  d.world_size)
+    return batches, stream_evaluator(shards["valid"], cfg)
+
+
 def _context_or_default(config) -> int:
     return min(DEFAULT_SEQ_LEN, config.max_seq_len)
 
@@ -217,11 +249,15 @@ MASKED_PAIRS = Recipe(pair_batches, mlm_nsp_loss, _context_or_default, options=M
 MEMORY_STREAMS = Recipe(stream_batches, CarriedStateCLM, lambda config: config.tgt_len,
                         seq_len_field="tgt_len")
 
+# AWD-LSTM / ULMFiT: BPTT 70 (ULMFiT §4, fastai's bptt), AR/TAR in the objective.
+AWD_STREAMS = Recipe(variable_stream_batches, AWDObjective, lambda config: 70, options=AWDOptions)
+
 RECIPES: dict[str, Recipe] = {
     "gpt": CAUSAL_WINDOWS,
     "gpt2": CAUSAL_WINDOWS,
     "bert": MASKED_PAIRS,
     "transfo-xl": MEMORY_STREAMS,
+    "ulmfit": AWD_STREAMS,
 }
 
 
