@@ -38,7 +38,7 @@ from lmlab.train.distributed import Dist, barrier, gather_rows, mean_over_ranks
 from lmlab.train.guard import NonFiniteGuard
 from lmlab.train.metrics import MetricsLog, plot_losses
 from lmlab.train.optim import make_optimizer, set_trainable, trainable_groups
-from lmlab.train.schedule import scheduled_lr
+from lmlab.train.schedule import lr_at
 from lmlab.train.state import (
     TRAINER_STATE,
     check_run_dir,
@@ -181,7 +181,8 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
     tokens_at_last = tokens
     model.train()
     for step in range(start, cfg.steps):
-        lr = scheduled_lr(step, cfg, len(layers) if layers is not None else None)
+        lr = lr_at(step, cfg.lr, cfg.steps, cfg.warmup, cfg.schedule, cfg.min_lr_ratio, cfg.unfreeze_every,
+                   len(layers) if layers is not None else None)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before lr_scale have none
         if layers is not None:  # a pure function of the step: resume is exact
@@ -256,6 +257,8 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
         if dist.is_main and done % cfg.log_every == 0:
             t_last = time.perf_counter()  # tokens/s counts training, not evaluation or saving
     bar.close()
+    if layers is not None:  # unfreezing ends with the model as it came: a later run sees every parameter
+        set_trainable(layers, len(layers), allowed)
     wall = time.perf_counter() - t_start
     whole = fsdp.gather(model, None, replica, dist)[0] if sharded else model
     if dist.is_main:

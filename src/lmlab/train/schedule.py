@@ -28,15 +28,17 @@ CUT_FRAC, RATIO = 0.1, 32  # ULMFiT §3.2
 
 
 def lr_at(step: int, lr: float, total: int, warmup: int = 0, schedule: str = "cosine",
-          min_lr_ratio: float = 0.1) -> float:
+          min_lr_ratio: float = 0.1, unfreeze_every: int = 0, n_groups: int | None = None) -> float:
     """The learning rate of optimizer step `step` (0-based) of `total`.
 
     Linear warmup from lr/warmup to lr over `warmup` steps, then cosine or linear decay to
-    lr * min_lr_ratio at the last step, or constant; "stlr": slanted triangular over all steps
-    (its own rise: warmup is not used).
+    lr * min_lr_ratio at the last step, or constant; "stlr": slanted triangular (its own rise:
+    warmup is not used), one triangle per unfreezing stage when `unfreeze_every` and `n_groups`
+    (the number of layer groups) are given.
     """
     if schedule == "stlr":
-        return slanted_triangular(step, lr, total)
+        start, length = unfreezing_stage(step, total, unfreeze_every, n_groups or 1)
+        return slanted_triangular(step - start, lr, length)
     if warmup and step < warmup:
         return lr * (step + 1) / warmup
     if schedule == "constant":
@@ -66,11 +68,3 @@ def unfreezing_stage(step: int, total: int, unfreeze_every: int, n_groups: int) 
     start = stage * unfreeze_every
     return start, (unfreeze_every if stage < n_groups - 1 else max(1, total - start))
 
-
-def scheduled_lr(step: int, cfg, n_groups: int | None = None) -> float:
-    """The learning rate of step `step` under TrainConfig `cfg`; with schedule "stlr" and gradual
-    unfreezing over `n_groups` layer groups, each stage has its own triangle."""
-    if cfg.schedule == "stlr" and cfg.unfreeze_every and n_groups:
-        start, length = unfreezing_stage(step, cfg.steps, cfg.unfreeze_every, n_groups)
-        return slanted_triangular(step - start, cfg.lr, length)
-    return lr_at(step, cfg.lr, cfg.steps, cfg.warmup, cfg.schedule, cfg.min_lr_ratio)
