@@ -7,6 +7,13 @@ fine-tunes with lr in {2, 3, 5}e-5 (pass --lr). The loop, checkpoints and exact 
 lmlab.train.loop's: the run dir gets metrics.jsonl (val_* = dev metrics at each evaluation),
 checkpoints/step-N/, the final TaskModel and report.json (final dev metrics).
 
+`--recipe ulmfit` (Howard & Ruder 2018, §3.2-3.3) fine-tunes any family with ULMFiT's schedule
+instead: slanted triangular rates (cut_frac 0.1, ratio 32; lmlab.train.schedule), discriminative
+rates (÷2.6 per layer group, the head on top), gradual unfreezing (the top group in the first epoch,
+one more group every epoch, the triangle restarting with each), Adam β = (0.7, 0.99), base rate 0.01
+(classify) or 0.004 (lm). --schedule, --discriminative and --[no-]gradual-unfreezing override one
+piece each (the ablations of §5). Task "lm" (lmlab.tasks.lm) is ULMFiT's second stage.
+
 Data order: each epoch is a permutation of the training features drawn from (seed, epoch); a
 batch is the next `batch_size` of them and the epoch's remainder (< batch_size) is skipped, so a
 step always has a full batch. The sampler state is (epoch, index): resuming continues exactly.
@@ -30,7 +37,7 @@ from lmlab.errors import ConfigError
 from lmlab.models.heads import TaskModel, TaskSpec, build_task_model
 from lmlab.models.registry import build_from_config, config_fields, family_of, family_spec
 from lmlab.options import option
-from lmlab.tasks.base import add_task_tokens, default_reader, lm_aux_loss
+from lmlab.tasks.base import add_target_words, add_task_tokens, default_reader, lm_aux_loss
 from lmlab.tasks.registry import task_module
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import train as run_training
@@ -54,7 +61,8 @@ class FinetuneOptions:
     out: str = option(help="run dir to write")
     epochs: int = option(3, "passes over the training data")
     steps: int | None = option(None, "optimizer steps instead of --epochs")
-    lr: float = option(GPT_LR, "peak learning rate (GPT's)")
+    lr: float | None = option(None, "peak learning rate (default: GPT's 6.25e-5; --recipe ulmfit: 0.01, "
+                                    "lm 0.004)")
     batch_size: int = option(32, "examples per step")
     max_len: int = option(128, "longest input in tokens, task tokens included, capped at the model's context")
     lm_coef: float = option(0.5, "λ of the auxiliary LM loss, GPT-style models only (GPT's; 0 = off)")
@@ -86,6 +94,19 @@ class FinetuneOptions:
     null_threshold: float = option(0.0, "qa v2.0: answer \"\" when null score - best span score exceeds this")
     version_2: bool | None = option(None, "qa: allow \"no answer\" (SQuAD v2.0; default: from the training "
                                           "data)")
+    recipe: str = option("default", "default (GPT/BERT: warmup + linear decay) or ulmfit (slanted "
+                                    "triangular, discriminative rates, gradual unfreezing; any family)",
+                         choices=("default", "ulmfit"))
+    schedule: str | None = option(None, "override the recipe's schedule (default linear; ulmfit stlr)",
+                                  choices=("linear", "cosine", "constant", "stlr"))
+    discriminative: float | None = option(None, "override the recipe's lr factor per layer group (default 1; "
+                                                "ulmfit 2.6)")
+    gradual_unfreezing: bool | None = option(None, "override the recipe's gradual unfreezing, one more layer "
+                                                   "group per epoch (default off; ulmfit on, not for lm)")
+    bptt: int = option(70, "concat_pool and lm: tokens per chunk / per LM training step (ULMFiT's 70)")
+    pool_len: int = option(1400, "concat_pool: pool over each document's last N tokens (fastai's 20 x bptt)")
+    extend_vocab: int = option(0, "words tokenizers: add up to N words of the training text (seen twice) the "
+                                  "vocabulary lacks, rows at the mean embedding (ULMFiT)")
 
 
 class EpochBatches:
@@ -155,7 +176,7 @@ def _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_ev
 
 
 def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | Path, *,
-             epochs: int = 3, lr: float = GPT_LR, batch_size: int = 32, max_len: int = 128,
+             epochs: int = 3, lr: float | None = None, batch_size: int = 32, max_len: int = 128,
              warmup_ratio: float = 0.1, lm_coef: float = 0.5, seed: int = 0, from_scratch: bool = False,
              truncate: bool = False, resume: bool = False, device: str = "auto",
              pair_mode: str = "concat", regression: bool | None = None, dropout: float = 0.1,
@@ -164,13 +185,30 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
              save_every: int | None = None, log_every: int = 10, eval_batch_size: int = 64,
              progress: bool = True, word_column: int | None = None, tag_scheme: str = "auto",
              doc_stride: int = 128, max_query_len: int = 64, null_threshold: float = 0.0,
-             version_2: bool | None = None) -> dict:
+             version_2: bool | None = None, recipe: str = "default", schedule: str | None = None,
+             discriminative: float | None = None, gradual_unfreezing: bool | None = None, bptt: int = 70,
+             pool_len: int = 1400, extend_vocab: int = 0) -> dict:
     """Fine-tune the model in `model_dir` on `task`; returns (and writes) the report dict.
 
     steps (default epochs × full batches per epoch), eval_every and save_every (default: once an
-    epoch) are in optimizer steps.
+    epoch) are in optimizer steps. `recipe` "ulmfit" and its overrides: see the module docstring.
     """
+    rates = recipe_rates(recipe, task, lr, schedule, discriminative, gradual_unfreezing)
+    lr = rates.pop("lr")
     _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_every)
+    for name, value in (("--bptt", bptt), ("--pool-len", pool_len), ("--extend-vocab", extend_vocab + 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if task == "lm":  # ULMFiT's second stage: the family's own LM objective on the target text
+        from lmlab.tasks.lm import finetune_lm
+
+        unfreeze = rates.pop("unfreeze")
+        values = dict(batch_size=batch_size, seq_len=bptt, lr=lr, min_lr_ratio=0.0, weight_decay=weight_decay,
+                      grad_clip=1.0, seed=seed, log_every=log_every, eval_every=eval_every,
+                      save_every=save_every, device=device, progress=progress, **rates)
+        return finetune_lm(model_dir, train, dev, out, cfg_values=values, epochs=epochs, steps=steps,
+                           extend_vocab=extend_vocab, resume=resume, warmup_ratio=warmup_ratio,
+                           unfreeze=unfreeze)
     target = resolve_device(device)  # a bad --device fails before the data is read
     check_run_dir(Path(out), not resume)  # before the data is read (the training loop checks again)
     module = task_module(task)
@@ -184,11 +222,15 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
 
     backbone, tokenizer, family = _backbone(model_dir, from_scratch, seed)
     reader = default_reader(family_spec(family))
+    added = add_target_words(backbone, tokenizer, [ex.text for ex in train_ex], extend_vocab)
     ids = add_task_tokens(backbone, tokenizer) if reader == "extract_token" else {}
     pad = tokenizer.eos_token_id if reader == "extract_token" else getattr(tokenizer, "pad_token_id", None)
+    extra = _spec_extra(module, train_ex, options)
+    if reader == "concat_pool":
+        extra = {**extra, "bptt": bptt, "pool_len": pool_len}
     spec = TaskSpec(name=task, labels=labels, regression=is_regression, lm_coef=lm_coef, pair_mode=pair_mode,
                     max_len=min(max_len, backbone.config.max_seq_len), reader=reader, pad_id=pad or 0,
-                    dropout=dropout, extra=_spec_extra(module, train_ex, options), **ids)
+                    dropout=dropout, extra=extra, **ids)
     # Features before training: a too-long text or an unseen dev label stops the run at once.
     train_f = module.featurize(train_ex, tokenizer, spec, truncate)
     dev_f = module.featurize(dev_ex, tokenizer, spec, truncate)
@@ -197,9 +239,11 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
     bs = min(batch_size, len(train_f))
     per_epoch = len(train_f) // bs
     total = epochs * per_epoch if steps is None else steps
+    unfreeze = per_epoch if rates.pop("unfreeze") else 0
+    warmup = 0 if rates["schedule"] == "stlr" else round(warmup_ratio * total)
     cfg = TrainConfig(steps=total, batch_size=bs, seq_len=spec.max_len, lr=lr, min_lr_ratio=0.0,
-                      warmup=round(warmup_ratio * total), schedule="linear", weight_decay=weight_decay,
-                      beta1=0.9, beta2=0.999, grad_clip=1.0, seed=seed,
+                      warmup=warmup, weight_decay=weight_decay, unfreeze_every=unfreeze, **rates,
+                      grad_clip=1.0, seed=seed,
                       log_every=min(log_every, total),
                       eval_every=per_epoch if eval_every is None else eval_every, eval_batches=1,
                       save_every=per_epoch if save_every is None else save_every, device=device,
@@ -212,10 +256,32 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
               "train": str(train), "dev": str(dev), "n_train": len(train_f), "n_dev": len(dev_f),
               "reader": reader, "labels": list(labels), "regression": is_regression, "lm_coef": lm_coef,
               "pair_mode": pair_mode, "epochs": epochs, "steps": total, "batch_size": bs, "lr": lr,
-              "warmup_steps": cfg.warmup, "seed": seed, "train_loss": result.loss,
+              "warmup_steps": cfg.warmup, "seed": seed, "train_loss": result.loss, "recipe": recipe,
+              "schedule": cfg.schedule, "discriminative": cfg.discriminative, "unfreeze_every": unfreeze,
+              "new_words": added,
               "dev_metrics": result.val_metrics, "wall_s": round(result.wall_s, 1)}
     write_bytes_atomic(Path(out) / REPORT, json.dumps(report, indent=2).encode())
     return report
+
+
+ULMFIT_LR = {"lm": 0.004}  # §4: 0.004 to fine-tune the LM, 0.01 the classifier
+ULMFIT_CLASSIFIER_LR = 0.01
+
+
+def recipe_rates(recipe: str, task: str, lr: float | None, schedule: str | None, discriminative: float | None,
+                 gradual_unfreezing: bool | None) -> dict:
+    """{"lr", "schedule", "discriminative", "unfreeze", "beta1", "beta2"} of a fine-tuning recipe with
+    the overrides given (None = the recipe's)."""
+    if recipe not in ("default", "ulmfit"):
+        raise ConfigError(f"--recipe must be default or ulmfit, got {recipe!r}")
+    ulmfit = recipe == "ulmfit"
+    if lr is None:
+        lr = ULMFIT_LR.get(task, ULMFIT_CLASSIFIER_LR) if ulmfit else GPT_LR
+    unfreeze = (ulmfit and task != "lm") if gradual_unfreezing is None else gradual_unfreezing
+    betas = (0.7, 0.99) if ulmfit else (0.9, 0.999)  # ULMFiT §4: Adam with β1 = 0.7, β2 = 0.99
+    return {"lr": lr, "schedule": schedule or ("stlr" if ulmfit else "linear"),
+            "discriminative": discriminative if discriminative is not None else (2.6 if ulmfit else 1.0),
+            "unfreeze": bool(unfreeze), "beta1": betas[0], "beta2": betas[1]}
 
 
 def _spec_extra(module, train_ex, options: dict) -> dict:

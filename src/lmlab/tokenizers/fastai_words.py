@@ -138,6 +138,9 @@ class FastaiWordTokenizer(WordTokenizer):
             words = words[: max_size - len(SPECIALS)]
         return cls([*SPECIALS, *words])
 
+    def words(self, text: str) -> list[str]:
+        return fastai_tokens(text)
+
     @property
     def pad_token_id(self) -> int:
         return self._ids[PAD]

@@ -69,6 +69,21 @@ class WordTokenizer(SpecListVocab):
     def unk_token_id(self) -> int:
         return self._ids[self.unk_token]
 
+    def words(self, text: str) -> list[str]:
+        """The words of `text` as encode sees them, before the vocabulary (newlines dropped)."""
+        return text.split()
+
+    def add_words(self, words: Sequence[str]) -> list[int]:
+        """Append ordinary words the vocabulary lacks (ULMFiT's target-domain words); their ids."""
+        for w in words:
+            if not isinstance(w, str) or len(w.split()) != 1 or w.strip() != w:
+                raise TokenizerError(f"word {w!r} is not a single word")
+        for w in words:
+            if w not in self._ids:
+                self._ids[w] = len(self._tokens)
+                self._tokens.append(w)
+        return [self._ids[w] for w in words]
+
     def encode(self, text: str) -> list[int]:
         ids, unk, eos, get = [], self._ids[UNK], self._ids[EOS], self._ids.get
         # re.split with a capturing group keeps the specials at odd positions.
