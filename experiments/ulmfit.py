@@ -1,0 +1,180 @@
+"""The experiments of docs/ulmfit.md, small enough for a CPU (Howard & Ruder 2018, §4-5, scaled down).
+
+    PYTHONPATH=src python experiments/ulmfit.py [--out runs/ulmfit-exp] [--only rt|polarity]
+
+Every stage is an `lmlab` command (printed before it runs), so this file is also the recipe:
+1. general-domain LM: `lmlab pretrain --model ulmfit` on builtin:ptb (expected in --lm, made by the
+   command in docs/ulmfit.md), then its test perplexity with the memory protocol;
+2. target-domain LM fine-tuning (`lmlab finetune --task lm --recipe ulmfit`) on the training texts
+   of the task (labels unused: the paper's semi-supervised setting), new words at the mean embedding;
+3. classifier fine-tuning (`lmlab finetune --task classify --recipe ulmfit`, concat pooling) on 100,
+   500 and all labelled rotten-tomatoes snippets, and on the 1,500 polarity reviews (the first 400
+   tokens of each): from scratch (same network, random weights), ULMFiT, ULMFiT without LM
+   fine-tuning; at 100 and 500 labels also ULMFiT with each of STLR (-> cosine), discriminative rates
+   (-> one rate) and gradual unfreezing (-> all layers from the start) ablated. One seed each.
+Results: OUT/results.json, OUT/results.md (tables), OUT/lowshot.png (dev error vs labels). A run
+whose report.json exists is not run again, so the script can be stopped and restarted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PY = [sys.executable, "-m", "lmlab"]
+VARIANTS = {  # name -> (classifier backbone: "lm" fine-tuned / "general", extra finetune flags)
+    "from scratch": ("general", ["--from-scratch"]),
+    "ULMFiT": ("lm", []),
+    "ULMFiT, no LM fine-tuning": ("general", []),
+    "- STLR (cosine)": ("lm", ["--schedule", "cosine", "--warmup-ratio", "0"]),
+    "- discriminative": ("lm", ["--discriminative", "1"]),
+    "- gradual unfreezing": ("lm", ["--no-gradual-unfreezing"]),
+}
+MAIN = ("from scratch", "ULMFiT", "ULMFiT, no LM fine-tuning")
+
+
+def run(cmd: list[str], done: Path) -> dict:
+    if done.exists():
+        return json.loads(done.read_text())
+    print("$ lmlab " + " ".join(cmd[3:]), flush=True)
+    t = time.time()
+    subprocess.run(cmd, check=True)
+    print(f"  ({time.time() - t:.0f} s)", flush=True)
+    return json.loads(done.read_text())
+
+
+def write_subsets(out: Path, source: str, sizes: list[int | None]) -> dict:
+    """JSONL files of the first n training examples in a seeded random order, and the dev file."""
+    from lmlab.data.corpora import read_task_data
+
+    train = read_task_data(source, "train")
+    order = list(range(len(train)))
+    random.Random(0).shuffle(order)
+    files = {}
+    for n in sizes:
+        path = out / f"train-{n or 'all'}.jsonl"
+        chosen = order[:n or len(train)]
+        path.write_text("".join(json.dumps(train[i]) + "\n" for i in chosen), encoding="utf-8")
+        files[n] = str(path)
+    text = out / "target-lm.txt"  # every training text, labels unused
+    text.write_text("".join(r["text"] + "\n" for r in train), encoding="utf-8")
+    dev_text = out / "target-lm-dev.txt"
+    dev_text.write_text("".join(r["text"] + "\n" for r in read_task_data(source, "dev")), encoding="utf-8")
+    return {"train": files, "lm_text": str(text), "lm_dev": str(dev_text)}
+
+
+def task(out: Path, lm: str, source: str, sizes: list, variants: dict, lm_flags: list,
+         clf_flags: dict) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    files = write_subsets(out, source, sizes)
+    lm_dir = out / "lm"
+    run([*PY, "finetune", lm, "--task", "lm", "--train", files["lm_text"], "--dev", files["lm_dev"], "--out",
+         str(lm_dir), "--recipe", "ulmfit", "--extend-vocab", "20000", "--no-progress", *lm_flags],
+        lm_dir / "report.json")
+    results = {}
+    for n in sizes:
+        for name in variants[n]:
+            base, flags = VARIANTS[name]
+            backbone = str(lm_dir) if base == "lm" else lm
+            extend = [] if base == "lm" else ["--extend-vocab", "20000"]  # the same vocabulary for all
+            run_dir = out / f"clf-{n or 'all'}-{name.replace(' ', '_').replace(',', '')}"
+            report = run([*PY, "finetune", backbone, "--task", "classify", "--train", files["train"][n],
+                          "--dev", f"builtin:{source}", "--out", str(run_dir), "--recipe", "ulmfit",
+                          "--no-progress", *extend, *clf_flags.get(n, clf_flags[None]), *flags],
+                         run_dir / "report.json")
+            acc = report["dev_metrics"]["accuracy"]
+            row = {"error": round(1 - acc, 4), **{k: report[k] for k in ("n_train", "steps", "wall_s")}}
+            results.setdefault(str(n or "all"), {})[name] = row
+            print(f"  {source} n={n or 'all'} {name}: error {1 - acc:.3f}", flush=True)
+    lm_report = json.loads((lm_dir / "report.json").read_text())
+    return {"lm_finetune": {k: lm_report[k] for k in ("train_tokens", "new_words", "steps", "dev_metrics")},
+            "classifier": results}
+
+
+def test_perplexity(lm: str, out: Path) -> dict:
+    path = out / "ptb-test.json"
+    if not path.exists():
+        print(f"$ lmlab evaluate {lm} --data builtin:ptb --split test --protocol memory", flush=True)
+        done = subprocess.run([*PY, "evaluate", lm, "--data", "builtin:ptb", "--split", "test", "--protocol",
+                               "memory"], check=True, capture_output=True, text=True)
+        path.write_text(done.stdout)
+    return json.loads(path.read_text())
+
+
+def tables(results: dict) -> str:
+    lines = []
+    for source, r in results["tasks"].items():
+        sizes = list(r["classifier"])
+        lines += [f"\n{source}: dev error (1 - accuracy)\n", "| variant | " + " | ".join(
+            f"{s} labels" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        names = list(dict.fromkeys(n for s in sizes for n in r["classifier"][s]))
+        for name in names:
+            cells = [f"{r['classifier'][s][name]['error']:.3f}" if name in r["classifier"][s] else ""
+                     for s in sizes]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = results["tasks"]["rotten-tomatoes"]["classifier"]
+    sizes = list(r)
+    x = [r[s]["ULMFiT"]["n_train"] for s in sizes]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name in MAIN:
+        ax.plot(x, [r[s][name]["error"] for s in sizes], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training examples (rotten-tomatoes)")
+    ax.set_ylabel("dev error")
+    ax.set_title("ULMFiT low-shot (small AWD-LSTM, CPU)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/ulmfit-exp")
+    parser.add_argument("--lm", default="runs/ptb-lm", help="the pretrained general-domain LM dir")
+    parser.add_argument("--only", choices=("rt", "polarity"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"lm": args.lm, "ptb_test": test_perplexity(args.lm, out), "tasks": {}}
+    path = out / "results.json"
+    if path.exists():
+        results["tasks"] = json.loads(path.read_text()).get("tasks", {})
+    common = ["--bptt", "70", "--batch-size", "32"]
+    if args.only in (None, "rt"):
+        results["tasks"]["rotten-tomatoes"] = task(
+            out / "rt", args.lm, "rotten-tomatoes", [100, 500, None],
+            {100: list(VARIANTS), 500: list(VARIANTS), None: list(MAIN)},  # ablations: the low-shot sizes
+            ["--epochs", "2", "--batch-size", "32", "--bptt", "70"],
+            {100: [*common, "--epochs", "16", "--batch-size", "16"], 500: [*common, "--epochs", "10"],
+             None: [*common, "--epochs", "5", "--batch-size", "64"]})
+        path.write_text(json.dumps(results, indent=1))
+    if args.only in (None, "polarity"):
+        results["tasks"]["polarity"] = task(
+            out / "polarity", args.lm, "polarity", [None], {None: list(MAIN)},
+            ["--steps", "150", "--batch-size", "32", "--bptt", "70"],
+            {None: [*common, "--epochs", "6", "--max-len", "400", "--truncate", "--pool-len", "140"]})
+        path.write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(tables(results))
+    if "rotten-tomatoes" in results["tasks"]:
+        plot(results, out / "lowshot.png")
+    print(tables(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
