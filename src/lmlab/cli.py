@@ -284,8 +284,9 @@ def _families() -> dict:
 
 def _tasks() -> dict:
     from lmlab.tasks.registry import TASKS
+    from lmlab.train.recipes import FINETUNE_RECIPES
 
-    return {"task": list(TASKS)}
+    return {"task": list(TASKS), "recipe": list(FINETUNE_RECIPES)}
 
 
 def _evaluate_tasks() -> dict:

@@ -41,9 +41,9 @@ from lmlab.tasks.base import add_target_words, add_task_tokens, default_reader, 
 from lmlab.tasks.registry import task_module
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import train as run_training
+from lmlab.train.recipes import FINETUNE_RECIPES
 from lmlab.train.state import check_run_dir
 
-GPT_LR = 6.25e-5  # GPT §4.1
 REPORT = "report.json"
 
 
@@ -95,8 +95,7 @@ class FinetuneOptions:
     version_2: bool | None = option(None, "qa: allow \"no answer\" (SQuAD v2.0; default: from the training "
                                           "data)")
     recipe: str = option("default", "default (GPT/BERT: warmup + linear decay) or ulmfit (slanted "
-                                    "triangular, discriminative rates, gradual unfreezing; any family)",
-                         choices=("default", "ulmfit"))
+                                    "triangular, discriminative rates, gradual unfreezing; any family)")
     schedule: str | None = option(None, "override the recipe's schedule (default linear; ulmfit stlr)",
                                   choices=("linear", "cosine", "constant", "stlr"))
     discriminative: float | None = option(None, "override the recipe's lr factor per layer group (default 1; "
@@ -191,7 +190,8 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
     """Fine-tune the model in `model_dir` on `task`; returns (and writes) the report dict.
 
     steps (default epochs × full batches per epoch), eval_every and save_every (default: once an
-    epoch) are in optimizer steps. `recipe` "ulmfit" and its overrides: see the module docstring.
+    epoch) are in optimizer steps. `recipe` (lmlab.train.recipes.FINETUNE_RECIPES) and its overrides: see
+    the module docstring.
     """
     rates = recipe_rates(recipe, task, lr, schedule, discriminative, gradual_unfreezing)
     lr = rates.pop("lr")
@@ -222,7 +222,10 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
 
     backbone, tokenizer, family = _backbone(model_dir, from_scratch, seed)
     reader = default_reader(family_spec(family))
-    added = add_target_words(backbone, tokenizer, [ex.text for ex in train_ex], extend_vocab)
+    if extend_vocab and task != "classify":
+        raise ConfigError(f"--extend-vocab applies to tasks classify and lm, not {task}")
+    added = add_target_words(backbone, tokenizer, [ex.text for ex in train_ex] if extend_vocab else [],
+                             extend_vocab)
     ids = add_task_tokens(backbone, tokenizer) if reader == "extract_token" else {}
     pad = tokenizer.eos_token_id if reader == "extract_token" else getattr(tokenizer, "pad_token_id", None)
     extra = _spec_extra(module, train_ex, options)
@@ -264,24 +267,17 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
     return report
 
 
-ULMFIT_LR = {"lm": 0.004}  # §4: 0.004 to fine-tune the LM, 0.01 the classifier
-ULMFIT_CLASSIFIER_LR = 0.01
-
-
 def recipe_rates(recipe: str, task: str, lr: float | None, schedule: str | None, discriminative: float | None,
                  gradual_unfreezing: bool | None) -> dict:
-    """{"lr", "schedule", "discriminative", "unfreeze", "beta1", "beta2"} of a fine-tuning recipe with
-    the overrides given (None = the recipe's)."""
-    if recipe not in ("default", "ulmfit"):
-        raise ConfigError(f"--recipe must be default or ulmfit, got {recipe!r}")
-    ulmfit = recipe == "ulmfit"
-    if lr is None:
-        lr = ULMFIT_LR.get(task, ULMFIT_CLASSIFIER_LR) if ulmfit else GPT_LR
-    unfreeze = (ulmfit and task != "lm") if gradual_unfreezing is None else gradual_unfreezing
-    betas = (0.7, 0.99) if ulmfit else (0.9, 0.999)  # ULMFiT §4: Adam with β1 = 0.7, β2 = 0.99
-    return {"lr": lr, "schedule": schedule or ("stlr" if ulmfit else "linear"),
-            "discriminative": discriminative if discriminative is not None else (2.6 if ulmfit else 1.0),
-            "unfreeze": bool(unfreeze), "beta1": betas[0], "beta2": betas[1]}
+    """{"lr", "schedule", "discriminative", "unfreeze", "beta1", "beta2"} of a fine-tuning recipe
+    (lmlab.train.recipes.FINETUNE_RECIPES) with the overrides given (None = the recipe's)."""
+    if recipe not in FINETUNE_RECIPES:
+        raise ConfigError(f"--recipe must be one of {', '.join(FINETUNE_RECIPES)}, got {recipe!r}")
+    r = FINETUNE_RECIPES[recipe]
+    unfreeze = (r.unfreeze and task != "lm") if gradual_unfreezing is None else gradual_unfreezing
+    return {"lr": lr if lr is not None else r.lr.get(task, r.lr[None]), "schedule": schedule or r.schedule,
+            "discriminative": r.discriminative if discriminative is None else discriminative,
+            "unfreeze": bool(unfreeze), "beta1": r.betas[0], "beta2": r.betas[1]}
 
 
 def _spec_extra(module, train_ex, options: dict) -> dict:

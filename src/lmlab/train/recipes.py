@@ -111,6 +111,28 @@ class Recipe:
         return {**overrides, name: seq_len}
 
 
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """How `lmlab finetune --recipe NAME` sets the loop's rates (lmlab.tasks.finetune): the schedule,
+    the factor between layer groups, gradual unfreezing (one more group per epoch; never for task
+    lm), Adam's betas and the base learning rate per task (None: the task's default)."""
+
+    schedule: str
+    discriminative: float
+    unfreeze: bool
+    betas: tuple[float, float]
+    lr: dict[str | None, float]
+
+
+FINETUNE_RECIPES = {
+    # GPT §4.1 / BERT §4: linear warmup and decay, one rate, all layers, GPT's lr unless given.
+    "default": FinetuneRecipe("linear", 1.0, False, (0.9, 0.999), {None: 6.25e-5}),
+    # ULMFiT §3.2-3.3 and §4: STLR, ÷2.6 per group, gradual unfreezing, Adam (0.7, 0.99), lr 0.01
+    # for the classifier and 0.004 for the LM.
+    "ulmfit": FinetuneRecipe("stlr", 2.6, True, (0.7, 0.99), {None: 0.01, "lm": 0.004}),
+}
+
+
 def option_fields() -> dict[str, object]:
     """Every recipe option: name -> its dataclass field (the CLI makes one flag of each name)."""
     return {f.name: f for recipe in RECIPES.values() for f in fields(recipe.options)}
