@@ -147,6 +147,25 @@ def test_left_padding_and_padding_with_a_state_are_refused():
         model(ids, attention_mask=right, state=model.init_state(2))
 
 
+def test_generation_and_memory_evaluation_carry_the_state():
+    from lmlab.eval.memory import memory_token_losses
+
+    torch.manual_seed(0)
+    model = lmlab.build("ulmfit", "tiny").eval()
+    prompt = [5, 9, 2]
+    got = lmlab.generate(model, [prompt], max_new_tokens=6)[0].tolist()
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(6):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    assert got == ids
+    stream = torch.randint(0, 256, (61,))
+    with torch.no_grad():
+        logits = model(stream[None, :-1]).logits[0]
+    whole = torch.nn.functional.cross_entropy(logits, stream[1:], reduction="none")
+    torch.testing.assert_close(memory_token_losses(model, stream, segment=7), whole, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_dropout_settings_are_one_line():
     with pytest.raises(lmlab.errors.ConfigError, match="weight_p"):
         lmlab.build("ulmfit", "tiny", weight_p=0.6, dropout=2.0)
