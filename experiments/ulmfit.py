@@ -154,7 +154,8 @@ def main() -> int:
     path = out / "results.json"
     if path.exists():
         results["tasks"] = json.loads(path.read_text()).get("tasks", {})
-    common = ["--bptt", "70", "--batch-size", "32"]
+    # dev metrics and a checkpoint at the end only (--eval-every/--save-every past the last step)
+    common = ["--bptt", "70", "--batch-size", "32", "--eval-every", "100000", "--save-every", "100000"]
     if args.only in (None, "rt"):
         results["tasks"]["rotten-tomatoes"] = task(
             out / "rt", args.lm, "rotten-tomatoes", [100, 500, None],
