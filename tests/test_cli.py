@@ -85,3 +85,15 @@ def test_a_required_option_missing_from_flags_and_file_is_named(lm_dir, capsys):
         main(["generate", str(lm_dir)])
     assert info.value.code == 2
     assert "the following arguments are required: --prompt" in capsys.readouterr().err
+
+
+def test_a_two_file_option_takes_both_values_from_flags_or_file(tmp_path):
+    args = build_parser().parse_args(["convert", "--from-elmo", "opts.json", "w.hdf5", "--out", "m"])
+    assert args.from_elmo == ["opts.json", "w.hdf5"]
+    from lmlab.cli import build_options, given_values
+
+    config = tmp_path / "convert.yaml"
+    config.write_text("from_elmo: [opts.json, w.hdf5]\nout: m\n")
+    args = build_parser().parse_args(["convert", "--config", str(config)])
+    options = build_options(args.option_classes[0], given_values(args, args.option_classes), args.subparser)
+    assert options.from_elmo == ("opts.json", "w.hdf5") and options.from_hf is None

@@ -5,7 +5,8 @@ load on first use.
 
     lmlab.build(family, preset, **fields)          lmlab.load(dir) / lmlab.save(model, tok, dir)
     lmlab.from_hf(dir) / lmlab.to_hf(model, tok, dir)
-    lmlab.from_original(family, *files) / lmlab.to_original(model, tok, dir)   # original releases
+    lmlab.from_original(family, *files)             original releases (ELMo: options.json, weights.hdf5)
+    lmlab.to_original(model, tok, dir)              back to the original layout (ulmfit: fastai's files)
     lmlab.generate(model, ids, ...) / lmlab.stream(...)
     lmlab.embed(model, tokenizer, sentences)        lmlab.eval.span_f1, lmlab.eval.squad_scores
 """

@@ -72,9 +72,9 @@ def add_options(parser: argparse.ArgumentParser, classes, choices: dict | None =
                 target.add_argument("--" + flag_name(f), action=action, **args)
             elif meta.get("repeat"):
                 target.add_argument("--" + flag_name(f), action="append", metavar=meta.get("metavar"), **args)
-            else:
+            else:  # one value, or `nargs` values at once
                 target.add_argument("--" + flag_name(f), type=_value_type(hint), metavar=meta.get("metavar"),
-                                    choices=choices.get(f.name, meta.get("choices")), nargs=meta.get("nargs"),
+                                    nargs=meta.get("nargs"), choices=choices.get(f.name, meta.get("choices")),
                                     **args)
 
 
@@ -233,15 +233,15 @@ def cmd_evaluate(o) -> int:
 def cmd_convert(o) -> int:
     from lmlab.checkpoints.convert.cli import convert_command
 
-    return convert_command(o.from_hf, o.to_hf, o.out, o.overwrite, from_fastai=o.from_fastai,
-                           to_fastai=o.to_fastai)
+    return convert_command(o.from_hf, o.to_hf, o.out, o.overwrite, from_elmo=o.from_elmo,
+                           from_fastai=o.from_fastai, to_fastai=o.to_fastai)
 
 
 def cmd_embed(o) -> int:
     from lmlab.eval.embed import embed_command
 
     meta = embed_command(o.model_dir, o.input, o.out, layers=o.layers, pool=o.pool, batch_size=o.batch_size,
-                         max_len=o.max_len, device=o.device)
+                         max_len=o.max_len, device=o.device, stateful=o.stateful)
     print(f"wrote {meta['texts']} texts x {len(meta['layers'])} layers (pool {meta['pool']}) to {o.out}")
     return 0
 

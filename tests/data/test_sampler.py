@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmlab.data.sampler import ContiguousStreams, RandomWindowSampler, SequentialWindows
+from lmlab.data.sampler import BidirectionalStreams, ContiguousStreams, RandomWindowSampler, SequentialWindows
 from lmlab.data.shards import open_shard, write_shard
 from lmlab.errors import ConfigError, DataError
 
@@ -124,6 +124,25 @@ def test_contiguous_streams_ranks_and_resume(shard):
     again = ContiguousStreams(shard, seq_len=20, batch_size=4)
     again.load_state_dict(state)
     assert torch.equal(next(again)[0], next(one)[0])
+
+
+def test_bidirectional_streams_read_the_corpus_both_ways(shard):
+    tokens = np.asarray(shard.tokens)
+    s = BidirectionalStreams(shard, seq_len=20, batch_size=4)
+    forward = ContiguousStreams(shard, seq_len=20, batch_size=4)
+    backward = ContiguousStreams(tokens[::-1].copy(), seq_len=20, batch_size=4)
+    for _ in range(3):
+        x, y, xb, yb = next(s)
+        assert all(torch.equal(a, b) for a, b in zip((x, y, xb, yb), (*next(forward), *next(backward)),
+                                                     strict=True))
+    stream = len(tokens) // 4
+    assert xb[:, 0].tolist() == [int(tokens[-1 - b * stream - 2 * 20]) for b in range(4)]
+    where = len(tokens) - 1 - (b := 1) * stream - 2 * 20 - 5  # position of xb[1, 5] in the corpus
+    assert int(xb[b, 5]) == int(tokens[where]) and int(yb[b, 5]) == int(tokens[where - 1])  # the word before
+    again = BidirectionalStreams(shard, seq_len=20, batch_size=4)
+    again.load_state_dict(s.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(next(again), next(s), strict=True))
+    assert s.state_dict()["kind"] == "bidirectional_streams"
 
 
 def _scored_targets(shard, windows):

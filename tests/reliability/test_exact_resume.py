@@ -13,12 +13,16 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from lmlab.cli import main
 
 FLAGS = dict(steps=12, save_every=4, eval_every=4, set=["dropout=0.1"])
+# Per family: the default (gpt2) and one that carries state across steps (ELMo's two LSTMs), whose
+# state must come back from the checkpoint too.
+FAMILY_FLAGS = {"gpt2": {}, "elmo": dict(model="elmo", tokenizer="word_chars", seq_len=8)}
 
 SLOW_PRETRAIN = """
 import sys, time
@@ -72,15 +76,17 @@ def kill_after_checkpoint(cmd: list[str], run_dir, step: int, logged_past: int, 
             proc.wait()
 
 
-def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_args, capsys):
+@pytest.mark.parametrize("family", ["gpt2", pytest.param("elmo", marks=pytest.mark.slow)])  # ~13 s each
+def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_args, capsys, family):
+    flags = {**FLAGS, **FAMILY_FLAGS[family]}
     reference = tmp_path / "reference"
-    assert main(tiny_args(reference, **FLAGS)) == 0
+    assert main(tiny_args(reference, **flags)) == 0
 
     run = tmp_path / "killed"
     script = tmp_path / "slow_pretrain.py"
     script.write_text(SLOW_PRETRAIN)
     with open(tmp_path / "killed.stderr", "wb") as stderr:
-        rc = kill_after_checkpoint([sys.executable, str(script), "0.3", *tiny_args(run, **FLAGS)],
+        rc = kill_after_checkpoint([sys.executable, str(script), "0.3", *tiny_args(run, **flags)],
                                    run, step=4, logged_past=6, stderr=stderr)
     assert rc == -signal.SIGKILL, f"the run ended by itself (rc {rc}) before it could be killed: " \
                                   + (tmp_path / "killed.stderr").read_text()[-2000:]
@@ -95,8 +101,9 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path, tiny_args, capsys
 
     assert logged(run) == logged(reference)  # float equality after a JSON round trip: bitwise
     assert [r["step"] for r in logged(run) if "loss" in r] == list(range(1, 13))
+    carried = ["checkpoints/step-12/carried.safetensors"] if family == "elmo" else []
     for name in ("model.safetensors", "checkpoints/step-12/model.safetensors",
-                 "checkpoints/step-12/optimizer.safetensors"):
+                 "checkpoints/step-12/optimizer.safetensors", *carried):
         want, got = load_file(str(reference / name)), load_file(str(run / name))
         assert want.keys() == got.keys()
         assert all(torch.equal(want[k], got[k]) for k in want), name

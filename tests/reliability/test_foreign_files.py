@@ -10,10 +10,6 @@ failure is a failed test, not a stuck or killed test run.
 
 import json
 import os
-import re
-import resource
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,46 +17,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import lmlab
+from checks import one_line_error
 from lmlab.checkpoints.atomic import MANIFEST
 from lmlab.errors import CheckpointError, ConversionError
 from lmlab.tokenizers.wordpiece import SPECIALS, WordPieceTokenizer
 
 WORDS = ["the", "cat", "sat", "on", "mat", "##s", "dog"]
-
-
-class Hung(BaseException):
-    """Raised by the alarm: not an OSError or Exception, so no handler in lmlab can turn it into a pass."""
-
-
-@contextmanager
-def bounded(seconds: int = 10, memory: int = 2 << 30):
-    """Run the block for at most `seconds` and with at most `memory` more bytes of address space."""
-    used = int(re.search(r"VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = used + memory if hard == resource.RLIM_INFINITY else min(used + memory, hard)
-
-    def alarm(*_):
-        raise Hung(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-def one_line_error(error, call, *needles: str) -> str:
-    with bounded(), pytest.raises(error) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    return message
 
 
 def tiny(family, **overrides):

@@ -10,11 +10,8 @@ and that cap, so a regression is a failed test, not a stuck or killed run.
 
 import json
 import re
-import resource
-import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,44 +19,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import lmlab
+from checks import one_line_error
 from lmlab.checkpoints.atomic import MANIFEST, write_manifest
 from lmlab.errors import CheckpointError, ConversionError
 from lmlab.models.registry import FAMILIES, build_from_config
 
 HUGE = 10**9
-
-
-class Hung(BaseException):
-    """Raised by the alarm: not an Exception, so no handler in lmlab can turn it into a pass."""
-
-
-@contextmanager
-def bounded(seconds: int = 20, memory: int = 2 << 30):
-    """Run the block for at most `seconds` and with at most `memory` more bytes of address space."""
-    used = int(re.search(r"VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = used + memory if hard == resource.RLIM_INFINITY else min(used + memory, hard)
-
-    def alarm(*_):
-        raise Hung(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-def one_line_error(error, call) -> str:
-    with bounded(), pytest.raises(error) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message, message
-    return message
 
 
 def tiny(family, **overrides):

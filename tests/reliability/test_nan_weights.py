@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import lmlab
+from checks import one_line_error
 from lmlab.checkpoints.atomic import MANIFEST, write_manifest
 from lmlab.cli import main
 from lmlab.errors import CheckpointError, ConversionError
@@ -33,16 +34,6 @@ def spoil(path: Path, name: str, value: float, index: int = 7) -> None:
     save_file(state, str(path), metadata={"format": "pt"})
 
 
-def one_line(error, call, *needles: str) -> str:
-    with pytest.raises(error) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    return message
-
-
 @pytest.mark.parametrize("bad", list(BAD))
 @pytest.mark.parametrize("family, name", [("gpt2", "blocks.1.attn.c_attn.weight"), ("bert", "emb_ln.bias"),
                                           ("transfo-xl", "u")])
@@ -51,15 +42,15 @@ def test_lmlab_load(tmp_path, family, name, bad):
     spoil(saved / "model.safetensors", name, BAD[bad], index=0)
     write_manifest(saved, sorted(json.loads((saved / MANIFEST).read_text())["files"]))
     what = "NaN" if bad == "nan" else "an infinite value"
-    one_line(CheckpointError, lambda: lmlab.load(saved), str(saved / "model.safetensors"), f"tensor {name} ",
-             what)
+    one_line_error(CheckpointError, lambda: lmlab.load(saved), str(saved / "model.safetensors"),
+                   f"tensor {name} ", what)
 
 
 def test_lmlab_load_half_precision(tmp_path):
     saved = lmlab.save(tiny("gpt2").to(torch.bfloat16), None, tmp_path / "model")
     spoil(saved / "model.safetensors", "wpe.weight", float("nan"), index=100)
     write_manifest(saved, ["config.json", "model.safetensors"])
-    one_line(CheckpointError, lambda: lmlab.load(saved), "tensor wpe.weight holds NaN", "index 100 ")
+    one_line_error(CheckpointError, lambda: lmlab.load(saved), "tensor wpe.weight holds NaN", "index 100 ")
 
 
 def test_evaluate_refuses_instead_of_printing_nan(tmp_path, corpus, capsys):
@@ -82,7 +73,7 @@ def test_evaluate_refuses_instead_of_printing_nan(tmp_path, corpus, capsys):
 def test_from_hf(tmp_path, family, name):
     hf = lmlab.to_hf(tiny(family), None, tmp_path / "hf")
     spoil(hf / "model.safetensors", name, float("nan"))
-    one_line(ConversionError, lambda: lmlab.from_hf(hf), str(hf / "model.safetensors"),
+    one_line_error(ConversionError, lambda: lmlab.from_hf(hf), str(hf / "model.safetensors"),
              f"tensor {name} holds NaN")
 
 
@@ -92,7 +83,7 @@ def test_from_hf_bin_and_shards(tmp_path):
     state["transformer.ln_f.bias"][3] = float("inf")
     (hf / "model.safetensors").unlink()
     torch.save(state, hf / "pytorch_model.bin")
-    one_line(ConversionError, lambda: lmlab.from_hf(hf), str(hf / "pytorch_model.bin"),
+    one_line_error(ConversionError, lambda: lmlab.from_hf(hf), str(hf / "pytorch_model.bin"),
              "tensor transformer.ln_f.bias holds an infinite value")
     (hf / "pytorch_model.bin").unlink()
     names = sorted(state)
@@ -102,7 +93,8 @@ def test_from_hf_bin_and_shards(tmp_path):
         save_file({n: state[n] for n in part}, str(hf / shard), metadata={"format": "pt"})
     index = {"weight_map": {n: shard for shard, part in shards.items() for n in part}}
     (hf / "model.safetensors.index.json").write_text(json.dumps(index))
-    one_line(ConversionError, lambda: lmlab.from_hf(hf), str(hf / "b.safetensors"), "transformer.ln_f.bias")
+    one_line_error(ConversionError, lambda: lmlab.from_hf(hf), str(hf / "b.safetensors"),
+                   "transformer.ln_f.bias")
 
 
 def test_finite_weights_still_load(tmp_path):

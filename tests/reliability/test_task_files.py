@@ -4,21 +4,15 @@ numbers, words and booleans, one number spelled two ways; SQuAD questions withou
 their version needs, contradictory or mistyped is_impossible, duplicate ids."""
 
 import json
+from functools import partial
 
 import pytest
 
+from checks import one_line_error
 from lmlab.errors import DataError
 from lmlab.tasks import classify, qa
 
-
-def refused(fn, *needles) -> str:
-    with pytest.raises(DataError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    return message
+refused = partial(one_line_error, DataError)  # one line, naming every needle
 
 
 def jsonl(tmp_path, labels, name="t.jsonl") -> str:

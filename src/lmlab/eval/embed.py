@@ -1,5 +1,8 @@
 """`lmlab embed`: per-token features of chosen layers, as ELMo/BERT/GPT features for a task model.
 
+Bidirectional LMs (kind `bilm`, ELMo) read characters and may carry their state from batch to batch
+(`--stateful`): their features come from `lmlab.eval.embed_bilm`, in the same file layout.
+
 Layers are the model's `output_hidden_states`: index 0 is the embedding output, index L the last
 layer (BERT: the output of block L; GPT/GPT-2: block inputs, then the final (LayerNorm'd) state);
 negative indices count from the end (-1 = last), as BERT §5.3's feature-based runs pick them.
@@ -32,12 +35,14 @@ import numpy as np
 import torch
 
 from lmlab.errors import ConfigError, DataError
+from lmlab.eval.embed_bilm import EmbeddingState, bilm_embed_texts, embed_sentences, embedding_state
 from lmlab.models.heads import TaskModel
 from lmlab.models.registry import FAMILIES, spec_of
 from lmlab.options import option
 from lmlab.paths import output_file
 
 POOLS = ("none", "word", "mean")
+__all__ = ["embed", "embed_command", "embed_texts", "EmbeddingState", "embedding_state"]
 
 
 @dataclass(frozen=True)
@@ -55,11 +60,14 @@ class EmbedOptions:
     max_len: int | None = option(None, "truncate texts to this many tokens (default: stop with an error at "
                                        "a text longer than the model's context)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    stateful: bool = option(False, "biLMs (elmo): each batch row carries its LSTM state into the same row "
+                                   "of the next batch (line i is row i mod --batch-size), as bilm-tf did")
 
 
 def _embeddable(family) -> bool:
-    """Families whose layers `embed` reads: encoders and decoders without carried memory."""
-    return family.kind in ("masked_lm", "causal_lm") and family.state in ("none", "kv_cache")
+    """Families whose layers `embed` reads: encoders and decoders without carried memory, and biLMs."""
+    return (family.kind in ("masked_lm", "causal_lm") and family.state in ("none", "kv_cache")
+            or family.kind == "bilm")
 
 
 def _network(model):
@@ -167,7 +175,8 @@ def _encode(wrap: bool, tokenizer, texts: list[str], lines: list[int], limit: in
 @torch.no_grad()
 def embed_texts(model, tokenizer, texts: list[str], layers: str | list[int] | None = "all",
                 pool: str = "none", batch_size: int = 16, max_len: int | None = None,
-                lines: list[int] | None = None, source: str = "input") -> dict[str, torch.Tensor]:
+                lines: list[int] | None = None, source: str = "input",
+                stateful: bool = False) -> dict[str, torch.Tensor]:
     """The tensors `lmlab embed` writes (see the module docstring), float32 on the CPU."""
     model, spec = _network(model)
     wrap = spec.kind == "masked_lm"  # BERT reads [CLS] text [SEP]
@@ -175,6 +184,12 @@ def embed_texts(model, tokenizer, texts: list[str], layers: str | list[int] | No
         raise ConfigError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if spec.kind == "bilm":
+        chosen = parse_layers(layers, model.config.n_layers + 1)
+        return bilm_embed_texts(model, tokenizer, texts, chosen, pool, batch_size, max_len,
+                                lines or list(range(1, len(texts) + 1)), source, stateful)
+    if stateful:
+        raise ConfigError(f"--stateful carries a recurrent state from batch to batch; {spec.name} has none")
     positions = model.config.max_seq_len
     if max_len is not None and not 1 <= max_len <= positions:
         raise ConfigError(f"--max-len must be in [1, {positions}] (the model's positions), got {max_len}")
@@ -229,8 +244,10 @@ def _word_members(words: list[int]) -> tuple[list[int], torch.Tensor]:
 
 
 def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool: str = "none",
-                  batch_size: int = 16, max_len: int | None = None, device: str = "auto") -> dict:
-    """Read `input`, embed every line with the model in `model_dir`, write `out` (safetensors)."""
+                  batch_size: int = 16, max_len: int | None = None, device: str = "auto",
+                  stateful: bool = False) -> dict:
+    """Read `input`, embed every line with the model in `model_dir`, write `out` (safetensors).
+    `stateful` (biLMs): each batch row carries its state into the next batch (lmlab.eval.embed_bilm)."""
     from safetensors.torch import save_file
 
     from lmlab.checkpoints.io import load
@@ -241,23 +258,31 @@ def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool
     if tokenizer is None:
         raise DataError(f"{model_dir}: the model dir holds no tokenizer")
     net, _ = _network(model)
-    tensors = embed_texts(model, tokenizer, texts, layers, pool, batch_size, max_len, lines, str(input))
+    tensors = embed_texts(model, tokenizer, texts, layers, pool, batch_size, max_len, lines, str(input),
+                          stateful)
     chosen = parse_layers(layers, net.config.n_layers + 1)
     meta = {"layers": chosen, "pool": pool, "model_dir": str(model_dir), "family": net.family,
-            "line_numbers": lines, "texts": len(texts)}
+            "line_numbers": lines, "texts": len(texts), "stateful": stateful, "batch_size": batch_size}
     save_file(tensors, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
     return meta
 
 
-def embed(model, tokenizer, sentences, stateful: bool = False) -> list[torch.Tensor]:
+def embed(model, tokenizer, sentences, stateful: bool | EmbeddingState = False) -> list[torch.Tensor]:
     """Per sentence, the features of every layer at every token: (n_layers + 1, n_tokens, dim).
 
     `sentences` is a list of token lists (words) or of strings (split on whitespace). Layer 0 is
     the embedding output. A word that the model's tokenizer cuts into pieces gets the mean of its
-    pieces' states (`--pool word`); BERT's [CLS] and [SEP] are left out. `stateful` (each batch
-    row carrying its state into the next call) is for models that carry state and have none here.
+    pieces' states (`--pool word`); BERT's [CLS] and [SEP] are left out.
+
+    A biLM (ELMo) reads every token's characters; layer 0 is the token representation duplicated to
+    the biLSTM width, the sentence boundaries are left out. `stateful` (biLMs only): sentence i of
+    the call continues the state row i left at the previous call; True keeps the rows in
+    `embedding_state(model)`, or pass an `EmbeddingState`; `.reset()` clears it (see
+    lmlab.eval.embed_bilm for when to use which mode).
     """
     net, spec = _network(model)
+    if spec.kind == "bilm":
+        return embed_sentences(net, tokenizer, sentences, stateful)
     if stateful:
         raise ConfigError(f"stateful embedding carries a recurrent state from call to call; {spec.name} "
                           f"has no such state")

@@ -37,5 +37,22 @@ class MaskedLMOutput(ModelOutput):
     nll: torch.Tensor | None = None  # (B, T) MLM loss at the labelled positions, 0 elsewhere
 
 
+@dataclass
+class BiLMOutput(ModelOutput):
+    """kind `bilm` (ELMo): a forward and a backward language model over the same tokens.
+
+    `logits` / `nll` belong to the forward LM (token t+1 given tokens <= t), `logits_backward` /
+    `nll_backward` to the backward LM (token t-1 given tokens >= t). `hidden_states` are the
+    features: layer 0 the token representation duplicated, [x; x], layer k the two directions'
+    layer k side by side, [fwd_k; bwd_k], each (B, T, 2·D); `hidden` is the last of them.
+    """
+
+    logits_backward: torch.Tensor | None = None  # (B, T, V)
+    nll: torch.Tensor | None = None  # (B, T) forward LM, when forward got targets
+    nll_backward: torch.Tensor | None = None  # (B, T) backward LM, when forward got backward_targets
+    mask: torch.Tensor | None = None  # (B, T) bool: real tokens (False at padding)
+    state: object | None = None  # [forward LM state, backward LM state] after this call
+
+
 # kind -> the output type a model of that kind returns (tests check every family against it).
-OUTPUTS = {"causal_lm": CausalLMOutput, "masked_lm": MaskedLMOutput}
+OUTPUTS = {"causal_lm": CausalLMOutput, "masked_lm": MaskedLMOutput, "bilm": BiLMOutput}

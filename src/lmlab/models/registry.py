@@ -28,7 +28,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lmlab.errors import ConfigError
-from lmlab.models import bert, gpt, transformer_xl, ulmfit
+from lmlab.models import bert, elmo, gpt, transformer_xl, ulmfit
 from lmlab.models.config import config_from_dict
 
 KINDS = ("causal_lm", "masked_lm", "bilm", "seq2seq", "tagger")
@@ -71,6 +71,8 @@ FAMILIES: dict[str, Family] = {
                    paper="Devlin et al. 2018", tokenizer="wordpiece", readers=("pooled_cls",)),
     "transfo-xl": Family(transformer_xl.TransfoXLConfig, transformer_xl.TransfoXL, transformer_xl.PRESETS,
                          kind="causal_lm", state="memory", paper="Dai et al. 2019"),
+    "elmo": Family(elmo.ELMoConfig, elmo.ELMo, elmo.PRESETS, kind="bilm", state="rnn",
+                   paper="Peters et al. 2018", tokenizer="word_chars", readers=("scalar_mix",)),
     "ulmfit": Family(ulmfit.ULMFiTConfig, ulmfit.ULMFiT, ulmfit.PRESETS, kind="causal_lm", state="rnn",
                      paper="Howard & Ruder 2018", tokenizer="words", readers=("concat_pool",)),
 }

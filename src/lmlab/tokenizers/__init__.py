@@ -22,6 +22,7 @@ KINDS = {
     "fastai_words": ("lmlab.tokenizers.fastai_words", "FastaiWordTokenizer"),
     "words": ("lmlab.tokenizers.words", "WordTokenizer"),
     "wordpiece": ("lmlab.tokenizers.wordpiece", "WordPieceTokenizer"),
+    "word_chars": ("lmlab.tokenizers.word_chars", "WordCharTokenizer"),  # ELMo: words in, characters out
 }
 
 

@@ -150,6 +150,8 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
         net = family.model(config)
         net.family = model
+        if recipe.fit_model is not None:
+            recipe.fit_model(net, tok)
         net.to(device)
         if d.is_main:  # checked and built: these settings make a run
             save_settings(run_dir, settings)

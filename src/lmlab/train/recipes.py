@@ -11,6 +11,9 @@ flag table). `lmlab.train.pretrain` reads these fields and nothing else about a 
 - Causal LMs that carry state (Transformer-XL §3.2): the corpus as `batch_size` contiguous streams
   read `seq_len` tokens a step, the state carried from step to step, validation with the memory
   protocol.
+- Bidirectional LMs (ELMo §3.1): the same streams for the forward LM and streams of the reversed
+  corpus for the backward LM, both states carried, the mean of the two losses; bilm-tf's 20
+  unrolled steps by default. The model spells its word ids with the tokenizer's characters.
 - AWD-LSTM (ULMFiT §3.1, Merity et al. 2017 §4): the same streams read a random length a step
   (variable-length BPTT around seq_len = 70), the state carried, AR/TAR added to the loss.
 """
@@ -23,9 +26,16 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from lmlab.data.prepare import prepare_tokens
-from lmlab.data.sampler import ContiguousStreams, RandomWindowSampler, SequentialWindows, VariableBPTTStreams
+from lmlab.data.sampler import (
+    BidirectionalStreams,
+    ContiguousStreams,
+    RandomWindowSampler,
+    SequentialWindows,
+    VariableBPTTStreams,
+)
 from lmlab.errors import ConfigError
 from lmlab.objectives.awd import AWDObjective
+from lmlab.objectives.bilm import BiLMObjective, bilm_stream_loss
 from lmlab.objectives.clm import clm_loss
 from lmlab.objectives.clm_state import CarriedStateCLM
 from lmlab.objectives.mlm_nsp import metrics_from_sums, mlm_nsp_loss, mlm_nsp_sums
@@ -58,6 +68,19 @@ class MaskedLMOptions:
 
 
 @dataclass(frozen=True)
+class BiLMOptions:
+    """ELMo pretraining: `sampled_softmax` S > 0 trains with S sampled softmax candidates per batch
+    (bilm-tf: 8192 over its 793k words; worth it only for large vocabularies), 0 = the full softmax."""
+
+    sampled_softmax: int = option(0, "elmo: sampled softmax candidates per step (0 = the full softmax; "
+                                     "bilm-tf used 8192 for 793k words)")
+
+    def __post_init__(self):
+        if type(self.sampled_softmax) is not int or self.sampled_softmax < 0:
+            raise ConfigError(f"--sampled-softmax must be an integer >= 0, got {self.sampled_softmax!r}")
+
+
+@dataclass(frozen=True)
 class AWDOptions:
     """AWD-LSTM / ULMFiT pretraining: the weights of activation regularisation (α·mean(dropped h²)) and
     temporal activation regularisation (β·mean((h_t - h_{t-1})²)) of the last layer (Merity §4.6)."""
@@ -76,7 +99,8 @@ class AWDOptions:
 class Recipe:
     """batches(data, tokenizer, TrainConfig, Dist, valid, options) -> (batches, evaluate).
     objective: a loss function, or a class of stateful objectives (one new object per run, built with
-    the options' fields as keywords)."""
+    the options' fields as keywords). fit_model(model, tokenizer): what the new model takes from the
+    tokenizer before step 0 (ELMo: the spelling of every word id)."""
 
     batches: Callable
     objective: Callable
@@ -84,6 +108,7 @@ class Recipe:
     options: type = NoOptions
     seq_len_field: str | None = None  # a config field --seq-len sets (Transformer-XL's tgt_len)
     reads_windows: bool = True  # reads windows of seq_len + 1 tokens of each split (not sentence pairs)
+    fit_model: Callable | None = None
 
     def make_objective(self, options):
         """The run's objective: a loss function as is; a stateful objective class, one new object."""
@@ -251,6 +276,40 @@ def stream_evaluator(shard, cfg: TrainConfig):
     return evaluate
 
 
+# ---------------------------------------------------------------- bidirectional LM, two stream sets
+
+
+def bilm_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, options: BiLMOptions):
+    """Forward streams and reversed-corpus streams side by side; both LM losses on the valid split."""
+    shards = _tokens(data, tok, cfg, d, valid)
+    batches = BidirectionalStreams(shards["train"], cfg.seq_len, cfg.batch_size, d.rank, d.world_size)
+    return batches, bilm_evaluator(shards["valid"], cfg)
+
+
+def bilm_evaluator(shard, cfg: TrainConfig):
+    """Forward and backward LM loss over the first eval_batches batches of the valid split read as up to
+    batch_size streams each way, states carried (fewer, shorter streams for a short split). Every
+    rank computes the same numbers."""
+    tokens = getattr(shard, "tokens", shard)
+    n = len(tokens)
+    streams = max(1, min(cfg.batch_size, (n - 1) // (cfg.seq_len + 1)))
+    windows = BidirectionalStreams(tokens, min(cfg.seq_len, n // streams - 1), streams)
+    steps = min(cfg.eval_batches, windows.steps_per_epoch)
+
+    def evaluate(model) -> dict:
+        return bilm_stream_loss(model, (windows.batch(k) for k in range(steps)))
+
+    return evaluate
+
+
+def spell_words(model, tok) -> None:
+    """The model spells word id i as the tokenizer spells word i."""
+    model.set_word_chars(tok.char_table())
+
+
+# ---------------------------------------------------------------- AWD-LSTM, variable-length streams
+
+
 def variable_stream_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, options):
     """AWD-LSTM: contiguous streams read a random length around seq_len a step; memory-protocol
     validation (the state carried over the whole valid split)."""
@@ -270,6 +329,9 @@ MASKED_PAIRS = Recipe(pair_batches, mlm_nsp_loss, _context_or_default, options=M
 # Transformer-XL: --seq-len is the segment length tgt_len (training, and later generation).
 MEMORY_STREAMS = Recipe(stream_batches, CarriedStateCLM, lambda config: config.tgt_len,
                         seq_len_field="tgt_len")
+# ELMo: bilm-tf's unroll_steps = 20 tokens per step and direction.
+BILM_STREAMS = Recipe(bilm_batches, BiLMObjective, lambda config: 20, options=BiLMOptions,
+                      fit_model=spell_words)
 
 # AWD-LSTM / ULMFiT: BPTT 70 (ULMFiT §4, fastai's bptt), AR/TAR in the objective.
 AWD_STREAMS = Recipe(variable_stream_batches, AWDObjective, lambda config: 70, options=AWDOptions)
@@ -279,6 +341,7 @@ RECIPES: dict[str, Recipe] = {
     "gpt2": CAUSAL_WINDOWS,
     "bert": MASKED_PAIRS,
     "transfo-xl": MEMORY_STREAMS,
+    "elmo": BILM_STREAMS,
     "ulmfit": AWD_STREAMS,
 }
 

@@ -1,4 +1,4 @@
-"""Hugging Face model dirs <-> lmlab models.
+"""Hugging Face model dirs <-> lmlab models, and original releases -> lmlab models.
 
 Reading and writing the files (config.json, safetensors or `.bin` weights, tokenizer files) happens
 here; what the tensors are called and how the config fields map lives in one module per layout
@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.checkpoints.builtin import builtin_weights_dir, is_builtin
-from lmlab.checkpoints.convert import fastai_awd, hf_bert, hf_gpt, hf_transfo_xl
+from lmlab.checkpoints.convert import bilm_tf, fastai_awd, hf_bert, hf_gpt, hf_transfo_xl
 from lmlab.checkpoints.files import JSON_CAP, check_tokenizer_files, checked_path, read_json
 from lmlab.checkpoints.io import check_tokenizer_fits
 from lmlab.checkpoints.sizes import check_finite, header_state
@@ -56,6 +56,7 @@ TOKENIZER_TO_HF = {
 
 # lmlab family -> (reader of its original release's files: (*paths) -> (model, tokenizer), the files).
 FROM_ORIGINAL = {
+    "elmo": (bilm_tf.elmo_from_bilm_tf, ("options_json", "weights_hdf5")),  # allenai/bilm-tf
     "ulmfit": (fastai_awd.ulmfit_from_fastai, ("weights_pth", "vocab")),  # fastai AWD-LSTM LM
 }
 # lmlab family -> writer of its original release's files: (model, tokenizer, out_dir) -> out_dir.
@@ -86,6 +87,7 @@ def from_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
 
 def from_original(family: str, *paths: str | Path, device: str | torch.device = "cpu"):
     """(model, tokenizer) from a family's original released files, e.g.
+    `from_original("elmo", options_json, weights_hdf5)` (bilm-tf's options.json and weights HDF5),
     `from_original("ulmfit", weights_pth, vocab)` (fastai's AWD-LSTM LM state dict and its itos)."""
     if not isinstance(family, str) or family not in FROM_ORIGINAL:
         raise ConversionError(f"no original release reader for {family!r}; expected one of "
@@ -93,7 +95,8 @@ def from_original(family: str, *paths: str | Path, device: str | torch.device = 
     reader, files = FROM_ORIGINAL[family]
     if len(paths) != len(files):
         raise ConversionError(f"from_original({family!r}, ...) takes {len(files)} files "
-                              f"({', '.join(files)}), got {len(paths)}")
+                              f"({', '.join(files)}), "
+                              f"got {len(paths)}")
     model, tokenizer = reader(*paths)
     return model.to(device).eval(), tokenizer
 

@@ -1,4 +1,5 @@
-"""`lmlab convert --from-hf HF_DIR | --from-fastai PTH VOCAB --out DIR | --to-hf | --to-fastai DIR --out OUT`
+"""`lmlab convert --from-hf HF_DIR | --from-elmo OPTIONS WEIGHTS | --from-fastai PTH VOCAB --out DIR |
+--to-hf DIR --out HF_DIR | --to-fastai DIR --out OUT`
 as a plain function.
 
 --out is checked before any work, as `pretrain` checks its run dir: a dir that already holds a
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +35,16 @@ MODEL_FILES = (MANIFEST, "config.json", "model.safetensors", "model.safetensors.
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """`lmlab convert`: a Hugging Face model dir or fastai AWD-LSTM files to an lmlab model dir (--from-hf,
-    --from-fastai), or back (--to-hf, --to-fastai)."""
+    """`lmlab convert`: a Hugging Face model dir to an lmlab one (--from-hf), or back (--to-hf); the
+    released ELMo weights (--from-elmo OPTIONS WEIGHTS) or a fastai AWD-LSTM LM (--from-fastai PTH VOCAB)
+    to an lmlab model dir, or an lmlab ulmfit model to fastai's files (--to-fastai)."""
 
     out: str = option(help="where to write the converted model")
     from_hf: str | None = option(None, "a Hugging Face model dir (gpt2, openai-gpt, bert, transfo-xl) or "
                                        "builtin:minilm", group="source", metavar="HF_DIR")
     to_hf: str | None = option(None, "an lmlab model dir", group="source", metavar="DIR")
+    from_elmo: tuple[str, ...] | None = option(None, "bilm-tf's options.json and weights .hdf5 (two files)",
+                                               group="source", nargs=2, metavar=("OPTIONS", "WEIGHTS"))
     from_fastai: tuple[str, ...] | None = option(None, "a fastai AWD-LSTM LM state dict (.pth, e.g. the "
                                                        "published WT-103 model) and its vocabulary (itos "
                                                        "pickle or one token per line)", group="source",
@@ -73,30 +78,35 @@ def check_out(out: Path, overwrite: bool) -> bool:
 
 
 def convert_command(from_hf: str | None, to_hf: str | None, out: str, overwrite: bool = False,
-                    from_fastai: tuple[str, ...] | None = None, to_fastai: str | None = None) -> int:
-    """Convert one model; exactly one of `from_hf` / `to_hf` / `to_fastai` (dirs) / `from_fastai`
-    (fastai's weights .pth and vocabulary) is given. Returns the exit code."""
-    if sum(x is not None for x in (from_hf, to_hf, from_fastai, to_fastai)) != 1:
-        raise ConversionError("give exactly one of --from-hf HF_DIR, --from-fastai PTH VOCAB, --to-hf DIR or "
-                              "--to-fastai DIR")
-    if from_fastai is not None and len(from_fastai) != 2:
-        raise ConversionError(f"--from-fastai takes two files, PTH and VOCAB, got {len(from_fastai)}")
+                    from_elmo: Sequence[str] | None = None, from_fastai: Sequence[str] | None = None,
+                    to_fastai: str | None = None) -> int:
+    """Convert one model; exactly one of `from_hf` / `to_hf` / `to_fastai` (dirs), `from_elmo` (bilm-tf's
+    options.json and weights HDF5, in that order) or `from_fastai` (fastai's weights .pth and
+    vocabulary) is given. Returns the exit code."""
+    originals = {"elmo": from_elmo, "ulmfit": from_fastai}  # family -> its original release's files
+    if sum(x is not None for x in (from_hf, to_hf, from_elmo, from_fastai, to_fastai)) != 1:
+        raise ConversionError("give exactly one of --from-hf HF_DIR, --from-elmo OPTIONS WEIGHTS, "
+                              "--from-fastai PTH VOCAB, --to-hf DIR or --to-fastai DIR")
+    for flag, files, names in (("--from-elmo", from_elmo, "OPTIONS (options.json) and WEIGHTS (.hdf5)"),
+                               ("--from-fastai", from_fastai, "PTH and VOCAB")):
+        if files is not None and len(files) != 2:
+            raise ConversionError(f"{flag} takes two files, {names}, got {len(files)}")
     if to_fastai is not None:
         return _to_fastai(Path(to_fastai), Path(out))
-    sources = [Path(p) for p in from_fastai] if from_fastai is not None else [Path(from_hf or to_hf)]
-    source = sources[0]
-    # Both layouts call their config file config.json: writing into the source would clobber it.
-    if any(Path(out).resolve() == s.resolve() for s in sources):
-        raise ConversionError(f"--out {out} is the source; write the converted model elsewhere")
+    family = next((name for name, files in originals.items() if files is not None), None)
+    sources = [Path(p) for p in originals[family]] if family else [Path(from_hf or to_hf)]
+    # Both HF layouts call their config file config.json: writing into the source would clobber it.
+    if any(Path(out).resolve() == source.resolve() for source in sources):
+        raise ConversionError(f"--out {out} is the source dir (or file); write the converted model elsewhere")
     final = Path(out).resolve() if check_out(Path(out), overwrite) else None
     target = final.with_name(f"{final.name}.tmp-{os.getpid()}") if final else Path(out)
     try:
-        if from_fastai is not None:
-            model, tokenizer = convert.from_original("ulmfit", *sources)
+        if family is not None:
+            model, tokenizer = convert.from_original(family, *sources)
             save(model, tokenizer, target)
             what = "lmlab"
         else:
-            model, tokenizer, what = _convert(from_hf, source, target)
+            model, tokenizer, what = _convert(from_hf, sources[0], target)
         if final:
             commit_dir(target, final)  # the old model goes only now, once the new one is complete
     finally:
