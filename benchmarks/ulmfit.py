@@ -8,13 +8,17 @@ fastai replaces torch when installed plainly, so this runs in the fastai environ
 One timed call is one training step of ULMFiT's language model as each library runs it, on a batch
 of B contiguous rows of T tokens, the recurrent state carried from the step before (detached), every
 dropout of fastai's `awd_lstm_lm_config` on (embedding 0.02, input 0.25, weight 0.2, hidden 0.15,
-output 0.1), loss = mean cross-entropy + 2·AR + 1·TAR, then backward and `torch.optim.AdamW.step`
-(the same optimizer class on both sides, so the model and loss are what is compared):
+output 0.1), loss = mean cross-entropy + 2·AR + 1·TAR, then backward and the optimizer step. Each
+side uses the optimizer its own trainer makes (as benchmarks/train.py does for HF):
 
 * lmlab: `model(x, state=state, targets=y)` (per-token loss without the (B, T, V) logits, sparse
-  embedding gradient on CPU), `lmlab.objectives.awd.ar_tar`;
+  embedding gradient on CPU), `lmlab.objectives.awd.ar_tar`, `lmlab.train.optim.make_optimizer`
+  (fused AdamW, decay on matrices only);
 * fastai: `get_language_model(AWD_LSTM, V, config)`, `model(x)` -> (logits, raw, dropped) with the
-  state in `model[0].hidden`, `F.cross_entropy` on the flattened logits, RNNRegularizer's AR/TAR.
+  state in `model[0].hidden`, `F.cross_entropy` on the flattened logits, RNNRegularizer's AR/TAR,
+  `fastai.optimizer.Adam` (what `Learner`'s default `opt_func` builds; weight decay 0.01 decoupled).
+A third run, "fastai + fused AdamW", gives fastai lmlab's optimizer, so the model and loss alone are
+compared too.
 
 Both start from the same tensors (lmlab's weights written in fastai's layout by
 `lmlab.checkpoints.convert.fastai_awd.fastai_state`); in eval mode their losses on the first batch
@@ -45,6 +49,7 @@ from lmlab.checkpoints.convert.fastai_awd import fastai_state  # noqa: E402
 from lmlab.nn.fused_lstm import DropConnectLSTM  # noqa: E402
 from lmlab.nn.lstm import LSTMP  # noqa: E402
 from lmlab.objectives.awd import ar_tar  # noqa: E402
+from lmlab.train.optim import make_optimizer  # noqa: E402
 
 FASTAI_LM = dict(output_p=0.1, hidden_p=0.15, input_p=0.25, embed_p=0.02, weight_p=0.2)
 # name -> (vocab, d_model, d_hidden, n_layers, batch, bptt)
@@ -69,10 +74,13 @@ def build_pair(vocab, d, h, n):
     return ours, theirs
 
 
-def steps(ours, theirs, x, y):
+def steps(ours, theirs, x, y, fastai_opt: bool = True):
     """One training step per side (closures), each carrying its own state."""
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
-    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
+    from fastai.optimizer import Adam
+
+    opt_ours = make_optimizer(ours, 1e-4, 0.01, (0.9, 0.99), "cpu")
+    opt_theirs = Adam(list(theirs.parameters()), lr=1e-4, wd=0.01) if fastai_opt else \
+        make_optimizer(theirs, 1e-4, 0.01, (0.9, 0.99), "cpu")
     carried = {"state": None}
     theirs.reset()
 
@@ -85,7 +93,7 @@ def steps(ours, theirs, x, y):
         opt_ours.step()
 
     def fastai_step():
-        opt_theirs.zero_grad(set_to_none=True)
+        opt_theirs.zero_grad()
         logits, raw, dropped = theirs(x)  # fastai keeps (and detaches) the state in model[0].hidden
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
         tar = (raw[:, 1:] - raw[:, :-1]).float().pow(2).mean()
@@ -115,7 +123,11 @@ def run_case(name: str, repeats: int) -> dict:
     x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
     row = {"case": name, "vocab": vocab, "d_model": d, "d_hidden": h, "layers": n, "batch": B, "bptt": T,
            **agreement(ours, theirs, x, y)}
-    return _rename(common.add_speed(row, steps(ours, theirs, x, y), repeats, B * T, warmup=1))
+    row = _rename(common.add_speed(row, steps(ours, theirs, x, y), repeats, B * T, warmup=1))
+    runs = steps(ours, theirs, x, y, fastai_opt=False)
+    same = _rename(common.add_speed({}, runs, repeats, B * T, warmup=1))
+    row.update({f"{k}_fused_fastai": same[k] for k in ("ratio", "cpu_ratio", "fastai_tok_s")})
+    return row
 
 
 def _rename(row: dict) -> dict:
@@ -168,7 +180,8 @@ def main() -> int:
     if full:
         rows.append(layer_case(repeats))
     columns = [("case", "case"), ("lmlab_tok_s", "lmlab tok/s"), ("fastai_tok_s", "fastai tok/s"),
-               ("ratio", "ratio"), ("cpu_ratio", "cpu ratio"), ("losses_equal", "losses equal")]
+               ("ratio", "ratio"), ("cpu_ratio", "cpu ratio"), ("ratio_fused_fastai", "ratio (fastai fused)"),
+               ("cpu_ratio_fused_fastai", "cpu ratio (fastai fused)"), ("losses_equal", "losses equal")]
     print(common.table(rows, columns))
     print(f"torch {info['torch']}, fastai {info['fastai']}, {info['cpu']}, {info['torch_threads']} threads, "
           f"load average at start {info['loadavg_at_start']}")
