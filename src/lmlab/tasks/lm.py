@@ -6,7 +6,8 @@ batches from the target text and gives the objective (AWD-LSTM: contiguous strea
 BPTT, the state carried, AR/TAR; GPT: random windows), `--dev` is its validation text. With
 `--recipe ulmfit` the rates are ULMFiT's for this stage: slanted triangular (eq. 3) and
 discriminative (÷2.6 per layer group), Adam β = (0.7, 0.99), base rate 0.004; no gradual unfreezing
-(that is the classifier's, §3.3). The run dir is a language-model dir: `lmlab finetune DIR --task
+(that is the classifier's, §3.3). The tied embedding is the output layer here, so its group is the
+top one in this stage (`output_on_top`). The run dir is a language-model dir: `lmlab finetune DIR --task
 classify` reads it next.
 
 New words (`--extend-vocab N`, words tokenizers): up to N words of the target text seen at least
@@ -35,6 +36,14 @@ from lmlab.train.recipes import recipe_for
 from lmlab.train.state import check_run_dir
 
 
+def output_on_top(model) -> None:
+    """Layer groups for fine-tuning a language model: the tied embedding is also the output layer, so
+    its group goes on top (highest rate, unfrozen first), as fastai's `awd_lstm_lm_split` and the paper's
+    finetune_lm.py order them; a classifier keeps the model's own order (embedding at the bottom)."""
+    groups = model.layer_groups()
+    model.layer_groups = lambda: [*groups[1:], groups[0]]  # this run's instance only, nothing saved
+
+
 def finetune_lm(model_dir, train: str, dev: str, out, *, cfg_values: dict, epochs: int, steps: int | None,
                 extend_vocab: int = 0, resume: bool = False, warmup_ratio: float = 0.0,
                 unfreeze: bool = False) -> dict:
@@ -52,6 +61,7 @@ def finetune_lm(model_dir, train: str, dev: str, out, *, cfg_values: dict, epoch
         raise ConfigError(f"{model_dir}: the model dir has no tokenizer; fine-tuning needs one")
     family = family_of(model)
     added = add_target_words(model, tokenizer, read_splits(train, ("train",))["train"], extend_vocab)
+    output_on_top(model)
     recipe = recipe_for(family)
     options = recipe.make_options(family, {})
     bs, bptt = cfg_values["batch_size"], cfg_values["seq_len"]
