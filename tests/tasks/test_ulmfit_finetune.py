@@ -70,6 +70,17 @@ def test_lm_then_classify_with_the_ulmfit_recipe(ulmfit_dir, task_files, tmp_pat
     assert again["accuracy"] == report["dev_metrics"]["accuracy"]  # the saved head and BN statistics
 
 
+def test_lm_fine_tuning_puts_the_tied_embedding_on_top():
+    from lmlab.tasks.lm import output_on_top
+
+    model = lmlab.build("ulmfit", "tiny")
+    before = model.layer_groups()
+    output_on_top(model)
+    after = model.layer_groups()
+    assert after[-1] == before[0] == [model.embed.weight] and after[:-1] == before[1:]
+    assert lmlab.build("ulmfit", "tiny").layer_groups()[0][0].shape == (256, 24)  # other models unchanged
+
+
 def test_the_ulmfit_recipe_fine_tunes_gpt_too(tiny_gpt_dir, task_files, tmp_path):
     report = finetune(tiny_gpt_dir, "classify", task_files["train"], task_files["dev"], tmp_path / "g",
                       recipe="ulmfit", gradual_unfreezing=False, epochs=1, batch_size=32, device="cpu",
