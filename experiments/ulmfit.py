@@ -39,6 +39,7 @@ VARIANTS = {  # name -> (classifier backbone: "lm" fine-tuned / "general", extra
     "- gradual unfreezing": ("lm", ["--no-gradual-unfreezing"]),
 }
 MAIN = ("from scratch", "ULMFiT", "ULMFiT, no LM fine-tuning")
+SEEDS = {100: (0, 1, 2), 500: (0, 1, 2)}  # training seeds of the main variants at the low-shot sizes
 
 
 def run(cmd: list[str], done: Path) -> dict:
@@ -101,15 +102,20 @@ def task(out: Path, lm: str, source: str, sizes: list, variants: dict, lm_flags:
         base, flags = VARIANTS[name]
         backbone = str(lm_dir) if base == "lm" else lm
         extend = [] if base == "lm" else ["--extend-vocab", "20000"]  # the same vocabulary for all
-        run_dir = out / f"clf-{n or 'all'}-{name.replace(' ', '_').replace(',', '')}"
-        report = run([*PY, "finetune", backbone, "--task", "classify", "--train", files["train"][n],
-                      "--dev", files["dev"], "--out", str(run_dir), "--recipe", "ulmfit",
-                      "--no-progress", *extend, *clf_flags.get(n, clf_flags[None]), *flags],
-                     run_dir / "report.json")
-        acc = report["dev_metrics"]["accuracy"]
-        row = {"error": round(1 - acc, 4), **{k: report[k] for k in ("n_train", "steps", "wall_s")}}
+        reports = []
+        for seed in SEEDS.get(n, (0,)) if name in MAIN else (0,):
+            run_dir = out / (f"clf-{n or 'all'}-{name.replace(' ', '_').replace(',', '')}"
+                             + (f"-s{seed}" if seed else ""))
+            cmd = [*PY, "finetune", backbone, "--task", "classify", "--train", files["train"][n], "--dev",
+                   files["dev"], "--out", str(run_dir), "--recipe", "ulmfit", "--seed", str(seed),
+                   "--no-progress", *extend, *clf_flags.get(n, clf_flags[None]), *flags]
+            reports.append(run(cmd, run_dir / "report.json"))
+        errors = [round(1 - r["dev_metrics"]["accuracy"], 4) for r in reports]
+        row = {"error": round(sum(errors) / len(errors), 4), "errors": errors,
+               "mcc": round(sum(r["dev_metrics"]["mcc"] for r in reports) / len(reports), 4),
+               **{k: reports[0][k] for k in ("n_train", "steps", "wall_s")}}
         results.setdefault(str(n or "all"), {})[name] = row
-        print(f"  {source} n={n or 'all'} {name}: error {1 - acc:.3f}", flush=True)
+        print(f"  {source} n={n or 'all'} {name}: error {row['error']:.3f} {errors}", flush=True)
     lm_report = json.loads((lm_dir / "report.json").read_text())
     return {"lm_finetune": {k: lm_report[k] for k in ("train_tokens", "new_words", "steps", "dev_metrics")},
             "classifier": results}
@@ -125,16 +131,24 @@ def test_perplexity(lm: str, out: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def cell(row: dict | None) -> str:
+    """error (MCC), mean over seeds with their spread when there are several."""
+    if row is None:
+        return ""
+    errors = row.get("errors", [])
+    spread = f" ± {(max(errors) - min(errors)) / 2:.3f}" if len(errors) > 1 else ""
+    return f"{row['error']:.3f}{spread} ({row['mcc']:+.2f})"
+
+
 def tables(results: dict) -> str:
     lines = []
     for source, r in results["tasks"].items():
         sizes = list(r["classifier"])
-        lines += [f"\n{source}: dev error (1 - accuracy)\n", "| variant | " + " | ".join(
+        lines += [f"\n{source}: dev error (1 - accuracy), MCC in brackets\n", "| variant | " + " | ".join(
             f"{s} labels" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
         names = list(dict.fromkeys(n for s in sizes for n in r["classifier"][s]))
         for name in names:
-            cells = [f"{r['classifier'][s][name]['error']:.3f}" if name in r["classifier"][s] else ""
-                     for s in sizes]
+            cells = [cell(r["classifier"][s].get(name)) for s in sizes]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
