@@ -11,8 +11,9 @@ import pytest
 from lmlab.cli import COMMANDS, build_parser, main
 from lmlab.tokenizers.words import WordTokenizer
 
+# positionals only: argparse checks those
 REQUIRED = {"demo": [], "pretrain": [], "finetune": ["DIR"], "generate": ["DIR"], "evaluate": ["DIR"],
-            "convert": [], "embed": ["DIR"], "inspect": ["DIR"]}  # positionals only: argparse checks those
+            "convert": [], "embed": ["DIR"], "inspect": ["DIR"], "serve": ["DIR"]}
 
 pytestmark = pytest.mark.usefixtures("one_thread_private_cache")
 

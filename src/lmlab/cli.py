@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 import typing
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
-from lmlab.errors import ConfigError, LmlabError
+from lmlab.errors import ConfigError, LmlabError, OutputError, Stopped
 
 # ---------------------------------------------------------------- parsers from option dataclasses
 
@@ -89,7 +90,7 @@ def read_config(path: Path, classes) -> dict:
 
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{path}: cannot read YAML ({first})") from None
     if not isinstance(values, dict):
@@ -147,7 +148,7 @@ def parse_overrides(items: list[str], where: str = "--set") -> dict:
             raise ConfigError(f"{where}: expected FIELD=VALUE, got {item!r}")
         try:
             out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON (or beyond its limits): the text itself
             out[key.strip()] = raw
     return out
 
@@ -197,11 +198,12 @@ def cmd_generate(o) -> int:
                      temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
                      repetition_penalty=o.repetition_penalty, num_return_sequences=o.num_return_sequences,
                      stop=list(o.stop) or None, stop_at_eos=o.stop_at_eos, seed=o.seed, device=o.device,
-                     draft=o.draft, draft_tokens=o.draft_tokens)
+                     draft=o.draft, draft_tokens=o.draft_tokens, out=sys.stdout)
     return 0
 
 
 def cmd_evaluate(o) -> int:
+    from lmlab.checkpoints.atomic import finite_json
     from lmlab.eval.zeroshot import ZEROSHOT_TASKS
 
     if o.task in ZEROSHOT_TASKS:
@@ -226,7 +228,7 @@ def cmd_evaluate(o) -> int:
                                   max_tokens=o.max_tokens, detokenize=o.detokenizer, tgt_len=o.tgt_len,
                                   mem_len=o.mem_len, clamp_len=o.clamp_len, same_length=o.same_length,
                                   eval_preset=o.eval_preset)
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    print(finite_json(result, indent=2, ensure_ascii=False))  # NaN/inf: null + "non_finite"
     return 0
 
 
@@ -250,10 +252,16 @@ def cmd_inspect(o) -> int:
     from lmlab.eval.inspect import inspect_command
 
     result = inspect_command(o.model_dir, o.text, o.out, json_path=o.json, unit="bits" if o.bits else "nats",
-                             stride=o.stride, per_strip=o.per_strip, device=o.device)
+                             stride=o.stride, per_strip=o.per_strip, device=o.device, seed_text=o.seed_text)
     print(f"{len(result['tokens'])} tokens, mean loss {result['mean_loss']:.4f} {result['unit']}; "
           f"wrote {o.out}")
     return 0
+
+
+def cmd_serve(o) -> int:
+    from lmlab.serve.server import serve_command
+
+    return serve_command(o)
 
 
 @dataclass(frozen=True)
@@ -324,6 +332,8 @@ COMMANDS = {
                      _options("lmlab.eval.embed", "EmbedOptions"), cmd_embed),
     "inspect": Command("per-token loss, entropy and rank of a causal LM on a text, as a PNG",
                        _options("lmlab.eval.inspect", "InspectOptions"), cmd_inspect),
+    "serve": Command("an OpenAI-compatible HTTP API and a web page for a model dir",
+                     _options("lmlab.serve.server", "ServeOptions"), cmd_serve),
 }
 
 
@@ -362,13 +372,76 @@ def run(args: argparse.Namespace) -> int:
     return command.run(build_options(args.option_classes[0], values, args.subparser, where))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+class GuardedStdout:
+    """sys.stdout while a command runs: a write that fails for another reason than a closed pipe (a
+    full disk: `lmlab evaluate ... > /dev/full`) is one OutputError line, not a traceback."""
+
+    def __init__(self, stream):
+        self.stream, self.failed = stream, False
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError as e:
+            raise self._failure(e) from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as e:
+            raise self._failure(e) from None
+
+    def _failure(self, e: OSError) -> OSError | OutputError:
+        self.failed = True
+        if isinstance(e, BrokenPipeError):
+            return e
+        return OutputError(f"standard output: cannot write ({e.strerror or e})")
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _drop_stdout() -> None:
+    """Point file descriptor 1 at /dev/null: what is still buffered for a closed pipe or a full disk
+    is then dropped at exit, instead of failing again there with "Exception ignored ..."."""
     try:
-        return run(args)
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line's boundary: every failure a user can cause ends here as one line and a
+    non-zero exit (LmlabError: 2; stopped by a signal after a checkpoint: 128 + its number; Ctrl-C
+    elsewhere: 130), and a closed pipe (`lmlab generate ... | head`) exits quietly with 141, as a
+    process killed by SIGPIPE would."""
+    args = build_parser().parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = guarded = GuardedStdout(stdout)
+    try:
+        code = run(args)
+        sys.stdout.flush()  # a full disk or a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        _drop_stdout()
+        return 141
+    except Stopped as e:
+        print(f"lmlab {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except LmlabError as e:
+        if guarded.failed:
+            _drop_stdout()
         print(f"lmlab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the last net: the causes are handled where they are (lmlab.paths, writers)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"lmlab {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    finally:
+        sys.stdout = stdout

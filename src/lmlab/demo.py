@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.checkpoints.atomic import write_bytes_atomic
+from lmlab.checkpoints.atomic import finite_json, write_bytes_atomic
 from lmlab.data.prepare import prepare_tokens
 from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError
@@ -25,6 +25,7 @@ from lmlab.eval.perplexity import perplexity, unigram_perplexity
 from lmlab.generate.loop import generate
 from lmlab.objectives.clm import clm_loss
 from lmlab.options import option
+from lmlab.paths import LOCK_FILE, DirLock
 from lmlab.train.distributed import Dist
 from lmlab.train.pretrain import RUN_FILES, pretrain, run_tokenizer, saved_settings
 from lmlab.train.state import check_run_dir
@@ -70,7 +71,7 @@ def is_earlier_demo(run_dir: Path) -> bool:
         return settings.get("data") == DATA and settings.get("overrides") == MODEL
     try:
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(report, dict) and report.get("data") == DATA and all(
         report.get(k) == v for k, v in MODEL.items())
@@ -79,9 +80,25 @@ def is_earlier_demo(run_dir: Path) -> bool:
 def run_demo(out: str = "runs/demo", minutes: float = 5.0, device: str = "auto") -> dict:
     if not 0 < minutes < math.inf:
         raise ConfigError(f"--minutes must be a positive number of minutes, got {minutes:g}")
-    run_dir = Path(out)
+    with DirLock(out, "demo"):  # one process per run dir, the earlier demo's replacement included
+        return _demo(Path(out), minutes, device)
+
+
+def _clear(run_dir: Path) -> None:
+    """Empty the dir of an earlier demo, but for the lock this process holds on it."""
+    for p in run_dir.iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _demo(run_dir: Path, minutes: float, device: str) -> dict:
+    out = str(run_dir)
     if is_earlier_demo(run_dir):
-        shutil.rmtree(run_dir)  # replaced; any other run there is refused, before any work
+        _clear(run_dir)  # replaced; any other run there is refused, before any work
     check_run_dir(run_dir, True, RUN_FILES)
     dev = resolve_device(device)
     tokenizer = run_tokenizer(run_dir, DATA, None, None, Dist())
@@ -116,7 +133,7 @@ def run_demo(out: str = "runs/demo", minutes: float = 5.0, device: str = "auto")
               "tokens_per_s": round(result.tokens_per_s, 1), "train_wall_s": round(train_wall, 1),
               "val_loss": val["loss"], "val_ppl": val["ppl"], "unigram_ppl": unigram,
               "uniform_ppl": tokenizer.vocab_size, "samples": samples, "device": str(dev)}
-    write_bytes_atomic(run_dir / "report.json", json.dumps(report, indent=2).encode())
+    write_bytes_atomic(run_dir / "report.json", finite_json(report, indent=2).encode())
     print(f"\nrun dir {run_dir}: metrics.jsonl, plots/loss.png, report.json, checkpoints/")
     # PTB's <eos> ends a sentence; --no-stop-at-eos keeps sampling across sentence ends.
     print(f"try: lmlab generate {run_dir} --prompt \"the market\" --no-stop-at-eos   |   "

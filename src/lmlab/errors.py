@@ -30,3 +30,20 @@ class GenerationError(LmlabError):
 
 class ConversionError(LmlabError):
     """A foreign checkpoint layout cannot be converted."""
+
+
+class OutputError(LmlabError):
+    """An output cannot be written: the disk is full, the folder read-only or gone."""
+
+
+class Stopped(LmlabError):
+    """A run stopped on request (SIGTERM, SIGINT) after writing a checkpoint; the CLI exits with
+    `exit_code` (128 + the signal's number)."""
+
+    def __init__(self, message: str, exit_code: int = 143):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class CollectiveError(LmlabError):
+    """Under torchrun, a collective did not complete: another process stalled past the timeout or died."""

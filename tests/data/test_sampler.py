@@ -34,6 +34,22 @@ def test_last_offset_reachable_on_tiny_shard(tmp_path):
     assert set(sampler.offsets(0).tolist()) == {0, 1}  # 5 tokens hold windows of 4 at 0 and 1
 
 
+def test_windows_with_the_tokens_two_ahead(shard, tmp_path):
+    sampler = RandomWindowSampler(shard, seq_len=16, batch_size=8, seed=3, ahead=2)
+    x, y, y2 = next(sampler)
+    for row, s in enumerate(sampler.offsets(0)):
+        assert x[row].tolist() == shard.tokens[s : s + 16].tolist()
+        assert y[row].tolist() == shard.tokens[s + 1 : s + 17].tolist()
+        assert y2[row].tolist() == shard.tokens[s + 2 : s + 18].tolist()
+    tiny = open_shard(write_shard(tmp_path / "t.bin", [1, 2, 3, 4, 5], vocab_size=10))
+    assert set(RandomWindowSampler(tiny, seq_len=2, batch_size=64, ahead=2).offsets(0).tolist()) == {0, 1}
+    with pytest.raises(DataError, match="has 5 tokens, fewer than seq_len \\+ 2 = 6"):
+        RandomWindowSampler(tiny, seq_len=4, batch_size=4, ahead=2)
+    state = sampler.state_dict()
+    with pytest.raises(DataError, match="ahead=2 but this run has ahead=1"):
+        RandomWindowSampler(shard, seq_len=16, batch_size=8).load_state_dict(state)
+
+
 def test_resume_gives_the_same_next_batches(shard):
     a = RandomWindowSampler(shard, seq_len=32, batch_size=4, seed=7)
     for _ in range(5):

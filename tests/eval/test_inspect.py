@@ -124,3 +124,24 @@ def test_single_strip_plot(saved, tmp_path):
     model, tok = lmlab.load(saved["words"])
     plot_inspection(inspect_text(model, tok, "the cat sat"), tmp_path / "x.png")
     assert imread(tmp_path / "x.png").shape[2] in (3, 4)
+
+
+def test_character_transformer_after_a_seed_text(tiny_model_dir, tmp_path):
+    """The lecture's Fig. 6 strip: a character model reads a seed first; every shown character then
+    has a prediction, equal to the paper's protocol (stride 1) over seed + text."""
+    tok = tokenizers()["chars"]
+    model_dir = tiny_model_dir("char-transformer", tok, max_seq_len=16)
+    model, _ = lmlab.load(model_dir)
+    seed, text = "the dog ran to the house, ", "the cat sat"
+    out = tmp_path / "fig6.png"
+    assert main(["inspect", str(model_dir), "--text", text, "--seed-text", seed * 3, "--out", str(out),
+                 "--stride", "1", "--bits"]) == 0
+    data = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert data["seed_tokens"] == 16 and len(data["loss"]) == len(data["tokens"]) == len(text)
+    assert None not in data["loss"]
+    ids = tok.encode((seed * 3)[-16:] + text)
+    want = token_losses(model, torch.tensor(ids), window=16, stride=1)[-len(text):] / math.log(2)
+    assert torch.allclose(torch.tensor(data["loss"], dtype=torch.float64), want.double(), atol=1e-5)
+    assert imread(out).ndim == 3
+    one = inspect_text(model, tok, "x", seed_text="the")  # after a seed, one character is enough
+    assert len(one["loss"]) == 1 and one["loss"][0] is not None

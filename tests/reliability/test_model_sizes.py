@@ -200,3 +200,23 @@ def test_hf_bert_query_key_value_that_do_not_stack(tmp_path):
     save_file(state, str(hf / "model.safetensors"), metadata={"format": "pt"})
     message = one_line_error(ConversionError, lambda: lmlab.from_hf(hf))
     assert "encoder.layer.0.attention.self.query.weight (32, 16)" in message, message
+
+
+# ---- tensors that cannot exist (found by `make faults`) --------------------------------------------
+@pytest.mark.parametrize("family, field", [("gpt2", "n_embd"), ("bert", "hidden_size")])
+def test_hf_config_whose_tensors_overflow_even_on_meta(tmp_path, family, field):
+    """n_embd 2**30: a (2**30, 3 * 2**30) attention matrix is more bytes than an int64 counts, and
+    torch refused it on the meta device with a RuntimeError (a traceback from `lmlab convert`)."""
+    hf = lmlab.to_hf(tiny(family), None, tmp_path / "hf")
+    edit_json(hf / "config.json", **{field: 1 << 30})
+    message = one_line_error(ConversionError, lambda: lmlab.from_hf(hf))
+    assert message.startswith(f"{hf / 'config.json'}: the config asks for a tensor larger than any machine "
+                              f"holds"), message
+
+
+def test_own_config_whose_tensors_overflow_even_on_meta(tmp_path):
+    saved = lmlab.save(tiny("gpt2"), None, tmp_path / "model")
+    edit_json(saved / "config.json", d_model=1 << 30, n_heads=1)
+    write_manifest(saved, ["config.json", "model.safetensors"])
+    message = one_line_error(CheckpointError, lambda: lmlab.load(saved))
+    assert "the config asks for a tensor larger than any machine holds" in message, message

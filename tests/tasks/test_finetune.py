@@ -49,7 +49,7 @@ def test_resume_is_exact(tmp_path, tiny_gpt_dir, task_files, monkeypatch):
     finetune(tiny_gpt_dir, "classify", task_files["train"], task_files["dev"], tmp_path / "a", **args)
     calls = {"n": 0}
 
-    def crash_after_second_commit(stage):
+    def crash_after_second_commit(stage, step=None):
         if stage == "committed":
             calls["n"] += 1
             if calls["n"] == 2:

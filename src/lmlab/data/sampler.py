@@ -33,7 +33,7 @@ def _where(shard) -> str:
     return str(getattr(shard, "path", "token array"))
 
 
-def _check(shard, seq_len: int, batch_size: int, rank: int, world_size: int) -> None:
+def _check(shard, seq_len: int, batch_size: int, rank: int, world_size: int, ahead: int = 1) -> None:
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size), ("world_size", world_size)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -42,8 +42,8 @@ def _check(shard, seq_len: int, batch_size: int, rank: int, world_size: int) -> 
     if batch_size % world_size:
         raise ConfigError(f"global batch size {batch_size} is not divisible by the {world_size} processes")
     n = len(_tokens(shard))
-    if n < seq_len + 1:
-        raise DataError(f"{_where(shard)} has {n} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+    if n < seq_len + ahead:
+        raise DataError(f"{_where(shard)} has {n} tokens, fewer than seq_len + {ahead} = {seq_len + ahead}")
 
 
 def _gather(tokens: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
@@ -93,30 +93,50 @@ class RandomWindowSampler(Stepper):
     """Infinite (x, y) batches of windows at random offsets; batch k depends only on (seed, k).
 
     `batch_size` is the global batch (all ranks together); each rank gets batch_size/world_size rows.
+    `ahead` = k > 1 reads seq_len + k tokens per window and gives (x, y_1, ..., y_k), y_j[t] the
+    token j places after x[t] (the character transformer's multiple targets predict y_2 too).
     """
 
     kind = "random_windows"
 
     def __init__(self, shard, seq_len: int, batch_size: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
-        _check(shard, seq_len, batch_size, rank, world_size)
+                 rank: int = 0, world_size: int = 1, ahead: int = 1):
+        if not isinstance(ahead, (int, np.integer)) or ahead < 1:
+            raise ConfigError(f"ahead must be a positive integer, got {ahead!r}")
+        _check(shard, seq_len, batch_size, rank, world_size, ahead)
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         self.shard, self.seq_len, self.batch_size = shard, int(seq_len), int(batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.ahead = int(ahead)
         self.step = 0
 
     def offsets(self, step: int) -> np.ndarray:
-        """Start offsets of the global batch `step`: batch_size ints in [0, n - seq_len - 1]."""
+        """Start offsets of the global batch `step`: batch_size ints in [0, n - seq_len - ahead]."""
         # A fresh generator keyed by (seed, step): no hidden RNG state to save or to drift.
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, int(step)])))
-        high = len(_tokens(self.shard)) - self.seq_len  # exclusive: the window needs seq_len + 1 tokens
+        # exclusive: the window needs seq_len + ahead tokens
+        high = len(_tokens(self.shard)) - self.seq_len - self.ahead + 1
         return rng.integers(0, high, size=self.batch_size, dtype=np.int64)
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's (x, y) of global batch `step`, each (batch_size/world_size, seq_len) int64."""
+    def batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        """This rank's (x, y) of global batch `step`, each (batch_size/world_size, seq_len) int64
+        (with `ahead` > 1: x and `ahead` target tensors)."""
         starts = self.offsets(step)[self._rows()]
-        return _xy(_gather(_tokens(self.shard), starts, self.seq_len + 1))
+        windows = _gather(_tokens(self.shard), starts, self.seq_len + self.ahead)
+        if self.ahead == 1:
+            return _xy(windows)
+        T = self.seq_len
+        return tuple(windows[:, j:j + T].contiguous() for j in range(self.ahead + 1))  # x, y_1 .. y_ahead
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "ahead": self.ahead}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("ahead", 1) != self.ahead:  # states saved before `ahead` existed read 1 token ahead
+            raise DataError(f"sampler state was saved with ahead={state.get('ahead', 1)!r} but this run has "
+                            f"ahead={self.ahead}; resume needs the same objective")
+        super().load_state_dict(state)
 
 
 class ContiguousStreams(Stepper):

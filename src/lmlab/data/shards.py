@@ -167,7 +167,7 @@ def read_header(path: str | Path) -> tuple[dict, int]:
         raise DataError(f"{path}: cannot read token shard ({e.strerror or e})") from None
     try:
         header = json.loads(blob.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise DataError(f"{path}: shard header is not valid JSON (file corrupt)") from None
     _check_header(path, header)
     offset = len(prefix) + hlen

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmlab.errors import ConfigError, DataError
+from lmlab.errors import ConfigError, DataError, OutputError
 from lmlab.eval.embed_bilm import EmbeddingState, bilm_embed_texts, embed_sentences, embedding_state
 from lmlab.models.heads import TaskModel
 from lmlab.models.registry import FAMILIES, spec_of
@@ -64,7 +64,7 @@ class EmbedOptions:
                                    "of the next batch (line i is row i mod --batch-size), as bilm-tf did")
 
 
-def _embeddable(family) -> bool:
+def embeddable(family) -> bool:
     """Families whose layers `embed` reads: encoders and decoders without carried memory, and biLMs."""
     return (family.kind in ("masked_lm", "causal_lm") and family.state in ("none", "kv_cache")
             or family.kind == "bilm")
@@ -74,8 +74,8 @@ def _network(model):
     """The pretrained network of `model` (a fine-tuned dir: its backbone), checked to be embeddable."""
     net = model.backbone if isinstance(model, TaskModel) else model
     spec = spec_of(net)
-    if not _embeddable(spec):
-        names = ", ".join(name for name, f in FAMILIES.items() if _embeddable(f))
+    if not embeddable(spec):
+        names = ", ".join(name for name, f in FAMILIES.items() if embeddable(f))
         raise ConfigError(f"embed supports {names} models, not {spec.name!r}")
     return net, spec
 
@@ -248,8 +248,10 @@ def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool
                   stateful: bool = False) -> dict:
     """Read `input`, embed every line with the model in `model_dir`, write `out` (safetensors).
     `stateful` (biLMs): each batch row carries its state into the next batch (lmlab.eval.embed_bilm)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from lmlab.checkpoints.atomic import io_reason
     from lmlab.checkpoints.io import load
 
     out = output_file(out, "--out")
@@ -263,7 +265,10 @@ def embed_command(model_dir: str, input: str, out: str, layers: str = "-1", pool
     chosen = parse_layers(layers, net.config.n_layers + 1)
     meta = {"layers": chosen, "pool": pool, "model_dir": str(model_dir), "family": net.family,
             "line_numbers": lines, "texts": len(texts), "stateful": stateful, "batch_size": batch_size}
-    save_file(tensors, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+    try:  # safetensors writes a temp file beside `out` and renames it: `out` was checked to be a file
+        save_file(tensors, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+    except (OSError, SafetensorError) as e:
+        raise OutputError(f"--out {out}: cannot write ({io_reason(e)})") from None
     return meta
 
 

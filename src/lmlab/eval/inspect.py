@@ -7,9 +7,12 @@ For tokens x_0 .. x_{N-1} and p_t = p(. | x_<t) (t >= 1):
     rank_t    = 1 + #{v : p_t(v) > p_t(x_t)}          (1 = the true token was the top prediction)
 
 x_0 has no prediction: its three values are null in the JSON and a blank (white) cell in the
-picture. Texts longer than the model's context are scored with sliding windows of the context
-(stride half a window unless given), as lmlab.eval.perplexity does: each token is scored in the
-window where it has the most context, so the numbers equal `token_losses(..., stride=...)`.
+picture. With a seed text (`--seed-text`, the figure's seed of up to 512 characters), the model
+reads the seed first, x_0 is predicted from it too, and the seed's own tokens are not shown; only
+the seed's last `window` tokens are read (no window reaches further back). Texts longer than the
+model's context are scored with sliding windows of the context (stride half a window unless
+given), as lmlab.eval.perplexity does: each token is scored in the window where it has the most
+context, so the numbers equal `token_losses(..., stride=...)` over seed + text.
 
 The picture follows Al-Rfou et al. 2018, Fig. 6: three heat strips (loss, entropy, rank on a log
 colour scale) over the tokens, each with its own colour bar, the token texts under them (spaces
@@ -19,13 +22,13 @@ shows its bytes as \\xNN). Long texts wrap into several strips of `per_strip` to
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lmlab.checkpoints.atomic import finite_json
 from lmlab.errors import ConfigError, DataError, TokenizerError
 from lmlab.eval.perplexity import model_device, windows
 from lmlab.eval.scoring import check_causal_lm, context_length
@@ -83,25 +86,31 @@ def token_label(tokenizer, token_id: int) -> str:
 
 
 def inspect_text(model, tokenizer, text: str, unit: str = "nats", window: int | None = None,
-                 stride: int | None = None) -> dict:
+                 stride: int | None = None, seed_text: str | None = None) -> dict:
     """JSON-able {"text", "unit", "tokens", "ids", "loss", "entropy", "rank", "mean_loss",
-    "window", "stride"}; the per-token lists start with null for the first token."""
+    "window", "stride", "seed_tokens"}; the per-token lists start with null for the first token
+    unless a `seed_text` came before it (encoded apart from the text; its last `window` tokens are
+    read, `seed_tokens` of them)."""
     if unit not in UNITS:
         raise ConfigError(f"unknown unit {unit!r}; expected nats or bits")
     ids = tokenizer.encode(text)
-    if len(ids) < 2:
-        raise DataError(f"the text gives {len(ids)} token(s); at least 2 are needed (the first one "
-                        f"has no prediction)")
     window = context_length(model) if window is None else window
+    seed = tokenizer.encode(seed_text)[-window:] if seed_text else []
+    if len(seed) + len(ids) < 2 or not ids:
+        raise DataError(f"the text gives {len(ids)} token(s); at least 2 are needed (the first one "
+                        f"has no prediction) or 1 after a seed text")
     stride = max(1, window // 2) if stride is None else stride
-    stats = token_statistics(model, ids, window, stride)
+    stats = token_statistics(model, seed + ids, window, stride)
+    shown = slice(len(seed) - 1, None) if seed else slice(None)  # statistics of the text's tokens
     scale = 1.0 / math.log(2.0) if unit == "bits" else 1.0
-    loss = (stats["loss"].double() * scale).tolist()
+    loss = (stats["loss"][shown].double() * scale).tolist()
+    first = [] if seed else [None]
     return {"text": text, "unit": unit, "tokens": [token_label(tokenizer, i) for i in ids], "ids": ids,
-            "loss": [None, *loss],
-            "entropy": [None, *(stats["entropy"].double() * scale).tolist()],
-            "rank": [None, *stats["rank"].tolist()],
-            "mean_loss": sum(loss) / len(loss), "window": window, "stride": stride}
+            "loss": [*first, *loss],
+            "entropy": [*first, *(stats["entropy"][shown].double() * scale).tolist()],
+            "rank": [*first, *stats["rank"][shown].tolist()],
+            "mean_loss": sum(loss) / len(loss), "window": window, "stride": stride,
+            "seed_tokens": len(seed)}
 
 
 def plot_inspection(result: dict, path: str | Path, per_strip: int = 40) -> None:
@@ -140,8 +149,10 @@ def plot_inspection(result: dict, path: str | Path, per_strip: int = 40) -> None
                 ax.set_xticks([])
             else:
                 ax.set_xticks(range(a, b), labels[a:b], rotation=90, fontsize=8)
-    fig.suptitle(f"per-token loss, entropy and rank; mean loss {result['mean_loss']:.3f} {unit} "
-                 f"(first token: no prediction)", fontsize=10)
+    seeded = result.get("seed_tokens")
+    note = f"after a seed of {seeded} tokens" if seeded else "first token: no prediction"
+    fig.suptitle(f"per-token loss, entropy and rank; mean loss {result['mean_loss']:.3f} {unit} ({note})",
+                 fontsize=10)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
 
@@ -159,23 +170,26 @@ class InspectOptions:
     stride: int | None = option(None, "sliding-window stride for texts longer than the context (default: "
                                       "half the context)")
     per_strip: int = option(40, "tokens per heat strip")
+    seed_text: str | None = option(None, "text the model reads before --text, not shown (its last context "
+                                         "tokens; Al-Rfou et al. seed with 512 characters)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
 def inspect_command(model_dir: str | Path, text: str, out: str | Path, json_path: str | Path | None = None,
                     unit: str = "nats", stride: int | None = None, per_strip: int = 40,
-                    device: str = "auto") -> dict:
+                    device: str = "auto", seed_text: str | None = None) -> dict:
     """Inspect `text` with the LM in `model_dir`: write the PNG to `out` and the numbers as JSON to
     `json_path` (default: `out` with the suffix .json); returns the JSON dict."""
     from lmlab.checkpoints.io import load
 
+    png = output_file(out, "--out")  # first: a refused --out leaves nothing beside it
     json_path = output_file(Path(out).with_suffix(".json") if json_path is None else json_path, "--json")
-    out = output_file(out, "--out")
+    out = png
     model, tokenizer = load(model_dir, device=device)
     check_causal_lm(model, str(model_dir), "inspect")
     if tokenizer is None:
         raise TokenizerError(f"{model_dir} has no tokenizer.json; inspect needs to read the text")
-    result = inspect_text(model, tokenizer, text, unit=unit, stride=stride)
+    result = inspect_text(model, tokenizer, text, unit=unit, stride=stride, seed_text=seed_text)
     plot_inspection(result, out, per_strip=per_strip)
-    json_path.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
+    json_path.write_text(finite_json(result, ensure_ascii=False, indent=1), encoding="utf-8")
     return result

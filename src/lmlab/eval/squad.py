@@ -26,6 +26,7 @@ import string
 from collections import Counter
 from pathlib import Path
 
+from lmlab.data.corpora import json_problem
 from lmlab.errors import DataError
 
 _PUNCT = set(string.punctuation)
@@ -65,6 +66,8 @@ def load_dataset(dataset_json: dict | str | Path) -> dict:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # bytes, a 5000-digit number, deep nesting
+        raise DataError(f"{path}: not a UTF-8 JSON file lmlab can read ({json_problem(e)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f'{path}: expected a SQuAD object with a "data" list')
     return data

@@ -1,7 +1,8 @@
 """Fixed-shape decoding steps: `lmlab.generate(..., compile=True)` for models with a KV cache.
 
 The step below is written for the GPT block layout (token and position tables `wte`/`wpe`, `blocks`,
-`ln_f`, `lm_head`), which every `kv_cache` family has today (gpt, gpt2).
+`ln_f`, `lm_head`): `supports(model)` says whether a model has it (gpt, gpt2). Other `kv_cache` models
+(the character transformer, with a position table in every layer) decode with the eager steps.
 
 Eager decoding (`loop.state_steps`) launches every kernel of every layer from Python for each new
 token; at batch 1 a 124M model spends most of a step launching ~200 small kernels. Here a decoding
@@ -37,6 +38,11 @@ from lmlab.models.gpt import GPT
 
 SLOT_MULTIPLE = 64
 WARMUP_STEPS = 3  # before capture: compile, autotune and create cuBLAS handles outside the graph
+
+
+def supports(model) -> bool:
+    """Whether `model` has the GPT layout the fixed-shape step is written for."""
+    return isinstance(model, GPT)
 
 
 def slots_for(tokens: int, max_len: int) -> int:

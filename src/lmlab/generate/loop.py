@@ -20,7 +20,7 @@ import torch
 
 from lmlab.errors import GenerationError
 from lmlab.generate import compiled
-from lmlab.generate.sampling import apply_repetition_penalty, check_sampling_args, next_tokens
+from lmlab.generate.sampling import DecodeRule, check_sampling_args
 from lmlab.generate.speculative import DRAFT_TOKENS, check_draft, speculative_steps
 from lmlab.models.heads import TaskModel
 from lmlab.models.registry import FAMILIES, spec_of
@@ -68,9 +68,9 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
     """Yield the next token of every row, (B,), until max_new_tokens or all rows have stopped.
 
     Rows that stopped (end-of-text or a stop string) yield the pad id from then on.
-    compile=True (models with a KV cache): fixed-shape decoding steps, on CUDA compiled and replayed as
-    one CUDA graph per token (lmlab.generate.compiled); the same tokens, and the same code path
-    uncompiled on CPU. Other models ignore it.
+    compile=True (models with a KV cache in GPT's layout): fixed-shape decoding steps, on CUDA compiled
+    and replayed as one CUDA graph per token (lmlab.generate.compiled); the same tokens, and the same
+    code path uncompiled on CPU. Other models ignore it.
     draft_model (greedy only; KV-cache models with the same vocabulary, e.g. `quantized_draft(model)`
     on CPU): speculative decoding (lmlab.generate.speculative). The draft proposes `draft_tokens`
     tokens, the model scores them in one forward; the same tokens come out, sooner when the draft
@@ -118,50 +118,27 @@ def stream(model, input_ids, max_new_tokens: int = 50, do_sample: bool = False, 
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)  # rows past eos / a stop string
     try:
         if draft_model is None:
-            steps = compiled.static_cache_steps if compile and state_kind == "kv_cache" else state_steps
+            fixed_shape = compile and state_kind == "kv_cache" and compiled.supports(model)
+            steps = compiled.static_cache_steps if fixed_shape else state_steps
             logits, advance = steps(model, ids, mask, max_new_tokens)
         else:
             logits, advance = speculative_steps(model, draft_model, ids, mask, max_new_tokens, finished,
                                                 draft_tokens)
-        yield from _decode(logits, advance, ids, mask, finished, max_new_tokens, do_sample, temperature,
-                           top_k, top_p, repetition_penalty, eos_token_id, generator, stop_strings,
-                           tokenizer, pad)
+        rule = DecodeRule(ids, mask, do_sample, temperature, top_k, top_p, repetition_penalty, eos_token_id,
+                          generator, stop_strings, tokenizer, pad, finished)
+        yield from _decode(logits, advance, rule, max_new_tokens)
     finally:
         for net, mode in zip(nets, was_training, strict=True):
             net.train(mode)
 
 
-def _decode(logits, advance, ids, mask, finished, max_new_tokens, do_sample, temperature, top_k, top_p,
-            repetition_penalty, eos_token_id, generator, stop_strings, tokenizer, pad):
-    """The decoding rule over the model's logits; advance(token) feeds the chosen tokens back.
-    `finished` (B,) starts all False and is updated in place as rows stop."""
-    B = ids.shape[0]
-    seen = None
-    if repetition_penalty != 1.0:
-        # Count, then compare: scattering booleans would let a pad (written False) overwrite a real
-        # occurrence of the same id, and scatter_ leaves the order of duplicate writes undefined.
-        real = (mask if mask is not None else torch.ones_like(ids)).long()
-        seen = torch.zeros(logits.shape, dtype=torch.long, device=ids.device).scatter_add_(1, ids, real) > 0
-    track_stop = eos_token_id is not None or bool(stop_strings)
-    produced: list[list[int]] = [[] for _ in range(B)] if stop_strings else []
+def _decode(logits, advance, rule: DecodeRule, max_new_tokens):
+    """The decoding rule over the model's logits; advance(token) feeds the chosen tokens back."""
     for step in range(max_new_tokens):
-        if seen is not None:
-            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-        token = next_tokens(logits, do_sample, temperature, top_k, top_p, generator)
-        if track_stop:
-            token = token.masked_fill(finished, pad)
+        token = rule.pick(logits)
         yield token
-        if track_stop:
-            if eos_token_id is not None:
-                finished |= token == eos_token_id
-            if stop_strings:
-                finished |= _hit_stop_string(token, finished, produced, stop_strings, tokenizer)
-            if bool(finished.all()):
-                return
-        if step == max_new_tokens - 1:
+        if rule.observe(token) or step == max_new_tokens - 1:
             return
-        if seen is not None:
-            seen.scatter_(1, token[:, None], True)
         logits = advance(token)
 
 
@@ -201,17 +178,6 @@ def state_steps(model, ids, mask, max_new_tokens):
     for start in range(0, T, chunk):
         logits = run(ids[:, start:start + chunk])
     return logits, lambda token: run(token[:, None])
-
-
-def _hit_stop_string(token, finished, produced, stop_strings, tokenizer) -> torch.Tensor:
-    hit = torch.zeros_like(finished)
-    for row, t in enumerate(token.tolist()):
-        if finished[row]:
-            continue
-        produced[row].append(t)
-        text = tokenizer.decode(produced[row])
-        hit[row] = any(s in text for s in stop_strings)
-    return hit
 
 
 def generate(model, input_ids, max_new_tokens: int = 50, **kwargs) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -41,13 +42,20 @@ def _fits(hint, value) -> bool:
         return any(_fits(arg, value) for arg in args)
     if origin is tuple:
         return isinstance(value, (list, tuple)) and all(_fits(args[0], item) for item in value)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is float:  # NaN and Infinity are no setting (and would reach the JSON files lmlab writes)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint in _KINDS:
         return isinstance(value, hint)
     return True  # a kind this check does not know: the dataclass's own validation decides
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def _describe(hint) -> str:

@@ -17,6 +17,9 @@ Readers (how a head reads the network; a family declares the ones it supports, s
   (fastai's MultiBatchEncoder / SentenceEncoder). Within the pooled chunks the state is not
   detached: gradients reach every chunk whose states contributed to the prediction (the paper's
   "BPT3C"; fastai detaches at every chunk).
+- `scalar_mix` (ELMo §3.3): the network stays frozen (no gradient, not in the optimizer, eval mode, run
+  under no_grad) and a task model reads a learned mix of all its layers per word, beside fixed word
+  vectors (`lmlab.models.feature_heads`). The backbone may be None: word vectors alone.
 Token-level heads (tag, qa) read every position's last-layer state, whatever the reader.
 """
 
@@ -35,7 +38,7 @@ from lmlab.nn.layers import parameter_groups
 from lmlab.nn.lm_loss import IGNORE_INDEX
 
 TASK_NAMES = ("classify", "pair", "tag", "qa", "choice")
-TASK_READERS = ("pooled_cls", "extract_token", "concat_pool")  # the readers task heads implement
+TASK_READERS = ("pooled_cls", "extract_token", "concat_pool", "scalar_mix")  # readers task heads implement
 _LEGACY_ARCH = {"encoder": "pooled_cls", "decoder": "extract_token"}  # TaskSpec.arch before readers
 
 
@@ -116,6 +119,7 @@ class TaskOutput(ModelOutput):
     start_logits: torch.Tensor | None = None  # (B, T) span QA
     end_logits: torch.Tensor | None = None
     lm_nll: torch.Tensor | None = None  # (B', T) nll of each next input token, 0 at pads and the end
+    penalty: torch.Tensor | None = None  # a regulariser the head adds to the loss (ScalarMix's L2 on s)
 
 
 class TaskModel(nn.Module):
@@ -125,25 +129,46 @@ class TaskModel(nn.Module):
     both orders of a similarity pair), attention_mask and token_type_ids alike; any other batch
     entries reach the head untouched (labels are ignored). The N sequences go through the
     backbone as B·N rows. Returns the head's TaskOutput with .hidden (B·N, T, D) and, for
-    extract_token specs with lm_coef > 0, .lm_nll filled in.
+    extract_token specs with lm_coef > 0, .lm_nll filled in. A scalar_mix spec runs the frozen
+    backbone on input_ids (the encoder's input: token ids, or ELMo's character ids) and gives the head
+    its hidden states and the batch (no input_ids at all without a backbone).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, spec: TaskSpec):
+    def __init__(self, backbone: nn.Module | None, head: nn.Module, spec: TaskSpec):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.spec = spec
+        if self.frozen:
+            backbone.requires_grad_(False)  # never in the optimizer (it takes parameters that want grad)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the backbone is a frozen feature extractor (the scalar_mix reader)."""
+        return self.spec.reader == "scalar_mix" and self.backbone is not None
 
     @property
     def config(self):
-        return self.backbone.config
+        return None if self.backbone is None else self.backbone.config
+
+    def train(self, mode: bool = True) -> TaskModel:
+        """A frozen backbone stays in eval mode (no dropout) while the head trains."""
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
-        """The backbone's groups, then the head on top."""
-        return [*self.backbone.layer_groups(), *parameter_groups(self.head)]
+        """The backbone's groups, then the head on top (only the head when the backbone is frozen)."""
+        below = self.backbone.layer_groups() if self.backbone is not None and not self.frozen else []
+        return [*below, *parameter_groups(self.head)]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **batch) -> TaskOutput:
+        if self.spec.reader == "scalar_mix":
+            states = self.frozen_states(input_ids, attention_mask) if self.backbone is not None else None
+            return self.head(states, batch)
+
         def rows(t):
             return None if t is None else t.reshape(-1, t.shape[-1])  # (B, N, T) -> (B·N, T)
 
@@ -166,6 +191,19 @@ class TaskModel(nn.Module):
         if result.hidden is None:
             result.hidden = out.hidden
         return result
+
+    @torch.no_grad()
+    def frozen_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """Every layer of the frozen backbone (its `hidden_states`), without its output layer."""
+        skip = SKIP_OUTPUT_LAYER.get(self.spec.extra.get("encoder_kind"), {})
+        if self.spec.name == "pair":  # (B, 2, ...): both texts of each example, run as 2B rows
+            input_ids, attention_mask = input_ids.flatten(0, 1), attention_mask.flatten(0, 1)
+        return self.backbone(input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                             **skip).hidden_states
+
+
+# Features need no (B, T, V) vocabulary scores: the forward arguments that skip them, per kind.
+SKIP_OUTPUT_LAYER = {"bilm": {"with_logits": False}, "causal_lm": {"logits_to_keep": 1}}
 
 
 def next_token_targets(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -359,6 +397,10 @@ HEADS = {
 
 def build_task_model(backbone: nn.Module, spec: TaskSpec) -> TaskModel:
     """`backbone` with a freshly initialised head for `spec` (weights come after, if loading)."""
+    if spec.reader == "scalar_mix":  # imported here: feature_heads builds on this file's TaskOutput
+        from lmlab.models.feature_heads import build_feature_head
+
+        return TaskModel(backbone, build_feature_head(spec), spec)
     if spec.name not in HEADS:
         raise ConfigError(f"no head for task {spec.name!r}; known tasks: {', '.join(HEADS)}")
     return TaskModel(backbone, HEADS[spec.name](backbone, spec), spec)

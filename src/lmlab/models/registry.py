@@ -28,7 +28,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lmlab.errors import ConfigError
-from lmlab.models import bert, elmo, gpt, transformer_xl, ulmfit
+from lmlab.models import bert, char_transformer, elmo, gpt, transformer_xl, ulmfit
 from lmlab.models.config import config_from_dict
 
 KINDS = ("causal_lm", "masked_lm", "bilm", "seq2seq", "tagger")
@@ -64,17 +64,21 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "gpt": Family(gpt.GPTConfig, gpt.GPT, gpt.PRESETS["gpt"], kind="causal_lm", state="kv_cache",
-                  paper="Radford et al. 2018", readers=("extract_token",)),
+                  paper="Radford et al. 2018", readers=("extract_token", "scalar_mix")),
     "gpt2": Family(gpt.GPTConfig, gpt.GPT, gpt.PRESETS["gpt2"], kind="causal_lm", state="kv_cache",
-                   paper="Radford et al. 2019", readers=("extract_token",)),
+                   paper="Radford et al. 2019", readers=("extract_token", "scalar_mix")),
     "bert": Family(bert.BertConfig, bert.Bert, bert.PRESETS, kind="masked_lm", state="none",
-                   paper="Devlin et al. 2018", tokenizer="wordpiece", readers=("pooled_cls",)),
+                   paper="Devlin et al. 2018", tokenizer="wordpiece", readers=("pooled_cls", "scalar_mix")),
     "transfo-xl": Family(transformer_xl.TransfoXLConfig, transformer_xl.TransfoXL, transformer_xl.PRESETS,
                          kind="causal_lm", state="memory", paper="Dai et al. 2019"),
     "elmo": Family(elmo.ELMoConfig, elmo.ELMo, elmo.PRESETS, kind="bilm", state="rnn",
                    paper="Peters et al. 2018", tokenizer="word_chars", readers=("scalar_mix",)),
     "ulmfit": Family(ulmfit.ULMFiTConfig, ulmfit.ULMFiT, ulmfit.PRESETS, kind="causal_lm", state="rnn",
                      paper="Howard & Ruder 2018", tokenizer="words", readers=("concat_pool",)),
+    # Characters (lmlab's chars tokenizer: one id per code point seen, text8 = 27 + <unk>, <eos>).
+    "char-transformer": Family(char_transformer.CharTransformerConfig, char_transformer.CharTransformer,
+                               char_transformer.PRESETS, kind="causal_lm", state="kv_cache",
+                               paper="Al-Rfou et al. 2018", tokenizer="chars"),
 }
 
 

@@ -227,7 +227,9 @@ def label_set(examples: list[Example], options: dict) -> tuple[tuple[str, ...], 
 # ---------------------------------------------------------------- features
 
 
-def _target(ex: Example, spec: TaskSpec):
+def target(ex: Example, spec: TaskSpec):
+    """The training target of `ex`: its class index, or its number for regression; a label the
+    training data does not have is a DataError naming file and line."""
     if spec.regression:
         try:
             return float(ex.label)
@@ -307,7 +309,7 @@ def encode_pairs(pairs: list[tuple[str, str | None]], wheres: list[str], tokeniz
 def featurize(examples: list[Example], tokenizer, spec: TaskSpec, truncate: bool = False) -> list[dict]:
     """One feature dict per example: input_ids (a list, or two lists for a similarity pair),
     token_type_ids (encoders), label (class index or float)."""
-    targets = [_target(ex, spec) for ex in examples]
+    targets = [target(ex, spec) for ex in examples]
     wheres = [ex.where for ex in examples]
     pairs = [(ex.text, ex.text_b if spec.name == "pair" else None) for ex in examples]
     feats = encode_pairs(pairs, wheres, tokenizer, spec, truncate)

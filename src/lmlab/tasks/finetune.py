@@ -22,7 +22,6 @@ step always has a full batch. The sampler state is (epoch, index): resuming cont
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +29,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmlab.checkpoints.atomic import write_bytes_atomic
+from lmlab.checkpoints.atomic import finite_json, write_bytes_atomic
 from lmlab.checkpoints.io import load
 from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError
 from lmlab.models.heads import TaskModel, TaskSpec, build_task_model
 from lmlab.models.registry import build_from_config, config_fields, family_of, family_spec
 from lmlab.options import option
+from lmlab.paths import holds_dir
+from lmlab.tasks import features as feature_tasks
 from lmlab.tasks.base import add_target_words, add_task_tokens, default_reader, lm_aux_loss
+from lmlab.tasks.feature_setup import FeatureSettings, feature_model
 from lmlab.tasks.registry import task_module
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import train as run_training
@@ -53,7 +55,8 @@ class FinetuneOptions:
     model dir (metrics.jsonl with val_* dev metrics, checkpoints/, report.json). GPT-style models get
     GPT's <start>/<delim>/<extract> inputs and the auxiliary LM loss; BERT reads the pooled [CLS] state."""
 
-    model_dir: str = option(help="a pretrained lmlab model dir (with its tokenizer)", positional=True)
+    model_dir: str = option(help="a pretrained lmlab model dir (with its tokenizer); with --features, `none` "
+                                 "= no model, the word vectors alone", positional=True)
     task: str = option(help="classify (one text), pair (two texts), tag (CoNLL token labels), qa (SQuAD "
                             "spans), choice (context + options)")
     train: str = option(help="JSONL or GLUE TSV file, or builtin:NAME (lmlab data list)")
@@ -62,7 +65,7 @@ class FinetuneOptions:
     epochs: int = option(3, "passes over the training data")
     steps: int | None = option(None, "optimizer steps instead of --epochs")
     lr: float | None = option(None, "peak learning rate (default: GPT's 6.25e-5; --recipe ulmfit: 0.01, "
-                                    "lm 0.004)")
+                                    "lm 0.004; 1e-3 with --features, whose task model starts from scratch)")
     batch_size: int = option(32, "examples per step")
     max_len: int = option(128, "longest input in tokens, task tokens included, capped at the model's context")
     lm_coef: float = option(0.5, "λ of the auxiliary LM loss, GPT-style models only (GPT's; 0 = off)")
@@ -106,6 +109,21 @@ class FinetuneOptions:
     pool_len: int = option(1400, "concat_pool: pool over each document's last N tokens (fastai's 20 x bptt)")
     extend_vocab: int = option(0, "words tokenizers: add up to N words of the training text (seen twice) the "
                                   "vocabulary lacks, rows at the mean embedding (ULMFiT)")
+    features: bool = option(False, "classify/pair/tag the paper's feature-based way (ELMo §3.3): "
+                                   "MODEL_DIR stays frozen; a biLSTM task model (max-pooled for classify) "
+                                   "reads a learned scalar mix of its layers per word, beside "
+                                   "--word-vectors. MODEL_DIR `none`: the word vectors alone")
+    word_vectors: str | None = option(None, "--features: fixed word vectors beside the mix, "
+                                            "builtin:glove-6b-50d or a GloVe text file (words without a "
+                                            "vector get zeros, counted)")
+    word_pool: str = option("first", "--features: a word's state from its first sub-token or their mean",
+                            choices=("first", "mean"))
+    mix_layer_norm: bool = option(False, "--features: layer-normalise each layer before the mix (ELMo §3.2)")
+    mix_l2: float = option(0.001, "--features: λ of the L2 penalty on the mix weights s (ELMo §5.2)")
+    lstm_dim: int = option(100, "--features: the task model's biLSTM units per direction")
+    lstm_layers: int = option(1, "--features: the task model's biLSTM layers")
+    lowercase: bool = option(False, "--features: the encoder reads the words lowercased (pretrained on "
+                                    "lowercased text, e.g. builtin:ptb)")
 
 
 class EpochBatches:
@@ -161,6 +179,27 @@ def _backbone(model_dir, from_scratch: bool, seed: int):
     return model, tokenizer, family
 
 
+def _task_model(model_dir, from_scratch, seed, task, labels, regression, lm_coef, pair_mode, max_len, dropout,
+                extra, target_texts: list[str], extend_vocab: int, bptt: int, pool_len: int):
+    """(TaskModel, tokenizer, spec, family, new words): a pretrained model fine-tuned whole (pooled_cls,
+    extract_token, concat_pool reading `bptt`-token chunks and pooling the last `pool_len`); with
+    extend_vocab, up to that many words of target_texts join a words vocabulary (ULMFiT)."""
+    backbone, tokenizer, family = _backbone(model_dir, from_scratch, seed)
+    reader = default_reader(family_spec(family))
+    if reader == "scalar_mix":
+        raise ConfigError(f"{model_dir}: {family} models are read through a frozen scalar mix; "
+                          f"pass --features")
+    added = add_target_words(backbone, tokenizer, target_texts, extend_vocab)
+    ids = add_task_tokens(backbone, tokenizer) if reader == "extract_token" else {}
+    pad = tokenizer.eos_token_id if reader == "extract_token" else getattr(tokenizer, "pad_token_id", None)
+    if reader == "concat_pool":
+        extra = {**extra, "bptt": bptt, "pool_len": pool_len}
+    spec = TaskSpec(name=task, labels=labels, regression=regression, lm_coef=lm_coef, pair_mode=pair_mode,
+                    max_len=min(max_len, backbone.config.max_seq_len), reader=reader, pad_id=pad or 0,
+                    dropout=dropout, extra=extra, **ids)
+    return build_task_model(backbone, spec), tokenizer, spec, family, added
+
+
 def _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_every) -> None:
     for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--max-len", max_len),
                         ("--steps", 1 if steps is None else steps), ("--log-every", log_every)):
@@ -174,6 +213,7 @@ def _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_ev
         raise ConfigError(f"--lm-coef must be >= 0, got {lm_coef}")
 
 
+@holds_dir("finetune")  # one process per run dir (lmlab.paths.DirLock)
 def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | Path, *,
              epochs: int = 3, lr: float | None = None, batch_size: int = 32, max_len: int = 128,
              warmup_ratio: float = 0.1, lm_coef: float = 0.5, seed: int = 0, from_scratch: bool = False,
@@ -184,21 +224,29 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
              save_every: int | None = None, log_every: int = 10, eval_batch_size: int = 64,
              progress: bool = True, word_column: int | None = None, tag_scheme: str = "auto",
              doc_stride: int = 128, max_query_len: int = 64, null_threshold: float = 0.0,
-             version_2: bool | None = None, recipe: str = "default", schedule: str | None = None,
-             discriminative: float | None = None, gradual_unfreezing: bool | None = None, bptt: int = 70,
-             pool_len: int = 1400, extend_vocab: int = 0) -> dict:
+             version_2: bool | None = None, features: bool = False, word_vectors: str | None = None,
+             word_pool: str = "first", mix_layer_norm: bool = False, mix_l2: float = 0.001,
+             lstm_dim: int = 100, lstm_layers: int = 1, lowercase: bool = False, recipe: str = "default",
+             schedule: str | None = None, discriminative: float | None = None,
+             gradual_unfreezing: bool | None = None, bptt: int = 70, pool_len: int = 1400,
+             extend_vocab: int = 0) -> dict:
     """Fine-tune the model in `model_dir` on `task`; returns (and writes) the report dict.
 
     steps (default epochs × full batches per epoch), eval_every and save_every (default: once an
-    epoch) are in optimizer steps. `recipe` (lmlab.train.recipes.FINETUNE_RECIPES) and its overrides: see
-    the module docstring.
+    epoch) are in optimizer steps. `recipe` (lmlab.train.recipes.FINETUNE_RECIPES) and its overrides:
+    see the module docstring. features: the frozen model + ScalarMix task model
+    (lmlab.tasks.feature_setup), with the word_vectors ... lowercase settings.
     """
-    rates = recipe_rates(recipe, task, lr, schedule, discriminative, gradual_unfreezing)
+    rates = recipe_rates(recipe, task, 1e-3 if features and lr is None else lr, schedule, discriminative,
+                         gradual_unfreezing)
     lr = rates.pop("lr")
     _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_every)
     for name, value in (("--bptt", bptt), ("--pool-len", pool_len), ("--extend-vocab", extend_vocab + 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if extend_vocab and (task not in ("classify", "lm") or features):
+        raise ConfigError(f"--extend-vocab applies to tasks classify and lm without --features, not {task}"
+                          + (" --features" if features else ""))
     if task == "lm":  # ULMFiT's second stage: the family's own LM objective on the target text
         from lmlab.tasks.lm import finetune_lm
 
@@ -211,7 +259,7 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
                            unfreeze=unfreeze)
     target = resolve_device(device)  # a bad --device fails before the data is read
     check_run_dir(Path(out), not resume)  # before the data is read (the training loop checks again)
-    module = task_module(task)
+    module = feature_tasks if features else task_module(task)
     options = {"task": task, "text_column": text_column, "text_b_column": text_b_column,
                "label_column": label_column, "regression": regression, "word_column": word_column,
                "tag_scheme": tag_scheme, "doc_stride": doc_stride, "max_query_len": max_query_len,
@@ -219,25 +267,22 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
     train_ex = module.read(str(train), "train", options)
     dev_ex = module.read(str(dev), "dev", options)
     labels, is_regression = module.label_set(train_ex, options)
-
-    backbone, tokenizer, family = _backbone(model_dir, from_scratch, seed)
-    reader = default_reader(family_spec(family))
-    if extend_vocab and task != "classify":
-        raise ConfigError(f"--extend-vocab applies to tasks classify and lm, not {task}")
-    added = add_target_words(backbone, tokenizer, [ex.text for ex in train_ex] if extend_vocab else [],
-                             extend_vocab)
-    ids = add_task_tokens(backbone, tokenizer) if reader == "extract_token" else {}
-    pad = tokenizer.eos_token_id if reader == "extract_token" else getattr(tokenizer, "pad_token_id", None)
-    extra = _spec_extra(module, train_ex, options)
-    if reader == "concat_pool":
-        extra = {**extra, "bptt": bptt, "pool_len": pool_len}
-    spec = TaskSpec(name=task, labels=labels, regression=is_regression, lm_coef=lm_coef, pair_mode=pair_mode,
-                    max_len=min(max_len, backbone.config.max_seq_len), reader=reader, pad_id=pad or 0,
-                    dropout=dropout, extra=extra, **ids)
+    extra, oov, added = _spec_extra(task_module(task), train_ex, options), None, 0
+    if features:
+        settings = FeatureSettings(word_vectors, word_pool, mix_layer_norm, mix_l2, lstm_dim, lstm_layers,
+                                   lowercase)
+        model, tokenizer, spec, family, oov = feature_model(
+            model_dir, task, train_ex, dev_ex, labels, is_regression, settings, max_len=max_len,
+            dropout=dropout, extra=extra, from_scratch=from_scratch, seed=seed)
+    else:
+        model, tokenizer, spec, family, added = _task_model(
+            model_dir, from_scratch, seed, task, labels, is_regression, lm_coef, pair_mode, max_len, dropout,
+            extra, [ex.text for ex in train_ex] if extend_vocab else [], extend_vocab, bptt, pool_len)
+    reader, lm_coef = spec.reader, spec.lm_coef
     # Features before training: a too-long text or an unseen dev label stops the run at once.
     train_f = module.featurize(train_ex, tokenizer, spec, truncate)
     dev_f = module.featurize(dev_ex, tokenizer, spec, truncate)
-    model = build_task_model(backbone, spec).to(target)
+    model = model.to(target)
 
     bs = min(batch_size, len(train_f))
     per_epoch = len(train_f) // bs
@@ -263,7 +308,12 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
               "schedule": cfg.schedule, "discriminative": cfg.discriminative, "unfreeze_every": unfreeze,
               "new_words": added,
               "dev_metrics": result.val_metrics, "wall_s": round(result.wall_s, 1)}
-    write_bytes_atomic(Path(out) / REPORT, json.dumps(report, indent=2).encode())
+    if features:
+        report["features"] = {k: spec.extra[k] for k in ("vectors", "encoder_kind", "mix_layers", "word_pool",
+                                                         "mix_layer_norm", "mix_l2", "lstm_dim", "lowercase")}
+        report["oov"] = oov
+        report["mix_weights"] = mix_weights(model)
+    write_bytes_atomic(Path(out) / REPORT, finite_json(report, indent=2).encode())
     return report
 
 
@@ -278,6 +328,12 @@ def recipe_rates(recipe: str, task: str, lr: float | None, schedule: str | None,
     return {"lr": lr if lr is not None else r.lr.get(task, r.lr[None]), "schedule": schedule or r.schedule,
             "discriminative": r.discriminative if discriminative is None else discriminative,
             "unfreeze": bool(unfreeze), "beta1": r.betas[0], "beta2": r.betas[1]}
+
+
+def mix_weights(model: TaskModel) -> list[float] | None:
+    """softmax(s) of a feature-based model's ScalarMix, bottom layer first (None without a mix)."""
+    mix = model.head.words.mix if model.spec.reader == "scalar_mix" else None
+    return None if mix is None else [round(float(w), 4) for w in mix.weights().detach()]
 
 
 def _spec_extra(module, train_ex, options: dict) -> dict:
@@ -305,7 +361,7 @@ def evaluate_task(model_dir: str | Path, task: str, data: str, split: str = "dev
     spec = model.spec
     if task != spec.name:
         raise ConfigError(f"{model_dir} was fine-tuned for task {spec.name!r}, not {task!r}")
-    module = task_module(spec.name)
+    module = feature_tasks if spec.reader == "scalar_mix" else task_module(spec.name)
     if null_threshold is not None:  # qa v2.0: score the same model with another no-answer threshold
         spec = dataclasses.replace(spec, extra={**spec.extra, "null_threshold": float(null_threshold)})
     options = {"task": spec.name, "text_column": text_column, "text_b_column": text_b_column,
@@ -323,5 +379,9 @@ def summary(report: dict) -> str:
         how.append(f"lm_coef {report['lm_coef']}")
     if report["from_scratch"]:
         how.append("from scratch")
+    if report.get("oov"):
+        how.append(f"{report['oov']['types']} word types without a vector")
+    if report.get("mix_weights"):
+        how.append("mix weights " + " ".join(f"{w:.2f}" for w in report["mix_weights"]))
     return (f"fine-tuned {report['task']} for {report['steps']} steps ({', '.join(how)}): "
             f"dev {shown}; {report['wall_s']} s")

@@ -17,10 +17,9 @@ pretrained rows (ULMFiT / fastai's `match_embeds`; the model's `init_token_rows`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from lmlab.checkpoints.atomic import write_bytes_atomic
+from lmlab.checkpoints.atomic import finite_json, write_bytes_atomic
 from lmlab.checkpoints.io import load
 from lmlab.data.corpora import read_splits
 from lmlab.data.prepare import prepare_tokens
@@ -76,11 +75,11 @@ def finetune_lm(model_dir, train: str, dev: str, out, *, cfg_values: dict, epoch
     batches, evaluate = recipe.batches(train, tokenizer, cfg, Dist(), dev, options)
     model.to(resolve_device(cfg.device))
     result = run_training(model, tokenizer, cfg, out, batches, evaluate=evaluate,
-                          objective=recipe.make_objective(options), resume=resume)
+                          objective=recipe.make_objective(options, model.config, cfg), resume=resume)
     report = {"task": "lm", "model": str(model_dir), "family": family, "train": str(train), "dev": str(dev),
               "train_tokens": n_tokens, "new_words": added, "steps": total, "batch_size": bs, "bptt": bptt,
               "lr": cfg.lr, "schedule": cfg.schedule, "discriminative": cfg.discriminative,
               "train_loss": result.loss, "dev_metrics": result.val_metrics, "n_train": n_tokens,
               "from_scratch": False, "wall_s": round(result.wall_s, 1)}
-    write_bytes_atomic(Path(out) / "report.json", json.dumps(report, indent=2).encode())
+    write_bytes_atomic(Path(out) / "report.json", finite_json(report, indent=2).encode())
     return report

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lmlab.data.corpora import is_builtin
+from lmlab.data.corpora import is_builtin, json_problem
 from lmlab.errors import ConfigError, DataError
 from lmlab.eval.squad import squad_scores
 from lmlab.models.heads import TaskOutput, TaskSpec
@@ -179,6 +179,8 @@ def read_squad(source: dict | str | Path) -> tuple[list[QAExample], dict, str]:
             raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{path}: not a UTF-8 JSON file ({e})") from None
+        except (ValueError, RecursionError) as e:  # an integer too long for Python, too deep a nesting
+            raise DataError(f"{path}: not a JSON file lmlab can read ({json_problem(e)})") from None
     if not isinstance(data, dict):
         raise DataError(f'{where}: expected a SQuAD object with a "data" list')
     examples = parse_squad(data, where, text)

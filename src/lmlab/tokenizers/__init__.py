@@ -1,6 +1,7 @@
 """Tokenizers. Every tokenizer has the same small interface:
 
     tok.encode(text) -> list[int]        tok.decode(ids) -> str
+    (midi: encode(MIDI path/bytes/score, composer=...) -> list[int]; decode(ids) -> symusic Score)
     tok.vocab_size: int                  tok.eos_token_id: int | None
     tok.save(directory)                  # writes tokenizer.json (+ family extras)
 
@@ -23,6 +24,7 @@ KINDS = {
     "words": ("lmlab.tokenizers.words", "WordTokenizer"),
     "wordpiece": ("lmlab.tokenizers.wordpiece", "WordPieceTokenizer"),
     "word_chars": ("lmlab.tokenizers.word_chars", "WordCharTokenizer"),  # ELMo: words in, characters out
+    "midi": ("lmlab.tokenizers.midi", "MidiTokenizer"),  # MIDI in, a symusic Score out
 }
 
 
@@ -34,7 +36,7 @@ def load_tokenizer(directory: str | Path):
         return None
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise TokenizerError(f"{path}: not a readable JSON tokenizer file ({e})") from None
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if not isinstance(kind, str) or kind not in KINDS:

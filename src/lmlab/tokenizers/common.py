@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lmlab.errors import TokenizerError
+from lmlab.paths import check_file_target
 
 
 class ListVocab:
@@ -100,9 +101,14 @@ def check_special(tok, one_line: bool = False) -> None:
 
 # ---- files ------------------------------------------------------------------------------------
 def write_text(path: Path, text: str) -> None:
+    path = check_file_target(path)  # never renamed over a device, FIFO or folder
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # never leave a half-written file
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path):
@@ -110,7 +116,7 @@ def read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TokenizerError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise TokenizerError(f"{path}: not a readable JSON file ({e})") from None
 
 

@@ -39,6 +39,9 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model")
     fsdp: bool = option(False, "under torchrun: shard weights, gradients and optimizer state with FSDP2 "
                                "instead of DDP (docs/scaling.md)")
+    collective_timeout: float = option(600.0, "under torchrun: seconds a process waits for the others at a "
+                                              "collective before the run stops with a message (a stalled or "
+                                              "dead process)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     progress: bool = option(True, "no progress bar", flag="no-progress")
 
@@ -53,6 +56,8 @@ class TrainConfig:
                 f"schedule must be cosine, linear, constant or stlr, got {self.schedule!r}")
         require(self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0")
         require(self.keep_checkpoints >= 2, f"keep_checkpoints must be >= 2, got {self.keep_checkpoints}")
+        require(self.collective_timeout > 0,
+                f"collective_timeout must be > 0 seconds, got {self.collective_timeout!r}")
         require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
         require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
         require(self.discriminative > 0, f"discriminative must be > 0, got {self.discriminative!r}")

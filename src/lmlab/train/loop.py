@@ -14,6 +14,15 @@ state per row from step to step; the loop then
 - saves `objective.state_dict()` (tensors with rows first) into the checkpoint's
   carried.safetensors, rows of all processes gathered in rank order, and on resume hands each
   process its own rows back through `objective.load_state_dict()`.
+
+An objective may also own trainable parameters (training-only output layers, e.g. the character
+transformer's intermediate classifiers, `lmlab.objectives.char_aux`): it then has a `module` (an
+nn.Module). The loop moves it to the device, trains its parameters with the model's (AdamW groups
+after the model's, so the model's optimizer state keeps its indices), clips them with the model's,
+averages their gradients over the processes (they are outside DDP), and saves them into every
+training checkpoint (objective.safetensors) and restores them on resume; the final model dir holds
+the model only. An objective with `set_step(step)` is told each optimizer step (0-based) before it
+runs: a schedule over training that is a pure function of the step, so resume is exact.
 """
 
 from __future__ import annotations
@@ -34,16 +43,18 @@ from lmlab.errors import CheckpointError, LmlabError
 from lmlab.nn.attention import training_attention
 from lmlab.objectives.clm import clm_loss
 from lmlab.train.config import TrainConfig
-from lmlab.train.distributed import Dist, barrier, gather_rows, mean_over_ranks
+from lmlab.train.distributed import Dist, average_gradients, barrier, gather_rows, mean_over_ranks
 from lmlab.train.guard import NonFiniteGuard
 from lmlab.train.metrics import MetricsLog, plot_losses
 from lmlab.train.optim import make_optimizer, set_trainable, trainable_groups
 from lmlab.train.schedule import lr_at
+from lmlab.train.signals import StopSignals, fault_hooks
 from lmlab.train.state import (
     TRAINER_STATE,
     check_run_dir,
     load_carried,
     load_checkpoint,
+    load_objective,
     remove_stale,
     resume_point,
     rotate,
@@ -122,18 +133,34 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
     state_dict()/load_state_dict() (its position goes into checkpoints). `evaluate(model)` returns
     a validation loss. `objective(model, batch) -> loss` defaults to causal LM; a stateful
     objective (see the module docstring) carries state across steps and into checkpoints.
+
+    SIGTERM or SIGINT while it runs: the step is finished, a checkpoint of it written, and
+    lmlab.errors.Stopped raised (lmlab.train.signals).
     """
-    run_dir = Path(run_dir)
+    with StopSignals() as stop:
+        return _train(model, tokenizer, cfg, Path(run_dir), batches, evaluate, objective, resume, dist, stop)
+
+
+def _train(model, tokenizer, cfg: TrainConfig, run_dir: Path, batches, evaluate, objective, resume: bool,
+           dist: Dist, stop: StopSignals) -> RunResult:
     device = next(model.parameters()).device
     per_rank, accum = split_batch(cfg, dist)
     stateful = callable(getattr(objective, "state_dict", None))
+    scheduled = callable(getattr(objective, "set_step", None))
+    own = getattr(objective, "module", None)  # the objective's own trainable parameters, if any
+    if own is not None:
+        own.to(device)
+    own_params = [p for p in own.parameters() if p.requires_grad] if own is not None else []
     sharded, replica = cfg.fsdp and dist.enabled, None  # FSDP2 under torchrun (lmlab.train.fsdp)
+    if sharded and own_params:
+        raise TrainingError("this objective trains parameters of its own (training-only output layers); "
+                            "run it with DDP, not --fsdp")
     if sharded:
         from lmlab.train import fsdp
 
         replica = fsdp.shard_model(model, dist)  # before the optimizer: parameters become shards
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type,
-                               cfg.discriminative)
+                               cfg.discriminative, extra=own_params)
     layers = model.layer_groups() if cfg.unfreeze_every else None
     if layers is not None and dist.enabled:
         raise TrainingError("gradual unfreezing (unfreeze_every) runs in one process, not under torchrun")
@@ -148,6 +175,8 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
             print(f"lmlab: {note}", file=sys.stderr)
     if ckpt is not None:
         state = (fsdp.load_sharded_checkpoint if sharded else load_checkpoint)(ckpt, model, optimizer)
+        if own_params:
+            load_objective(ckpt, own)
         try:
             set_rng_state(state["rng"])
             batches.load_state_dict(state["sampler"])
@@ -173,6 +202,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
                 else contextlib.nullcontext())
     params = [p for p in model.parameters() if p.requires_grad]
     allowed = {id(p) for p in params}  # what unfreezing may switch on
+    params += own_params
     batch_iter = iter(batches)
     bar = tqdm(total=cfg.steps, initial=start, disable=not (dist.is_main and cfg.progress),
                desc="train", unit="step", dynamic_ncols=True)
@@ -180,6 +210,8 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
     t_start = t_last = time.perf_counter()
     tokens_at_last = tokens
     model.train()
+    if own is not None:
+        own.train()
     for step in range(start, cfg.steps):
         lr = lr_at(step, cfg.lr, cfg.steps, cfg.warmup, cfg.schedule, cfg.min_lr_ratio, cfg.unfreeze_every,
                    len(layers) if layers is not None else None)
@@ -187,6 +219,8 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
             group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before lr_scale have none
         if layers is not None:  # a pure function of the step: resume is exact
             set_trainable(layers, trainable_groups(step, len(layers), cfg.unfreeze_every), allowed)
+        if scheduled:
+            objective.set_step(step)
         batch = to_device(next(batch_iter), device)
         if stateful and getattr(batches, "reset_state", False):
             objective.reset()  # the streams start over: no row continues its old history
@@ -202,6 +236,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
             loss.backward()
             loss_sum += loss.detach()
         loss_mean = mean_over_ranks(loss_sum, dist)
+        average_gradients(own_params, dist)
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if sharded:
             norm = fsdp.full_norm(norm)
@@ -215,7 +250,9 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
         log_step = done % cfg.log_every == 0 or done == cfg.steps
         evaluating = evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0)
                                                or done == cfg.steps)
-        saving = (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps
+        fault_hooks(done, dist.rank, stop)
+        stopping = done < cfg.steps and stop.agreed(dist)  # a signal: checkpoint this step, then stop
+        saving = (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps or stopping
         # Host values only where they are needed; the same steps on every rank, so all stop together.
         if log_step or evaluating or saving or stateful:
             skipped, bad_run = guard.counts()
@@ -251,9 +288,13 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainConfig, run_dir: str | Pa
             if dist.is_main:
                 save_checkpoint(run_dir, done, whole, tokenizer, whole_optimizer,
                                 {"tokens": tokens, "skipped": skipped, "bad_run": bad_run,
-                                 "sampler": batches.state_dict(), "config": asdict(cfg)}, carried)
+                                 "sampler": batches.state_dict(), "config": asdict(cfg)}, carried,
+                                own.state_dict() if own_params else None)
                 rotate(run_dir, cfg.keep_checkpoints, protect=ckpt)  # never the one resumed from
             barrier(dist)
+            if stopping:
+                bar.close()
+                raise stop.stopped(done, run_dir / "checkpoints" / f"step-{done}")
         if dist.is_main and done % cfg.log_every == 0:
             t_last = time.perf_counter()  # tokens/s counts training, not evaluation or saving
     bar.close()

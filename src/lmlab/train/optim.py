@@ -32,12 +32,19 @@ def param_groups(model: torch.nn.Module, weight_decay: float, discriminative: fl
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                   device_type: str, discriminative: float = 1.0) -> torch.optim.AdamW:
+                   device_type: str, discriminative: float = 1.0,
+                   extra: list[torch.nn.Parameter] = ()) -> torch.optim.AdamW:
+    """AdamW over the model's groups, then `extra` parameters (an objective's own, at lr_scale 1) in
+    groups of their own after them, so the model's parameters keep their optimizer indices."""
     # The fused kernel: one launch for all parameters on GPU, and on CPU one pass over each tensor
     # instead of ~10 elementwise ops (gpt2-124m at 1 thread: 1,012 -> 247 ms per step).
     fused = device_type in ("cuda", "cpu")
-    return torch.optim.AdamW(param_groups(model, weight_decay, discriminative), lr=lr, betas=betas,
-                             fused=fused)
+    groups = param_groups(model, weight_decay, discriminative)
+    for decay in (True, False):
+        chosen = [p for p in extra if (p.dim() >= 2) == decay]
+        if chosen:
+            groups.append({"params": chosen, "weight_decay": weight_decay if decay else 0.0, "lr_scale": 1.0})
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
 
 def trainable_groups(step: int, n_groups: int, unfreeze_every: int) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.checkpoints.atomic import write_bytes_atomic
+from lmlab.checkpoints.atomic import finite_json, write_bytes_atomic
 from lmlab.data.prepare import build_tokenizer_for, check_vocab
 from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError
@@ -23,7 +23,14 @@ from lmlab.models.registry import DEFAULT_FAMILY, family_spec, make_config
 from lmlab.options import option
 from lmlab.tokenizers import load_tokenizer
 from lmlab.train.config import TrainConfig
-from lmlab.train.distributed import Dist, barrier, init_distributed, shutdown
+from lmlab.train.distributed import (
+    Dist,
+    barrier,
+    collective_failure,
+    hold_run_dir,
+    init_distributed,
+    shutdown,
+)
 from lmlab.train.loop import RunResult, train
 from lmlab.train.recipes import option_fields, recipe_for
 from lmlab.train.state import RUN_OUTPUTS, check_run_dir
@@ -55,7 +62,7 @@ TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, written before step 0 so res
 # to another device or drop --compile), and the run dir itself.
 SETTINGS_FILE = "pretrain.json"
 RUN_FILES = (*RUN_OUTPUTS, SETTINGS_FILE)  # any of them in --out: a run is there
-NOT_SAVED = {"out", "resume", "compile", "fsdp", "device", "progress"}
+NOT_SAVED = {"out", "resume", "compile", "fsdp", "device", "progress", "collective_timeout"}
 SAVED = ({f.name for f in fields(PretrainOptions)} | set(option_fields())
          | {f.name for f in fields(TrainConfig)}) - NOT_SAVED
 
@@ -84,7 +91,7 @@ def run_tokenizer(run_dir: Path, data: str, kind: str | None, vocab_size: int | 
 
 def save_settings(run_dir: Path, settings: dict) -> None:
     settings = {k: v for k, v in settings.items() if k in SAVED and v is not None}
-    write_bytes_atomic(run_dir / SETTINGS_FILE, json.dumps(settings, indent=1, sort_keys=True).encode())
+    write_bytes_atomic(run_dir / SETTINGS_FILE, finite_json(settings, indent=1, sort_keys=True).encode())
 
 
 def saved_settings(run_dir: str | Path) -> dict:
@@ -94,7 +101,7 @@ def saved_settings(run_dir: str | Path) -> dict:
         return {}
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ConfigError(f"{path}: not a readable JSON file ({e})") from None
     if not isinstance(settings, dict):
         raise ConfigError(f"{path}: expected a JSON object of pretrain settings")
@@ -127,18 +134,18 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
     cfg = train_config(train_values)
     settings = dict(model=model, preset=preset, data=data, valid=valid, tokenizer=tokenizer,
                     vocab_size=vocab_size, overrides=overrides or {}, **(recipe_options or {}), **asdict(cfg))
-    objective = recipe.make_objective(options)
     overrides = recipe.config_overrides(overrides or {}, cfg.seq_len)
     tokenizer = tokenizer or family.tokenizer
     device = resolve_device(cfg.device)
-    d = init_distributed(device.type)
+    d = init_distributed(device.type, cfg.collective_timeout)
+    lock, failed = None, False
     try:
         if d.enabled and device.type == "cuda":
             device = torch.device("cuda", d.local_rank)
             torch.cuda.set_device(device)
         run_dir = Path(out)
+        lock = hold_run_dir(run_dir, "pretrain", d)  # one process per run dir, before it is written
         check_run_dir(run_dir, not resume, RUN_FILES)  # before the corpus is read
-        run_dir.mkdir(parents=True, exist_ok=True)
         tok = run_tokenizer(run_dir, data, tokenizer, vocab_size, d, valid,
                             cfg.seq_len if recipe.reads_windows else None)
         batches, evaluate = recipe.batches(data, tok, cfg, d, valid, options)
@@ -149,6 +156,8 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
                               f"{config.max_seq_len}; lower it or pass --set max_seq_len={cfg.seq_len}")
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
         net = family.model(config)
+        # After the model: parameters an objective makes draw from the RNG after the model's weights.
+        objective = recipe.make_objective(options, config, cfg)
         net.family = model
         if recipe.fit_model is not None:
             recipe.fit_model(net, tok)
@@ -160,8 +169,17 @@ def pretrain(model: str, preset: str, data: str, out: str, overrides: dict | Non
         if d.is_main:
             print(summary(result))
         return result
+    except RuntimeError as e:
+        failure = collective_failure(e, d)  # a stalled or dead rank: one line, not a traceback
+        if failure is None:
+            raise
+        failed = True
+        raise failure from None
     finally:
-        shutdown(d)
+        if lock is not None:
+            lock.release()
+        if not failed:  # after a failed collective, tearing the group down may wait on it again
+            shutdown(d)
 
 
 def summary(r: RunResult) -> str:

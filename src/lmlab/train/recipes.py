@@ -16,6 +16,9 @@ flag table). `lmlab.train.pretrain` reads these fields and nothing else about a 
   unrolled steps by default. The model spells its word ids with the tokenizer's characters.
 - AWD-LSTM (ULMFiT §3.1, Merity et al. 2017 §4): the same streams read a random length a step
   (variable-length BPTT around seq_len = 70), the state carried, AR/TAR added to the loss.
+- The deep character transformer (Al-Rfou et al. 2018, §2.1): random windows of the model's whole
+  context, each with the characters one and two places ahead, the auxiliary losses of
+  `lmlab.objectives.char_aux` (switched by `CharAuxOptions`), validation loss on fixed windows.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from lmlab.data.sampler import (
 from lmlab.errors import ConfigError
 from lmlab.objectives.awd import AWDObjective
 from lmlab.objectives.bilm import BiLMObjective, bilm_stream_loss
+from lmlab.objectives.char_aux import CharAuxLoss
 from lmlab.objectives.clm import clm_loss
 from lmlab.objectives.clm_state import CarriedStateCLM
 from lmlab.objectives.mlm_nsp import metrics_from_sums, mlm_nsp_loss, mlm_nsp_sums
@@ -96,11 +100,37 @@ class AWDOptions:
 
 
 @dataclass(frozen=True)
+class CharAuxOptions:
+    """The auxiliary losses of the deep character transformer (Al-Rfou et al. 2018, §2.1;
+    lmlab.objectives.char_aux), each on unless switched off."""
+
+    aux_positions: bool = option(True, "char-transformer: predict at the last position of each window only "
+                                       "(off: the multiple-positions loss)", flag="no-aux-positions")
+    aux_intermediate: bool = option(True, "char-transformer: no intermediate-layer losses (on: layer l of "
+                                          "n predicts too until l/(2n) of training)",
+                                    flag="no-aux-intermediate")
+    aux_targets: bool = option(True, "char-transformer: no multiple-targets loss (on: every scored position "
+                                     "also predicts the character after next)", flag="no-aux-targets")
+    aux_target_weight: float = option(0.5, "char-transformer: weight of the character-after-next losses "
+                                           "(the paper's 0.5)")
+
+    def __post_init__(self):
+        for name in ("aux_positions", "aux_intermediate", "aux_targets"):
+            if type(getattr(self, name)) is not bool:
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        weight = self.aux_target_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ConfigError(f"--aux-target-weight must be a number >= 0, got {weight!r}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """batches(data, tokenizer, TrainConfig, Dist, valid, options) -> (batches, evaluate).
-    objective: a loss function, or a class of stateful objectives (one new object per run, built with
-    the options' fields as keywords). fit_model(model, tokenizer): what the new model takes from the
-    tokenizer before step 0 (ELMo: the spelling of every word id)."""
+    objective: a loss function; a class of stateful objectives (one new object per run, built with
+    the options' fields as keywords); or, with `builds_objective`, a function (options, model config,
+    TrainConfig) -> the run's objective (one made from the family's options, the model's shape and
+    the run's length). fit_model(model, tokenizer): what the new model takes from the tokenizer
+    before step 0 (ELMo: the spelling of every word id)."""
 
     batches: Callable
     objective: Callable
@@ -109,9 +139,13 @@ class Recipe:
     seq_len_field: str | None = None  # a config field --seq-len sets (Transformer-XL's tgt_len)
     reads_windows: bool = True  # reads windows of seq_len + 1 tokens of each split (not sentence pairs)
     fit_model: Callable | None = None
+    builds_objective: bool = False
 
-    def make_objective(self, options):
-        """The run's objective: a loss function as is; a stateful objective class, one new object."""
+    def make_objective(self, options, config, cfg: TrainConfig):
+        """The objective of one run of a model with `config`: a loss function as is; a stateful
+        objective class, one new object; with `builds_objective`, objective(options, config, cfg)."""
+        if self.builds_objective:
+            return self.objective(options, config, cfg)
         return self.objective(**asdict(options)) if isinstance(self.objective, type) else self.objective
 
     def make_options(self, family: str, values: dict):
@@ -319,6 +353,25 @@ def variable_stream_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: st
     return batches, stream_evaluator(shards["valid"], cfg)
 
 
+# ---------------------------------------------------------------- deep character transformer
+
+
+def char_window_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, options):
+    """Random windows with the characters one and two places ahead (x, y, y2); validation loss of
+    the next character on fixed windows."""
+    shards = _tokens(data, tok, cfg, d, valid)
+    per_rank = cfg.batch_size // d.world_size if cfg.batch_size % d.world_size == 0 else cfg.batch_size
+    batches = RandomWindowSampler(shards["train"], cfg.seq_len, cfg.batch_size, cfg.seed, d.rank,
+                                  d.world_size, ahead=2)
+    return batches, window_evaluator(shards["valid"], cfg.seq_len, max(1, per_rank), cfg.eval_batches, d)
+
+
+def char_aux_objective(options: CharAuxOptions, config, cfg: TrainConfig) -> CharAuxLoss:
+    return CharAuxLoss.for_model(config, cfg.steps, all_positions=options.aux_positions,
+                                 intermediate=options.aux_intermediate, multiple_targets=options.aux_targets,
+                                 next2_weight=float(options.aux_target_weight))
+
+
 def _context_or_default(config) -> int:
     return min(DEFAULT_SEQ_LEN, config.max_seq_len)
 
@@ -335,6 +388,9 @@ BILM_STREAMS = Recipe(bilm_batches, BiLMObjective, lambda config: 20, options=Bi
 
 # AWD-LSTM / ULMFiT: BPTT 70 (ULMFiT §4, fastai's bptt), AR/TAR in the objective.
 AWD_STREAMS = Recipe(variable_stream_batches, AWDObjective, lambda config: 70, options=AWDOptions)
+# The character transformer reads its whole fixed context per window (§2: 512 characters).
+CHAR_AUX_WINDOWS = Recipe(char_window_batches, char_aux_objective, lambda config: config.max_seq_len,
+                          options=CharAuxOptions, builds_objective=True)
 
 RECIPES: dict[str, Recipe] = {
     "gpt": CAUSAL_WINDOWS,
@@ -342,6 +398,7 @@ RECIPES: dict[str, Recipe] = {
     "bert": MASKED_PAIRS,
     "transfo-xl": MEMORY_STREAMS,
     "elmo": BILM_STREAMS,
+    "char-transformer": CHAR_AUX_WINDOWS,
     "ulmfit": AWD_STREAMS,
 }
 

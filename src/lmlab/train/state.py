@@ -18,10 +18,19 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from lmlab.checkpoints.atomic import MANIFEST, commit_dir, read_manifest, write_bytes_atomic, write_manifest
-from lmlab.checkpoints.io import load_state, save
+from lmlab.checkpoints.atomic import (
+    MANIFEST,
+    commit_dir,
+    finite_json,
+    read_manifest,
+    temp_output,
+    write_bytes_atomic,
+    write_manifest,
+)
+from lmlab.checkpoints.io import MODEL_FILES, load_state, save
 from lmlab.errors import CheckpointError, ConfigError
 from lmlab.nn.layers import Linear
+from lmlab.paths import check_file_target, check_outputs
 
 OPTIMIZER = "optimizer.safetensors"
 # The shapes of the saved AdamW moments. 2: attention and feed-forward weights are held (in, out)
@@ -30,12 +39,15 @@ OPTIMIZER = "optimizer.safetensors"
 OPTIMIZER_LAYOUT = 2
 TRAINER_STATE = "trainer_state.json"
 CARRIED = "carried.safetensors"
+OBJECTIVE = "objective.safetensors"  # an objective's own parameters (training-only output layers)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def _fault(stage: str) -> None:
-    # Test hook: the reliability tests kill the process at each stage of a checkpoint write.
-    if os.environ.get("LMLAB_TEST_CRASH_AT") == stage:
+def _fault(stage: str, step: int) -> None:
+    # Test hook: the reliability tests and `make faults` kill the process at a stage of a checkpoint
+    # write: LMLAB_TEST_CRASH_AT=STAGE (every write) or STAGE@STEP (the write of that step only).
+    at = os.environ.get("LMLAB_TEST_CRASH_AT")
+    if at and (at == stage or at == f"{stage}@{step}"):
         os._exit(137)
 
 
@@ -104,36 +116,50 @@ def all_finite(model: torch.nn.Module) -> bool:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, trainer_state: dict,
-                    carried: dict[str, torch.Tensor] | None = None) -> Path:
+                    carried: dict[str, torch.Tensor] | None = None,
+                    objective: dict[str, torch.Tensor] | None = None) -> Path:
     """Write checkpoints/step-N atomically; CheckpointError if a weight is not finite.
 
-    `carried` (tensor name -> tensor, may be empty) goes to carried.safetensors when given."""
+    `carried` (tensor name -> tensor, may be empty) goes to carried.safetensors when given, an
+    objective's own parameters (`objective`) to objective.safetensors."""
     if not all_finite(model):
         raise CheckpointError(f"refusing to write checkpoint step-{step}: the model has non-finite weights")
-    if carried is not None and not all(bool(torch.isfinite(t).all()) for t in carried.values()):
-        raise CheckpointError(f"refusing to write checkpoint step-{step}: the carried state is not finite")
+    for what, tensors in (("carried state", carried), ("objective's parameters", objective)):
+        if tensors is not None and not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
+            raise CheckpointError(f"refusing to write checkpoint step-{step}: the {what} is not finite")
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = root / f"step-{step}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    previous = checkpoints(run_dir)
+    kept = f"; {previous[-1][1]} is kept" if previous else "; the run has no earlier checkpoint"
+    # A full disk or a read-only folder: one line, the temp folder removed, earlier checkpoints kept.
+    with temp_output(tmp, str(final), kept):
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write_checkpoint(tmp, step, model, tokenizer, optimizer, trainer_state, carried, objective)
+        commit_dir(tmp, final)
+    _fault("committed", step)
+    return final
+
+
+def _write_checkpoint(tmp: Path, step: int, model, tokenizer, optimizer, trainer_state: dict,
+                      carried: dict[str, torch.Tensor] | None,
+                      objective: dict[str, torch.Tensor] | None) -> None:
     save(model, tokenizer, tmp)
     (tmp / MANIFEST).unlink()
-    _fault("weights")
+    _fault("weights", step)
     tensors, groups = optimizer_tensors(optimizer)
     save_file(tensors, str(tmp / OPTIMIZER))
-    if carried is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in carried.items()}, str(tmp / CARRIED))
-    _fault("optimizer")
+    for name, tensors in ((CARRIED, carried), (OBJECTIVE, objective)):
+        if tensors is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
+    _fault("optimizer", step)
     state = {**trainer_state, "step": step, "optimizer_groups": groups, "optimizer_layout": OPTIMIZER_LAYOUT,
              "rng": rng_state()}
-    write_bytes_atomic(tmp / TRAINER_STATE, json.dumps(state).encode())
-    _fault("state")
+    write_bytes_atomic(tmp / TRAINER_STATE, finite_json(state).encode())
+    _fault("state", step)
     write_manifest(tmp, [p.name for p in tmp.iterdir() if p.name != MANIFEST])
-    _fault("manifest")
-    commit_dir(tmp, final)
-    _fault("committed")
-    return final
+    _fault("manifest", step)
 
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -154,11 +180,21 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "model.safetensors")
 
 
+# Every file and folder a run writes in its dir: each must be of its kind or not there yet (lmlab.paths).
+RUN_WRITES = ("metrics.jsonl", "pretrain.json", "report.json", *MODEL_FILES)
+RUN_FOLDERS = ("checkpoints", "plots", "tokenizer")
+PLOT = "plots/loss.png"
+
+
 def check_run_dir(run_dir: Path, new_run: bool, outputs: tuple[str, ...] = RUN_OUTPUTS) -> None:
-    """--out, checked before any work: a dir (or nothing yet), and for a new run (not a resume)
-    not one that holds an earlier run, which is never deleted or mixed in."""
+    """--out, checked before any work: a dir (or nothing yet) whose outputs are regular files and
+    folders or nothing yet, and for a new run (not a resume) not one that holds an earlier run,
+    which is never deleted or mixed in."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir} exists and is not a directory; --out must be a run dir")
+    check_outputs(run_dir, RUN_WRITES, RUN_FOLDERS)
+    if (run_dir / "plots").is_dir():
+        check_file_target(run_dir / PLOT)
     found = [name for name in outputs if (run_dir / name).exists()] if new_run else []
     if found:
         raise ConfigError(f"{run_dir} already holds a run ({found[0]}); pass --resume to continue it, "
@@ -241,7 +277,7 @@ def read_trainer_state(path: Path, model) -> dict:
     file = path / TRAINER_STATE
     try:
         state = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{file}: not a readable JSON file ({e})") from None
     _check_trainer_state(file, state)
     old = state.get("optimizer_layout", 1) != OPTIMIZER_LAYOUT
@@ -271,3 +307,19 @@ def load_carried(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} has no {CARRIED}: the run that wrote it carried no state, so "
                               "this objective (e.g. Transformer-XL memory) cannot resume from it")
     return load_file(str(file))
+
+
+def load_objective(path: Path, module: torch.nn.Module) -> None:
+    """Restore an objective's own parameters from checkpoint `path` (verified by resume_point first)."""
+    file = path / OBJECTIVE
+    if not file.is_file():
+        raise CheckpointError(f"{path} has no {OBJECTIVE}: the run that wrote it trained no parameters of "
+                              "its objective (e.g. other auxiliary-loss switches), so this run cannot resume "
+                              "from it")
+    tensors = load_file(str(file))
+    own = module.state_dict()
+    if set(tensors) != set(own) or any(tensors[k].shape != own[k].shape for k in own):
+        raise CheckpointError(f"{file}: the objective's parameters {sorted(tensors)[:4]} do not fit this "
+                              f"objective's {sorted(own)[:4]} (other auxiliary-loss switches or model "
+                              f"shape?)")
+    module.load_state_dict(tensors)

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lmlab.checkpoints.atomic import write_bytes_atomic
+from lmlab.checkpoints.atomic import temp_output, write_bytes_atomic
 from lmlab.checkpoints.builtin import builtin_weights_dir, is_builtin
 from lmlab.checkpoints.convert import bilm_tf, fastai_awd, hf_bert, hf_gpt, hf_transfo_xl
 from lmlab.checkpoints.files import JSON_CAP, check_tokenizer_files, checked_path, read_json
@@ -132,8 +132,9 @@ def to_hf(model, tokenizer, hf_dir: str | Path) -> Path:
                               f"Hugging Face model into")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f"{SAFETENSORS}.tmp-{os.getpid()}"
-    save_file(state, str(tmp), metadata={"format": "pt"})  # "pt": what transformers checks for
-    os.replace(tmp, out / SAFETENSORS)
+    with temp_output(tmp, str(out / SAFETENSORS)):  # a full disk: one line, no temp file left
+        save_file(state, str(tmp), metadata={"format": "pt"})  # "pt": what transformers checks for
+        os.replace(tmp, out / SAFETENSORS)
     if tokenizer is not None:
         TOKENIZER_TO_HF[kind](tokenizer, out, config)
     write_bytes_atomic(out / CONFIG, json.dumps(config, indent=2, sort_keys=True).encode())

@@ -24,6 +24,7 @@ from lmlab.errors import ConversionError
 from lmlab.models.heads import TaskModel
 from lmlab.models.registry import family_of
 from lmlab.options import option
+from lmlab.paths import DirLock, check_outputs
 
 # What a training run leaves (train/state.py RUN_OUTPUTS less the final model, a model file here).
 RUN_FILES = ("checkpoints", "metrics.jsonl")
@@ -92,13 +93,24 @@ def convert_command(from_hf: str | None, to_hf: str | None, out: str, overwrite:
         if files is not None and len(files) != 2:
             raise ConversionError(f"{flag} takes two files, {names}, got {len(files)}")
     if to_fastai is not None:
-        return _to_fastai(Path(to_fastai), Path(out))
+        with DirLock(out, "convert"):
+            return _to_fastai(Path(to_fastai), Path(out))
     family = next((name for name, files in originals.items() if files is not None), None)
     sources = [Path(p) for p in originals[family]] if family else [Path(from_hf or to_hf)]
     # Both HF layouts call their config file config.json: writing into the source would clobber it.
     if any(Path(out).resolve() == source.resolve() for source in sources):
         raise ConversionError(f"--out {out} is the source dir (or file); write the converted model elsewhere")
-    final = Path(out).resolve() if check_out(Path(out), overwrite) else None
+    if os.path.lexists(out) and not Path(out).is_dir():
+        raise ConversionError(f"{out}: exists and is not a directory; expected a dir to write the model into")
+    with DirLock(out, "convert"):  # one process per --out; checked and written under the lock
+        return _convert_into(from_hf, family, sources, Path(out), overwrite)
+
+
+def _convert_into(from_hf: str | None, family: str | None, sources: list[Path], out: Path,
+                  overwrite: bool) -> int:
+    """family: the family whose original release `sources` are (None: a Hugging Face dir or an lmlab dir)."""
+    check_outputs(out, MODEL_FILES)  # the files written there: regular files or nothing yet
+    final = out.resolve() if check_out(out, overwrite) else None
     target = final.with_name(f"{final.name}.tmp-{os.getpid()}") if final else Path(out)
     try:
         if family is not None:

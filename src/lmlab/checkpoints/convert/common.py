@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from lmlab.checkpoints.sizes import allocating, check_structure, n_stored, on_meta
+from lmlab.checkpoints.sizes import allocating, check_structure, meta_build, n_stored
 from lmlab.errors import ConversionError, LmlabError
 from lmlab.models.registry import build_from_config
 
@@ -55,7 +55,7 @@ def build_loaded(family: str, fields: dict, where: str, read_weights: ReadWeight
     does not fit the weights fails on the meta pass, before any allocation."""
     shapes = read_weights(True)
     check_structure(fields, len(shapes), where, ConversionError)
-    with on_meta():
+    with meta_build(where, ConversionError):
         dry = build(family, fields, where)
     implied = n_stored(dry)
     try:

@@ -34,11 +34,13 @@ from pathlib import Path
 
 import torch
 
+from lmlab.checkpoints.atomic import write_bytes_atomic
 from lmlab.checkpoints.convert.common import copy_into, same_values
 from lmlab.checkpoints.files import checked_path
 from lmlab.checkpoints.sizes import check_finite
 from lmlab.errors import ConversionError
 from lmlab.models.registry import build_from_config
+from lmlab.paths import check_outputs
 from lmlab.tokenizers.fastai_words import FastaiWordTokenizer
 
 VOCAB_CAP = 64 << 20
@@ -187,10 +189,13 @@ def ulmfit_to_fastai(model, tokenizer, out_dir: str | Path) -> Path:
     if out.exists() and not out.is_dir():
         raise ConversionError(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(fastai_state(model), out / WEIGHTS)
+    check_outputs(out, (WEIGHTS, VOCAB))  # regular files or nothing yet, before anything is written
+    buffer = io.BytesIO()
+    torch.save(fastai_state(model), buffer)
+    write_bytes_atomic(out / WEIGHTS, buffer.getvalue())
     if tokenizer is not None:
         tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
         # fastai's filler words for rows no token uses
         tokens += [f"xxfake{i}" for i in range(len(tokens), model.config.vocab_size)]
-        (out / VOCAB).write_bytes(pickle.dumps(tokens, protocol=2))
+        write_bytes_atomic(out / VOCAB, pickle.dumps(tokens, protocol=2))
     return out
