@@ -84,6 +84,32 @@ def test_every_dropout_is_off_in_eval_and_with_multiplier_zero():
     torch.testing.assert_close(a, c, rtol=0, atol=0)
 
 
+def test_each_dropout_site_uses_its_probability_times_the_multiplier(monkeypatch):
+    """Where each of the five probabilities applies (Merity §4: embedding, LSTM input, W_hh of every
+    layer, between layers, output), each times `dropout` (fastai's drop_mult), with the sizes seen."""
+    from lmlab.models import ulmfit as module
+    from lmlab.nn import fused_lstm
+
+    calls = []
+
+    def spy(name, fn, skip=0):  # skip: arguments before the probability (embedding_dropout's weight)
+        def record(x, *args, **kwargs):
+            p, training = args[skip], args[skip + 1]
+            calls.append((name, round(p, 9), tuple(x.shape), training))
+            return fn(x, *args, **kwargs)
+        return record
+
+    monkeypatch.setattr(module, "embedding_dropout", spy("embed", embedding_dropout, skip=1))
+    monkeypatch.setattr(module, "locked_dropout", spy("locked", locked_dropout))
+    monkeypatch.setattr(fused_lstm, "weight_drop", spy("weight", weight_drop))
+    model = lmlab.build("ulmfit", "tiny", dropout=0.5).train()  # 24 -> 48 -> 48 -> 24
+    model(torch.randint(0, 256, (2, 7)))
+    assert calls == [("embed", 0.01, (2, 7), True), ("locked", 0.125, (2, 7, 24), True),
+                     ("weight", 0.1, (192, 48), True), ("locked", 0.075, (2, 7, 48), True),
+                     ("weight", 0.1, (192, 48), True), ("locked", 0.075, (2, 7, 48), True),
+                     ("weight", 0.1, (96, 24), True), ("locked", 0.05, (2, 7, 24), True)]
+
+
 def test_locked_dropout_is_one_mask_per_row_and_feature_for_every_step():
     torch.manual_seed(0)
     x = torch.ones(3, 50, 8)

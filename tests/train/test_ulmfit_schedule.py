@@ -128,6 +128,19 @@ def test_variable_bptt_streams_continue_each_other_and_resume():
     assert all(torch.equal(a, b) for a, b in zip(next(fresh), s.batch(s.step), strict=True))
 
 
+def test_variable_bptt_lengths_follow_merity_s_distribution():
+    """seq_len w.p. 0.95 else seq_len/2, then N(that, 5) truncated to an integer, at least 5: checked on
+    ~20k draws (the tolerances are > 4 standard errors)."""
+    s = VariableBPTTStreams(np.arange(1_400_002), 70, 1, seed=1)
+    lengths = s.lengths(0)[:-1].astype(float)  # the last one takes what is left
+    assert lengths.min() >= 5 and len(lengths) > 19_000
+    short, long = lengths[lengths < 52.5], lengths[lengths >= 52.5]  # the two modes, 7 sd apart
+    assert abs(len(short) / len(lengths) - 0.05) < 0.007
+    assert abs(long.mean() - 69.5) < 0.15 and abs(short.mean() - 34.5) < 0.6  # int() truncates: -0.5
+    assert abs(long.std() - 5) < 0.15 and abs(short.std() - 5) < 0.6
+    assert VariableBPTTStreams(np.arange(400), 6, 1).lengths(0)[:-1].min() == 5  # 6/2 = 3 -> the floor
+
+
 def test_ar_and_tar_are_the_means_of_the_paper():
     h = torch.tensor([[[1.0, 2.0], [3.0, 5.0], [0.0, 1.0]]])
     dropped = torch.tensor([[[0.0, 4.0], [6.0, 0.0], [0.0, 2.0]]])
