@@ -5,13 +5,17 @@
 Every stage is an `lmlab` command (printed before it runs), so this file is also the recipe:
 1. general-domain LM: `lmlab pretrain --model ulmfit` on builtin:ptb (expected in --lm, made by the
    command in docs/ulmfit.md), then its test perplexity with the memory protocol;
-2. target-domain LM fine-tuning (`lmlab finetune --task lm --recipe ulmfit`) on the training texts
-   of the task (labels unused: the paper's semi-supervised setting), new words at the mean embedding;
+2. target-domain LM fine-tuning (`lmlab finetune --task lm --recipe ulmfit`), labels unused (the
+   paper's semi-supervised setting), new words at the mean embedding: on the rotten-tomatoes training
+   snippets alone (rt/lm, 264k tokens), and on those plus the 1,350 polarity training reviews
+   (reviews/lm, 1.3M tokens of movie reviews; IMDb's stage 2 also read 50k unlabelled reviews);
 3. classifier fine-tuning (`lmlab finetune --task classify --recipe ulmfit`, concat pooling) on 100,
-   500 and all labelled rotten-tomatoes snippets, and on the 1,500 polarity reviews (the first 200
-   tokens of each): from scratch (same network, random weights), ULMFiT, ULMFiT without LM
-   fine-tuning; at 100 and 500 labels also ULMFiT with each of STLR (-> cosine), discriminative rates
-   (-> one rate) and gradual unfreezing (-> all layers from the start) ablated. One seed each.
+   500 and all labelled rotten-tomatoes snippets, and on the 1,350 polarity training reviews (the
+   first 200 tokens of each): from scratch (same network, random weights), ULMFiT from each stage-2
+   LM, ULMFiT without LM fine-tuning; at 100 and 500 labels also ULMFiT (review LM) with each of STLR
+   (-> cosine), discriminative rates (-> one rate) and gradual unfreezing (-> all layers from the
+   start) ablated. Three training seeds for the main variants at 100 labels, one elsewhere.
+--sizes picks which rotten-tomatoes sizes run; the tables hold every run whose report exists.
 Every text is first written the way PTB is tokenized (`ptb_style`: lower case, numbers as N,
 punctuation split off), so that the pretrained vocabulary covers the task's words.
 Results: OUT/results.json, OUT/results.md (tables), OUT/lowshot.png (dev error vs labels). A run
@@ -30,17 +34,20 @@ import time
 from pathlib import Path
 
 PY = [sys.executable, "-m", "lmlab"]
-VARIANTS = {  # name -> (classifier backbone: "lm" fine-tuned / "general", extra finetune flags)
+VARIANTS = {  # name -> (classifier backbone: "task"/"reviews" stage-2 LM or "general", extra finetune flags)
     # the paper's baseline: the same network trained on the task alone, every layer at one rate from the
     # start (gradual unfreezing of random layers would leave the classifier on random features)
     "from scratch": ("general", ["--from-scratch", "--no-gradual-unfreezing", "--discriminative", "1"]),
-    "ULMFiT": ("lm", []),
+    "ULMFiT (LM on task text)": ("task", []),
+    "ULMFiT (LM on reviews)": ("reviews", []),
     "ULMFiT, no LM fine-tuning": ("general", []),
-    "- STLR (cosine)": ("lm", ["--schedule", "cosine", "--warmup-ratio", "0"]),
-    "- discriminative": ("lm", ["--discriminative", "1"]),
-    "- gradual unfreezing": ("lm", ["--no-gradual-unfreezing"]),
+    "- STLR (cosine)": ("reviews", ["--schedule", "cosine", "--warmup-ratio", "0"]),
+    "- discriminative": ("reviews", ["--discriminative", "1"]),
+    "- gradual unfreezing": ("reviews", ["--no-gradual-unfreezing"]),
 }
-MAIN = ("from scratch", "ULMFiT", "ULMFiT, no LM fine-tuning")
+MAIN = ("from scratch", "ULMFiT (LM on task text)", "ULMFiT (LM on reviews)", "ULMFiT, no LM fine-tuning")
+# run dirs named before the review LM existed
+DIR_NAMES = {"ULMFiT (LM on task text)": "ULMFiT", "ULMFiT (LM on reviews)": "ULMFiT-reviews"}
 SEEDS = {100: (0, 1, 2)}  # training seeds of the main variants at 100 labels
 
 
@@ -66,6 +73,7 @@ def ptb_style(text: str) -> str:
 def write_subsets(out: Path, source: str, sizes: list[int | None]) -> dict:
     """JSONL files of the first n training examples in a seeded random order, the dev file, and the
     texts for LM fine-tuning; every text PTB-style (ptb_style)."""
+    out.mkdir(parents=True, exist_ok=True)
     from lmlab.data.corpora import read_task_data
 
     def read(split):
@@ -89,38 +97,45 @@ def write_subsets(out: Path, source: str, sizes: list[int | None]) -> dict:
     return {"train": files, "lm_text": str(text), "lm_dev": str(dev_text), "dev": str(dev_file)}
 
 
-def task(out: Path, lm: str, source: str, sizes: list, variants: dict, lm_flags: list,
-         clf_flags: dict) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    files = write_subsets(out, source, sizes)
-    lm_dir = out / "lm"
-    run([*PY, "finetune", lm, "--task", "lm", "--train", files["lm_text"], "--dev", files["lm_dev"], "--out",
-         str(lm_dir), "--recipe", "ulmfit", "--extend-vocab", "20000", "--no-progress", *lm_flags],
-        lm_dir / "report.json")
+def stage2(lm: str, text: str, dev: str, out: Path, flags: list[str]) -> dict:
+    """Target-domain LM fine-tuning of the general LM `lm` on `text` into `out`; its report."""
+    return run([*PY, "finetune", lm, "--task", "lm", "--train", text, "--dev", dev, "--out", str(out),
+                "--recipe", "ulmfit", "--no-progress", *flags], out / "report.json")
+
+
+def classifier_runs(out: Path, backbones: dict, files: dict, plan: list, clf_flags: dict, run_sizes) -> dict:
+    """{size: {variant: row}} for each (size, variant) of `plan`: runs those whose size is in run_sizes,
+    reads the reports of the others where they exist."""
     results = {}
-    order = [(n, name) for n in sizes for name in variants[n] if name in MAIN]
-    order += [(n, name) for n in sizes for name in variants[n] if name not in MAIN]  # ablations last
-    for n, name in order:
+    for n, name in plan:
         base, flags = VARIANTS[name]
-        backbone = str(lm_dir) if base == "lm" else lm
-        extend = [] if base == "lm" else ["--extend-vocab", "20000"]  # the same vocabulary for all
+        if backbones.get(base) is None:
+            continue
+        extend = [] if base != "general" else ["--extend-vocab", "20000"]  # the task's words, as stage 2
         reports = []
         for seed in SEEDS.get(n, (0,)) if name in MAIN else (0,):
-            run_dir = out / (f"clf-{n or 'all'}-{name.replace(' ', '_').replace(',', '')}"
-                             + (f"-s{seed}" if seed else ""))
-            cmd = [*PY, "finetune", backbone, "--task", "classify", "--train", files["train"][n], "--dev",
-                   files["dev"], "--out", str(run_dir), "--recipe", "ulmfit", "--seed", str(seed),
+            label = DIR_NAMES.get(name, name).replace(" ", "_").replace(",", "")
+            run_dir = out / (f"clf-{n or 'all'}-{label}" + (f"-s{seed}" if seed else ""))
+            cmd = [*PY, "finetune", backbones[base], "--task", "classify", "--train", files["train"][n],
+                   "--dev", files["dev"], "--out", str(run_dir), "--recipe", "ulmfit", "--seed", str(seed),
                    "--no-progress", *extend, *clf_flags.get(n, clf_flags[None]), *flags]
-            reports.append(run(cmd, run_dir / "report.json"))
+            done = run_dir / "report.json"
+            if n in run_sizes or done.exists():
+                reports.append(run(cmd, done))
+        if not reports:
+            continue
         errors = [round(1 - r["dev_metrics"]["accuracy"], 4) for r in reports]
         row = {"error": round(sum(errors) / len(errors), 4), "errors": errors,
                "mcc": round(sum(r["dev_metrics"]["mcc"] for r in reports) / len(reports), 4),
                **{k: reports[0][k] for k in ("n_train", "steps", "wall_s")}}
         results.setdefault(str(n or "all"), {})[name] = row
-        print(f"  {source} n={n or 'all'} {name}: error {row['error']:.3f} {errors}", flush=True)
-    lm_report = json.loads((lm_dir / "report.json").read_text())
-    return {"lm_finetune": {k: lm_report[k] for k in ("train_tokens", "new_words", "steps", "dev_metrics")},
-            "classifier": results}
+        print(f"  n={n or 'all'} {name}: error {row['error']:.3f} {errors}", flush=True)
+    return results
+
+
+def lm_summary(report: dict | None) -> dict | None:
+    keys = ("train", "train_tokens", "new_words", "steps", "dev_metrics", "wall_s")
+    return None if report is None else {k: report[k] for k in keys}
 
 
 def test_perplexity(lm: str, out: Path) -> dict:
@@ -163,10 +178,11 @@ def plot(results: dict, path: Path) -> None:
 
     r = results["tasks"]["rotten-tomatoes"]["classifier"]
     sizes = list(r)
-    x = [r[s]["ULMFiT"]["n_train"] for s in sizes]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name in MAIN:
-        ax.plot(x, [r[s][name]["error"] for s in sizes], marker="o", label=name)
+        have = [s for s in sizes if name in r[s]]
+        ax.plot([r[s][name]["n_train"] for s in have], [r[s][name]["error"] for s in have], marker="o",
+                label=name)
     ax.set_xscale("log")
     ax.set_xlabel("labelled training examples (rotten-tomatoes)")
     ax.set_ylabel("dev error")
@@ -182,34 +198,61 @@ def main() -> int:
     parser.add_argument("--out", default="runs/ulmfit-exp")
     parser.add_argument("--lm", default="runs/ptb-lm", help="the pretrained general-domain LM dir")
     parser.add_argument("--only", choices=("rt", "polarity"))
+    parser.add_argument("--sizes", default="100,500,all", help="rotten-tomatoes label counts to run")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"lm": args.lm, "ptb_test": test_perplexity(args.lm, out), "tasks": {}}
-    path = out / "results.json"
-    if path.exists():
-        results["tasks"] = json.loads(path.read_text()).get("tasks", {})
+    run_sizes = {None if s == "all" else int(s) for s in args.sizes.split(",")}
+    results = {"lm": args.lm, "ptb_test": test_perplexity(args.lm, out), "tasks": {}, "stage2": {}}
     # dev metrics and a checkpoint at the end only (--eval-every/--save-every past the last step)
     common = ["--bptt", "70", "--batch-size", "32", "--eval-every", "100000", "--save-every", "100000"]
+    rt = write_subsets(out / "rt", "rotten-tomatoes", [100, 500, None])
+    pol = write_subsets(out / "polarity", "polarity", [None])
+    # stage 2 on the rotten-tomatoes snippets alone, and on every training review of both tasks
+    task_lm = stage2(args.lm, rt["lm_text"], rt["lm_dev"], out / "rt" / "lm",
+                     ["--extend-vocab", "20000", "--epochs", "3", "--batch-size", "32", "--bptt", "70"])
+    reviews = out / "reviews" / "lm.txt"
+    reviews.parent.mkdir(parents=True, exist_ok=True)
+    reviews.write_text(Path(rt["lm_text"]).read_text() + Path(pol["lm_text"]).read_text(), encoding="utf-8")
+    reviews_lm = stage2(args.lm, str(reviews), rt["lm_dev"], out / "reviews" / "lm",
+                        ["--extend-vocab", "8000", "--epochs", "1", "--batch-size", "32", "--bptt", "70",
+                         "--log-every", "20"])
+    results["stage2"] = {"rt": lm_summary(task_lm), "reviews": lm_summary(reviews_lm)}
     if args.only in (None, "rt"):
-        results["tasks"]["rotten-tomatoes"] = task(
-            out / "rt", args.lm, "rotten-tomatoes", [100, 500, None],
-            {100: list(VARIANTS), 500: list(VARIANTS), None: list(MAIN)},  # ablations: the low-shot sizes
-            ["--epochs", "3", "--batch-size", "32", "--bptt", "70"],
-            {100: [*common, "--epochs", "16", "--batch-size", "16"], 500: [*common, "--epochs", "10"],
-             None: [*common, "--epochs", "5", "--batch-size", "64"]})
-        path.write_text(json.dumps(results, indent=1))
+        sizes = [100, 500, None]
+        plan = [(n, v) for n in sizes for v in VARIANTS if v in MAIN]
+        plan += [(n, v) for n in (100, 500) for v in VARIANTS if v not in MAIN]  # ablations last
+        flags = {100: [*common, "--epochs", "16", "--batch-size", "16"], 500: [*common, "--epochs", "10"],
+                 None: [*common, "--epochs", "5", "--batch-size", "64"]}
+        backbones = {"general": args.lm, "task": str(out / "rt" / "lm"),
+                     "reviews": str(out / "reviews" / "lm")}
+        clf = classifier_runs(out / "rt", backbones, rt, plan, flags, run_sizes)
+        results["tasks"]["rotten-tomatoes"] = {"classifier": clf}
+        save_results(out, results, "rotten-tomatoes")
     if args.only in (None, "polarity"):
-        results["tasks"]["polarity"] = task(
-            out / "polarity", args.lm, "polarity", [None], {None: list(MAIN)},
-            ["--steps", "100", "--batch-size", "32", "--bptt", "70"],
-            {None: [*common, "--epochs", "3", "--max-len", "200", "--truncate", "--pool-len", "140"]})
-        path.write_text(json.dumps(results, indent=1))
+        # the review LM read polarity's training reviews: it is polarity's own stage 2
+        plan = [(None, v) for v in ("from scratch", "ULMFiT (LM on reviews)", "ULMFiT, no LM fine-tuning")]
+        clf = classifier_runs(out / "polarity", {"general": args.lm, "reviews": str(out / "reviews" / "lm")},
+                              pol, plan, {None: [*common, "--epochs", "3", "--max-len", "200", "--truncate",
+                                                 "--pool-len", "140"]}, {None})
+        results["tasks"]["polarity"] = {"classifier": clf}
+        save_results(out, results, "polarity")
+    results = json.loads((out / "results.json").read_text())
     (out / "results.md").write_text(tables(results))
-    if "rotten-tomatoes" in results["tasks"]:
+    if results["tasks"].get("rotten-tomatoes", {}).get("classifier"):
         plot(results, out / "lowshot.png")
     print(tables(results))
     return 0
+
+
+def save_results(out: Path, results: dict, source: str) -> None:
+    """results.json with this task's tables replaced, the other tasks' kept as the file has them (two
+    runs of this script, --only rt and --only polarity, may write it)."""
+    path = out / "results.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    merged = {**old, **{k: v for k, v in results.items() if k != "tasks"},
+              "tasks": {**old.get("tasks", {}), source: results["tasks"][source]}}
+    path.write_text(json.dumps(merged, indent=1))
 
 
 if __name__ == "__main__":

@@ -101,3 +101,14 @@ def test_bptt_longer_than_the_target_text_is_one_line(ulmfit_dir, tmp_path, caps
                  "--out", str(tmp_path / "o"), "--bptt", "70", "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "fewer than seq_len + 1 = 71" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("task, features", [("tag", False), ("classify", True)])
+def test_extend_vocab_outside_classify_and_lm_is_one_line(ulmfit_dir, task_files, tmp_path, capsys, task,
+                                                          features):
+    args = ["finetune", str(ulmfit_dir), "--task", task, "--train", task_files["train"], "--dev",
+            task_files["dev"], "--out", str(tmp_path / "o"), "--extend-vocab", "5", "--device", "cpu"]
+    code = main(args + (["--features"] if features else []))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--extend-vocab applies to tasks classify and lm" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
