@@ -81,11 +81,19 @@ def test_lm_fine_tuning_puts_the_tied_embedding_on_top():
     assert lmlab.build("ulmfit", "tiny").layer_groups()[0][0].shape == (256, 24)  # other models unchanged
 
 
-def test_the_ulmfit_recipe_fine_tunes_gpt_too(tiny_gpt_dir, task_files, tmp_path):
-    report = finetune(tiny_gpt_dir, "classify", task_files["train"], task_files["dev"], tmp_path / "g",
-                      recipe="ulmfit", gradual_unfreezing=False, epochs=1, batch_size=32, device="cpu",
-                      progress=False)
-    assert report["schedule"] == "stlr" and report["discriminative"] == 2.6 and report["unfreeze_every"] == 0
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_the_ulmfit_recipe_fine_tunes_gpt_and_bert_too(family, tiny_gpt_dir, tiny_model_dir, task_files, tmp_path):
+    from lmlab.tokenizers.wordpiece import WordPieceTokenizer
+
+    pieces = WordPieceTokenizer.train([" ".join(FILLER + ["good", "bad"])] * 2, vocab_size=60)
+    model_dir = tiny_gpt_dir if family == "gpt2" else tiny_model_dir("bert", pieces)
+    report = finetune(model_dir, "classify", task_files["train"], task_files["dev"], tmp_path / "g",
+                      recipe="ulmfit", epochs=2, batch_size=32, device="cpu", progress=False)
+    assert report["schedule"] == "stlr" and report["discriminative"] == 2.6
+    assert report["unfreeze_every"] == 256 // 32 and report["lr"] == 0.01
+    model, _ = lmlab.load(tmp_path / "g")
+    groups = model.layer_groups()
+    assert len(groups) >= 3 and groups[-1] == list(model.head.parameters())  # the head on top
 
 
 def test_a_document_without_tokens_is_one_line(ulmfit_dir, jsonl, tmp_path, capsys):
