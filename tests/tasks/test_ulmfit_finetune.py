@@ -82,7 +82,8 @@ def test_lm_fine_tuning_puts_the_tied_embedding_on_top():
 
 
 @pytest.mark.parametrize("family", ["gpt2", "bert"])
-def test_the_ulmfit_recipe_fine_tunes_gpt_and_bert_too(family, tiny_gpt_dir, tiny_model_dir, task_files, tmp_path):
+def test_the_ulmfit_recipe_fine_tunes_gpt_and_bert_too(family, tiny_gpt_dir, tiny_model_dir, task_files,
+                                                       tmp_path):
     from lmlab.tokenizers.wordpiece import WordPieceTokenizer
 
     pieces = WordPieceTokenizer.train([" ".join(FILLER + ["good", "bad"])] * 2, vocab_size=60)
