@@ -170,7 +170,7 @@ def tables(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, majority: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,6 +183,8 @@ def plot(results: dict, path: Path) -> None:
         have = [s for s in sizes if name in r[s]]
         ax.plot([r[s][name]["n_train"] for s in have], [r[s][name]["error"] for s in have], marker="o",
                 label=name)
+    if majority is not None:
+        ax.axhline(majority, color="grey", linestyle="--", linewidth=1, label="majority class")
     ax.set_xscale("log")
     ax.set_xlabel("labelled training examples (rotten-tomatoes)")
     ax.set_ylabel("dev error")
@@ -198,11 +200,12 @@ def main() -> int:
     parser.add_argument("--out", default="runs/ulmfit-exp")
     parser.add_argument("--lm", default="runs/ptb-lm", help="the pretrained general-domain LM dir")
     parser.add_argument("--only", choices=("rt", "polarity"))
-    parser.add_argument("--sizes", default="100,500,all", help="rotten-tomatoes label counts to run")
+    parser.add_argument("--sizes", default="100,500,all",
+                        help="rotten-tomatoes label counts to run (none: only tabulate the runs there are)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run_sizes = {None if s == "all" else int(s) for s in args.sizes.split(",")}
+    run_sizes = {None if s == "all" else int(s) for s in args.sizes.split(",") if s != "none"}
     results = {"lm": args.lm, "ptb_test": test_perplexity(args.lm, out), "tasks": {}, "stage2": {}}
     # dev metrics and a checkpoint at the end only (--eval-every/--save-every past the last step)
     common = ["--bptt", "70", "--batch-size", "32", "--eval-every", "100000", "--save-every", "100000"]
@@ -240,7 +243,8 @@ def main() -> int:
     results = json.loads((out / "results.json").read_text())
     (out / "results.md").write_text(tables(results))
     if results["tasks"].get("rotten-tomatoes", {}).get("classifier"):
-        plot(results, out / "lowshot.png")
+        labels = [json.loads(line)["label"] for line in Path(rt["dev"]).read_text().splitlines()]
+        plot(results, out / "lowshot.png", 1 - max(labels.count(x) for x in set(labels)) / len(labels))
     print(tables(results))
     return 0
 
