@@ -11,7 +11,13 @@ PYTEST_ARGS ?=
 ORACLE_VENV := .venv-oracle
 ORACLE_PY := $(ORACLE_VENV)/bin/python
 
-.PHONY: setup oracle data browser test demo bench faults clean
+# ULMFiT's oracle and benchmark peer, fastai, in its own venv: a plain `pip install fastai` would replace
+# torch with another build, so fastai goes in with --no-deps after torch, plus what fastai.text imports.
+# Not needed by `make test` (the goldens it made are committed): docs/ulmfit.md.
+FASTAI_VENV := .venv-fastai
+FASTAI_PY := $(FASTAI_VENV)/bin/python
+
+.PHONY: setup oracle fastai data browser test demo bench faults clean
 
 setup: $(VENV)/.stamp
 
@@ -31,6 +37,17 @@ $(ORACLE_VENV)/.stamp:
 	test -x $(ORACLE_PY) || $(PYTHON) -m venv $(ORACLE_VENV)
 	{ $(ORACLE_PY) -c "import torch" 2>/dev/null || $(ORACLE_PY) -m pip install -q "$(TORCH)"; } && \
 	  $(ORACLE_PY) -m pip install -q "transformers==4.44.2" || { rm -rf $(ORACLE_VENV); exit 1; }
+	touch $@
+
+fastai: $(FASTAI_VENV)/.stamp
+
+$(FASTAI_VENV)/.stamp:
+	test -x $(FASTAI_PY) || $(PYTHON) -m venv $(FASTAI_VENV)
+	{ $(FASTAI_PY) -c "import torch" 2>/dev/null || $(FASTAI_PY) -m pip install -q "$(TORCH)"; } && \
+	  $(FASTAI_PY) -m pip install -q --no-deps "fastai==2.8.12" tokenizers tqdm && \
+	  $(FASTAI_PY) -m pip install -q fastcore fastdownload fastprogress fasttransform plum-dispatch pandas \
+	    pillow pyyaml requests cloudpickle packaging matplotlib scikit-learn scipy safetensors numpy \
+	  || { rm -rf $(FASTAI_VENV); exit 1; }
 	touch $@
 
 # test and bench try to build the oracle venv but go on without it (transformers 4.44 needs the
@@ -95,4 +112,4 @@ faults: setup
 	$(PY) benchmarks/faults.py $(FAULTS_ARGS)
 
 clean:
-	rm -rf $(VENV) $(ORACLE_VENV) runs .cache .pytest_cache
+	rm -rf $(VENV) $(ORACLE_VENV) $(FASTAI_VENV) runs .cache .pytest_cache

@@ -42,7 +42,7 @@ def test_choices_come_from_the_registries(register_family, capsys):
     assert "my-family" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
-    assert "{classify,pair,choice,tag,qa}" in capsys.readouterr().out
+    assert "{classify,pair,choice,tag,qa,lm}" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")

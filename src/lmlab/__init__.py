@@ -6,6 +6,7 @@ load on first use.
     lmlab.build(family, preset, **fields)          lmlab.load(dir) / lmlab.save(model, tok, dir)
     lmlab.from_hf(dir) / lmlab.to_hf(model, tok, dir)
     lmlab.from_original(family, *files)             original releases (ELMo: options.json, weights.hdf5)
+    lmlab.to_original(model, tok, dir)              back to the original layout (ulmfit: fastai's files)
     lmlab.generate(model, ids, ...) / lmlab.stream(...)
     lmlab.embed(model, tokenizer, sentences)        lmlab.eval.span_f1, lmlab.eval.squad_scores
 """
@@ -24,6 +25,7 @@ _NAMES = {
     "from_hf": ("lmlab.checkpoints.convert", "from_hf"),
     "to_hf": ("lmlab.checkpoints.convert", "to_hf"),
     "from_original": ("lmlab.checkpoints.convert", "from_original"),
+    "to_original": ("lmlab.checkpoints.convert", "to_original"),
     "generate": ("lmlab.generate.loop", "generate"),
     "stream": ("lmlab.generate.loop", "stream"),
     "embed": ("lmlab.eval.embed", "embed"),

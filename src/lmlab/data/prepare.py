@@ -34,8 +34,9 @@ DEFAULT_BPE_VOCAB = 8192
 # The smallest --vocab-size each tokenizer kind can train (see its `train`): words need <unk> and
 # <eos>, byte_bpe the 256 bytes and <|endoftext|>, wordpiece its 5 specials and one more id,
 # word_chars (ELMo's words + characters) <S>, </S> and <unk>, parallel_words (CoVe's target words) its
-# 4 specials and one word.
-MIN_VOCAB = {"words": 2, "chars": None, "byte_bpe": 257, "wordpiece": 6, "word_chars": 3, "parallel_words": 5}
+# 4 specials and one word, fastai_words fastai's 9 specials.
+MIN_VOCAB = {"words": 2, "chars": None, "byte_bpe": 257, "wordpiece": 6, "word_chars": 3, "parallel_words": 5,
+             "fastai_words": 9}
 _BATCH_CHARS = 1 << 20  # encode about 1M characters per call: bounded memory, a live progress bar
 # Long documents are cut only where every tokenizer here (characters, whitespace words, BERT's
 # whitespace/punctuation split, GPT-2's pre-tokenizer regex) starts a new piece whatever came
@@ -117,6 +118,10 @@ def build_tokenizer_for(source: str, kind: str | None = None, vocab_size: int | 
         from lmlab.tokenizers.words import WordTokenizer
 
         return WordTokenizer.train(docs, max_size=vocab_size)
+    if kind == "fastai_words":  # the words after fastai's rules (ULMFiT)
+        from lmlab.tokenizers.fastai_words import FastaiWordTokenizer
+
+        return FastaiWordTokenizer.train(docs, max_size=vocab_size)
     if kind == "chars":
         from lmlab.tokenizers.chars import CharTokenizer
 

@@ -12,6 +12,7 @@ per token.
   "batchify" of AWD-LSTM / Transformer-XL), for models that carry state across batches.
 - BidirectionalStreams: the same streams for a forward LM and, from the reversed stream, for a
   backward LM (ELMo).
+- VariableBPTTStreams: the same streams read a random length at a time (AWD-LSTM, ULMFiT).
 - SequentialWindows: evaluation windows that score every target exactly once, non-overlapping
   (stride = seq_len) or sliding (stride < seq_len, each window keeps seq_len - stride of context).
 """
@@ -240,3 +241,64 @@ class SequentialWindows:
             x, y = _xy(_gather(tokens, starts, self.width + 1))
             mask = torch.from_numpy(cols >= (self.width - scored)[:, None])  # (b, width) bool
             yield x, y, mask
+
+
+class VariableBPTTStreams(Stepper):
+    """ContiguousStreams with a new length every step: AWD-LSTM's variable-length backpropagation
+    through time (Merity et al. 2017, §4.4), so that over the epochs every token is the start of a
+    segment, not only every seq_len-th one.
+
+    Each batch's length is seq_len with probability 0.95, else seq_len / 2, then drawn from
+    N(that, 5), at least min(5, seq_len) (Merity's code); the last batch of an epoch takes what is
+    left of the streams. The lengths of epoch e come from a generator keyed by (seed, e), so batch
+    `step` is still a pure function of (seed, step): its state is the step, resume is exact. Merity
+    also scales the learning rate by length / seq_len (for SGD); with Adam a loss scale changes
+    nothing, so it is not done here. `reset_state` is True for the first batch of every epoch.
+    """
+
+    kind = "variable_bptt_streams"
+
+    def __init__(self, shard, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        _check(shard, seq_len, batch_size, rank, world_size)
+        self.shard, self.seq_len, self.batch_size = shard, int(seq_len), int(batch_size)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.stream_len = len(_tokens(shard)) // self.batch_size
+        if self.stream_len - 1 < self.seq_len:
+            raise DataError(f"{_where(shard)} has {len(_tokens(shard))} tokens: too few for "
+                            f"{self.batch_size} streams of seq_len + 1 = {self.seq_len + 1} tokens")
+        self.step, self.reset_state = 0, True
+        self._epochs: list[np.ndarray] = []  # lengths of the epochs seen so far, in order
+
+    def lengths(self, epoch: int) -> np.ndarray:
+        """The batch lengths of `epoch`, summing to stream_len - 1."""
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, int(epoch)])))
+        left, out, floor = self.stream_len - 1, [], min(5, self.seq_len)
+        while left > 0:
+            base = self.seq_len if rng.random() < 0.95 else self.seq_len / 2
+            n = min(left, max(floor, int(rng.normal(base, 5))))
+            out.append(n)
+            left -= n
+        return np.array(out, dtype=np.int64)
+
+    def locate(self, step: int) -> tuple[int, int, int, int]:
+        """(epoch, index in the epoch, offset in the streams, length) of batch `step`."""
+        epoch, first = 0, 0
+        while True:
+            if epoch == len(self._epochs):
+                self._epochs.append(self.lengths(epoch))
+            lengths = self._epochs[epoch]
+            if step < first + len(lengths):
+                i = step - first
+                return epoch, i, int(lengths[:i].sum()), int(lengths[i])
+            first += len(lengths)
+            epoch += 1
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        _, _, offset, length = self.locate(step)
+        starts = np.arange(self.batch_size, dtype=np.int64)[self._rows()] * self.stream_len + offset
+        return _xy(_gather(_tokens(self.shard), starts, length + 1))
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.reset_state = self.locate(self.step)[1] == 0
+        return super().__next__()

@@ -9,6 +9,14 @@ Readers (how a head reads the network; a family declares the ones it supports, s
   position that has seen the whole input; inputs `<start> a (<delim> b) <extract>`. The fine-tuning
   loss adds λ·L_LM over the task input (§3.2), so a TaskModel with `lm_coef > 0` asks its backbone
   for the per-token LM loss of the input (`TaskOutput.lm_nll`).
+- `concat_pool` (ULMFiT §3.3): a recurrent backbone reads the document in chunks of `bptt` tokens,
+  each continuing the state the last one left; the head sees [h_T; maxpool(H); meanpool(H)] over the
+  last `pool_len` tokens of each document (`concat_pool_read`), then two blocks of batch norm,
+  dropout and a linear layer (ReLU between). Only chunks that hold pooled positions keep a graph
+  for the backward pass; the ones before run without gradients and only pass their state on
+  (fastai's MultiBatchEncoder / SentenceEncoder). Within the pooled chunks the state is not
+  detached: gradients reach every chunk whose states contributed to the prediction (the paper's
+  "BPT3C"; fastai detaches at every chunk).
 - `scalar_mix` (ELMo §3.3): the network stays frozen (no gradient, not in the optimizer, eval mode, run
   under no_grad) and a task model reads a learned mix of all its layers per word, beside fixed word
   vectors (`lmlab.models.feature_heads`). The backbone may be None: word vectors alone.
@@ -20,6 +28,7 @@ Token-level heads (tag, qa) read every position's last-layer state, whatever the
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +41,8 @@ from lmlab.nn.layers import parameter_groups
 from lmlab.nn.lm_loss import IGNORE_INDEX
 
 TASK_NAMES = ("classify", "pair", "tag", "qa", "choice")
-TASK_READERS = ("pooled_cls", "extract_token", "scalar_mix", "directions")  # the readers task heads implement
+# the readers task heads implement
+TASK_READERS = ("pooled_cls", "extract_token", "concat_pool", "scalar_mix", "directions")
 _LEGACY_ARCH = {"encoder": "pooled_cls", "decoder": "extract_token"}  # TaskSpec.arch before readers
 
 
@@ -79,6 +89,8 @@ class TaskSpec:
         need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout!r}")
         need(not (self.regression and self.labels), "a regression task has no labels")
         need(all(isinstance(x, str) for x in self.labels), "labels must be strings")
+        need(self.reader != "concat_pool" or self.name == "classify",
+             f"the concat_pool reader reads single documents: task classify only, not {self.name!r}")
         if self.reader == "extract_token" and self.name not in ("tag", "qa"):
             need(None not in (self.start_id, self.extract_id),
                  "the extract_token reader needs start_id and extract_id (lmlab.tasks.base.add_task_tokens)")
@@ -172,7 +184,11 @@ class TaskModel(nn.Module):
             kwargs["token_type_ids"] = rows(token_type_ids)
         if self.spec.reader == "extract_token" and self.spec.lm_coef > 0:
             kwargs["targets"] = next_token_targets(ids, mask)
-        out = self.backbone(ids, **kwargs)
+        if self.spec.reader == "concat_pool":
+            out = concat_pool_read(self.backbone, ids, mask, self.spec.extra.get("bptt", BPTT),
+                                   self.spec.extra.get("pool_len", POOL_LEN))
+        else:
+            out = self.backbone(ids, **kwargs)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "token_type_ids": token_type_ids, **batch}
         result = self.head(out, batch)
@@ -209,6 +225,43 @@ def next_token_targets(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Te
 # ---------------------------------------------------------------- what heads read
 
 
+BPTT, POOL_LEN = 70, 1400  # ULMFiT's chunk length; fastai's max_len = 20 chunks pooled
+
+
+@dataclass
+class PooledOutput(ModelOutput):
+    """concat_pool: `pooled` (B, 3D) = [h_T; maxpool(H); meanpool(H)] per document."""
+
+    pooled: torch.Tensor | None = None
+
+
+def concat_pool_read(backbone: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, bptt: int,
+                     pool_len: int) -> PooledOutput:
+    """Read right-padded documents ids (B, T) in chunks of `bptt`, carrying the backbone's state, and
+    concat-pool the last layer over each document's last `pool_len` tokens (see the module docstring).
+    .hidden holds the pooled chunks' states (B, T', D); .pooled the (B, 3D) features."""
+    B, T = ids.shape
+    lengths = mask.sum(1) if mask is not None else torch.full((B,), T, device=ids.device)
+    first_pooled = (lengths - pool_len).clamp(min=0)  # (B,)
+    state, kept, start = None, [], None
+    for i in range(0, T, bptt):
+        j = min(i + bptt, T)
+        if start is None and bool(((first_pooled < j) & (lengths > i)).any()):
+            start = i  # the first chunk holding a pooled position: keep the graph from here on
+        with contextlib.nullcontext() if start is not None else torch.no_grad():
+            out = backbone(ids[:, i:j], state=state)
+        state = out.state
+        if start is not None:
+            kept.append(out.hidden)
+    H = torch.cat(kept, 1)  # (B, T - start, D)
+    pos = torch.arange(start, T, device=ids.device)[None, :]  # (1, T')
+    pooled_mask = (pos >= first_pooled[:, None]) & (pos < lengths[:, None])  # (B, T')
+    last = H[torch.arange(B, device=H.device), lengths - 1 - start]  # (B, D): h_T
+    max_pool = H.masked_fill(~pooled_mask[..., None], float("-inf")).amax(1)
+    mean_pool = (H * pooled_mask[..., None]).sum(1) / pooled_mask.sum(1, keepdim=True).clamp(min=1)
+    return PooledOutput(hidden=H, pooled=torch.cat([last, max_pool, mean_pool], -1))  # (B, 3D)
+
+
 def extract_positions(input_ids: torch.Tensor, extract_id: int | None,
                       given: torch.Tensor | None = None) -> torch.Tensor:
     """(B',) index of the <extract> token of each (flattened) row: `given` when the batch has it,
@@ -229,6 +282,8 @@ def sequence_state(out: ModelOutput, batch: dict, spec: TaskSpec) -> torch.Tenso
     pooled_cls: the pooled [CLS] state (the first position's last-layer state without a pooler).
     extract_token: the last layer's state at <extract>.
     """
+    if spec.reader == "concat_pool":
+        return out.pooled
     if spec.reader == "pooled_cls":
         return out.pooled if out.pooled is not None else out.hidden[:, 0]
     index = extract_positions(batch["input_ids"], spec.extract_id, batch.get("extract_index"))
@@ -262,6 +317,28 @@ class SequenceHead(nn.Module):
         if ids.dim() == 3:  # (B, 2, T): GPT's similarity input, h_(a,b) + h_(b,a)
             h = h.view(ids.shape[0], ids.shape[1], -1).sum(1)
         return TaskOutput(logits=self.linear(self.drop(h)))  # (B, n_labels) or (B, 1)
+
+
+class ConcatPoolHead(nn.Module):
+    """classify with concat_pool (ULMFiT §3.3): [h_T; max; mean] (3D) -> BN, dropout, linear (hidden
+    units, 50 in fastai) -> ReLU -> BN, dropout 0.1, linear -> the labels. The linear layers after a
+    batch norm have no bias (fastai's LinBnDrop)."""
+
+    def __init__(self, d_model: int, spec: TaskSpec, hidden: int = 50):
+        super().__init__()
+        self.spec = spec
+        self.layers = nn.Sequential(
+            nn.BatchNorm1d(3 * d_model), nn.Dropout(spec.dropout), nn.Linear(3 * d_model, hidden, bias=False),
+            nn.ReLU(), nn.BatchNorm1d(hidden), nn.Dropout(0.1), nn.Linear(hidden, spec.n_outputs, bias=False))
+
+    def forward(self, out: ModelOutput, batch: dict) -> TaskOutput:
+        return TaskOutput(logits=self.layers(sequence_state(out, batch, self.spec)))  # (B, n_labels)
+
+
+def sequence_head(backbone: nn.Module, spec: TaskSpec) -> nn.Module:
+    if spec.reader == "concat_pool":
+        return ConcatPoolHead(backbone.config.d_model, spec, spec.extra.get("head_hidden", 50))
+    return SequenceHead(backbone.config.d_model, spec)
 
 
 class ChoiceHead(nn.Module):
@@ -316,8 +393,8 @@ class QAHead(nn.Module):
 # Task name -> head builder (backbone, spec) -> nn.Module: what `lmlab.load` needs to rebuild a
 # saved TaskModel. A literal dict: no import-time registration.
 HEADS = {
-    "classify": lambda backbone, spec: SequenceHead(backbone.config.d_model, spec),
-    "pair": lambda backbone, spec: SequenceHead(backbone.config.d_model, spec),
+    "classify": sequence_head,
+    "pair": sequence_head,
     "choice": lambda backbone, spec: ChoiceHead(backbone.config.d_model, spec),
     "tag": lambda backbone, spec: TagHead(backbone.config.d_model, len(spec.labels), spec.dropout),
     "qa": lambda backbone, spec: QAHead(backbone.config.d_model),

@@ -25,6 +25,7 @@ class CausalLMOutput(ModelOutput):
 
     nll: torch.Tensor | None = None  # (B, T) when forward got targets (then logits stay None)
     state: object | None = None  # KV cache, memory or recurrent state after this call
+    hidden_dropped: torch.Tensor | None = None  # AWD-LSTM: `hidden` after the output dropout (AR reads it)
 
 
 @dataclass

@@ -32,7 +32,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lmlab.errors import ConfigError
-from lmlab.models import bert, char_transformer, cove, cvt, elmo, gpt, music, transformer_xl
+from lmlab.models import bert, char_transformer, cove, cvt, elmo, gpt, music, transformer_xl, ulmfit
 from lmlab.models.config import config_from_dict
 
 KINDS = ("causal_lm", "masked_lm", "bilm", "seq2seq", "tagger")
@@ -127,9 +127,17 @@ FAMILIES: dict[str, Family] = {
                                    oracle="bilm-tf TensorFlow outputs on the released weights",
                                    transfer={"features": True, "word_vectors": "builtin:glove-6b-50d",
                                              "lowercase": True})),
-    # Source words in (fixed word vectors), target words out; features from the encoder. Not in `zoo
-    # --run` yet (corpus and transfer None): its pretraining reads parallel text and the tiny preset's
-    # 8-d vectors are not GloVe's; docs/cove.md has the measured run.
+    # Source words in (fixed word vectors), target words out; features from the encoder.
+    "ulmfit": Family(ulmfit.ULMFiTConfig, ulmfit.ULMFiT, ulmfit.PRESETS, kind="causal_lm", state="rnn",
+                     paper="Howard & Ruder 2018", tokenizer="words", readers=("concat_pool",),
+                     lineage=Lineage("AWD-LSTM (3-layer LSTM, weight-dropped, regularised)",
+                                     "unsupervised: left-to-right LM, then LM fine-tuning on the task's text",
+                                     "model-based", "task-agnostic",
+                                     "all layers; discriminative rates, slanted triangular lr, gradual "
+                                     "unfreezing",
+                                     weights=("fastai AWD-LSTM lm .pth + itos (convert --from-fastai)",),
+                                     oracle="fastai 2.8 AWD_LSTM on the same weights",
+                                     transfer={"recipe": "ulmfit"})),
     "cove": Family(cove.CoVeConfig, cove.CoVe, cove.PRESETS, kind="seq2seq", state="rnn",
                    paper="McCann et al. 2017", tokenizer="parallel_words", readers=("scalar_mix",),
                    lineage=Lineage("two-layer biLSTM (MT-LSTM) over fixed GloVe + attentional LSTM decoder",

@@ -12,6 +12,8 @@ has no auxiliary loss.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import nn
 
@@ -43,6 +45,25 @@ def add_task_tokens(backbone: nn.Module, tokenizer) -> dict[str, int]:
     backbone.init_token_rows([tokenizer.token_to_id(t) for t in new],
                              max(tokenizer.vocab_size, backbone.config.vocab_size))
     return {"start_id": start, "delim_id": delim, "extract_id": extract}
+
+
+WORD_TOKENIZERS = ("words", "fastai_words")  # the tokenizers whose vocabulary is a list of words
+
+
+def add_target_words(backbone: nn.Module, tokenizer, texts: list[str], most: int, min_count: int = 2) -> int:
+    """ULMFiT's target-domain vocabulary: add up to `most` words of `texts` seen at least `min_count`
+    times that the (words) tokenizer lacks, most frequent first; the model grows its tied table and
+    starts the new rows as its family does (ULMFiT: the mean embedding). Returns how many were added."""
+    if not most:
+        return 0
+    if tokenizer.kind not in WORD_TOKENIZERS:
+        raise ConfigError(f"--extend-vocab needs a words tokenizer ({', '.join(WORD_TOKENIZERS)}); this "
+                          f"model's is {tokenizer.kind}")
+    counts = Counter(w for text in texts for w in tokenizer.words(text) if tokenizer.token_to_id(w) is None)
+    new = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count][:most]
+    ids = tokenizer.add_words(new)
+    backbone.init_token_rows(ids, max(tokenizer.vocab_size, backbone.config.vocab_size))
+    return len(ids)
 
 
 def lm_aux_loss(out: TaskOutput, batch: dict) -> torch.Tensor:

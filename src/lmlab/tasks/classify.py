@@ -275,7 +275,15 @@ def encode_pairs(pairs: list[tuple[str, str | None]], wheres: list[str], tokeniz
                  truncate: bool) -> list[dict]:
     """{"input_ids" (+ "token_type_ids" for encoders)} per (a, b) pair; too long -> error or cut."""
     limit, out, too_long = spec.max_len, [], []
-    if spec.reader == "pooled_cls":
+    if spec.reader == "concat_pool":  # ULMFiT: the document's own tokens, read in chunks
+        for ids, where in zip(encode_texts(tokenizer, [a for a, _ in pairs]), wheres, strict=True):
+            if not ids:
+                raise DataError(f"{where}: the text has no tokens; a document needs at least one")
+            if len(ids) > limit:
+                too_long.append((where, len(ids)))
+                ids = ids[:limit]
+            out.append({"input_ids": ids})
+    elif spec.reader == "pooled_cls":
         for (a, b), where in zip(pairs, wheres, strict=True):
             enc = tokenizer.encode_pair(a, b, max_length=None, truncation=None)
             if len(enc["input_ids"]) > limit:
@@ -323,7 +331,7 @@ def collate(features: list[dict], spec: TaskSpec) -> dict[str, torch.Tensor]:
                                    else [[1] * len(r) for r in ids], 0)}
     if spec.reader == "pooled_cls":
         batch["token_type_ids"] = pad_2d([f["token_type_ids"] for f in features], 0)
-    else:
+    elif spec.reader == "extract_token":
         batch["extract_index"] = batch["attention_mask"].sum(-1) - 1  # the last real token
     labels = [f["label"] for f in features]
     batch["labels"] = torch.tensor(labels, dtype=torch.float32 if spec.regression else torch.long)

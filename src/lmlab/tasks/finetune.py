@@ -7,6 +7,13 @@ fine-tunes with lr in {2, 3, 5}e-5 (pass --lr). The loop, checkpoints and exact 
 lmlab.train.loop's: the run dir gets metrics.jsonl (val_* = dev metrics at each evaluation),
 checkpoints/step-N/, the final TaskModel and report.json (final dev metrics).
 
+`--recipe ulmfit` (Howard & Ruder 2018, §3.2-3.3) fine-tunes any family with ULMFiT's schedule
+instead: slanted triangular rates (cut_frac 0.1, ratio 32; lmlab.train.schedule), discriminative
+rates (÷2.6 per layer group, the head on top), gradual unfreezing (the top group in the first epoch,
+one more group every epoch, the triangle restarting with each), Adam β = (0.7, 0.99), base rate 0.01
+(classify) or 0.004 (lm). --schedule, --discriminative and --[no-]gradual-unfreezing override one
+piece each (the ablations of §5). Task "lm" (lmlab.tasks.lm) is ULMFiT's second stage.
+
 Data order: each epoch is a permutation of the training features drawn from (seed, epoch); a
 batch is the next `batch_size` of them and the epoch's remainder (< batch_size) is skipped, so a
 step always has a full batch. The sampler state is (epoch, index): resuming continues exactly.
@@ -31,14 +38,14 @@ from lmlab.models.registry import build_from_config, config_fields, family_of, f
 from lmlab.options import option
 from lmlab.paths import holds_dir
 from lmlab.tasks import features as feature_tasks
-from lmlab.tasks.base import add_task_tokens, default_reader, lm_aux_loss
+from lmlab.tasks.base import add_target_words, add_task_tokens, default_reader, lm_aux_loss
 from lmlab.tasks.feature_setup import FeatureSettings, feature_model
 from lmlab.tasks.registry import task_module
 from lmlab.train.config import TrainConfig
 from lmlab.train.loop import train as run_training
+from lmlab.train.recipes import FINETUNE_RECIPES
 from lmlab.train.state import check_run_dir
 
-GPT_LR = 6.25e-5  # GPT §4.1
 REPORT = "report.json"
 
 
@@ -57,8 +64,8 @@ class FinetuneOptions:
     out: str = option(help="run dir to write")
     epochs: int = option(3, "passes over the training data")
     steps: int | None = option(None, "optimizer steps instead of --epochs")
-    lr: float | None = option(None, "peak learning rate (default: GPT's 6.25e-5; 1e-3 with --features, whose "
-                                    "task model starts from scratch)")
+    lr: float | None = option(None, "peak learning rate (default: GPT's 6.25e-5; --recipe ulmfit: 0.01, "
+                                    "lm 0.004; 1e-3 with --features, whose task model starts from scratch)")
     batch_size: int = option(32, "examples per step")
     max_len: int = option(128, "longest input in tokens, task tokens included, capped at the model's context")
     lm_coef: float = option(0.5, "λ of the auxiliary LM loss, GPT-style models only (GPT's; 0 = off)")
@@ -90,6 +97,18 @@ class FinetuneOptions:
     null_threshold: float = option(0.0, "qa v2.0: answer \"\" when null score - best span score exceeds this")
     version_2: bool | None = option(None, "qa: allow \"no answer\" (SQuAD v2.0; default: from the training "
                                           "data)")
+    recipe: str = option("default", "default (GPT/BERT: warmup + linear decay) or ulmfit (slanted "
+                                    "triangular, discriminative rates, gradual unfreezing; any family)")
+    schedule: str | None = option(None, "override the recipe's schedule (default linear; ulmfit stlr)",
+                                  choices=("linear", "cosine", "constant", "stlr"))
+    discriminative: float | None = option(None, "override the recipe's lr factor per layer group (default 1; "
+                                                "ulmfit 2.6)")
+    gradual_unfreezing: bool | None = option(None, "override the recipe's gradual unfreezing, one more layer "
+                                                   "group per epoch (default off; ulmfit on, not for lm)")
+    bptt: int = option(70, "concat_pool and lm: tokens per chunk / per LM training step (ULMFiT's 70)")
+    pool_len: int = option(1400, "concat_pool: pool over each document's last N tokens (fastai's 20 x bptt)")
+    extend_vocab: int = option(0, "words tokenizers: add up to N words of the training text (seen twice) the "
+                                  "vocabulary lacks, rows at the mean embedding (ULMFiT)")
     features: bool = option(False, "classify/pair/tag the paper's feature-based way (ELMo §3.3): "
                                    "MODEL_DIR stays frozen; a biLSTM task model (max-pooled for classify) "
                                    "reads a learned scalar mix of its layers per word, beside "
@@ -175,9 +194,10 @@ def _backbone(model_dir, from_scratch: bool, seed: int):
 
 
 def _task_model(model_dir, from_scratch, seed, task, labels, regression, lm_coef, pair_mode, max_len, dropout,
-                extra):
-    """(TaskModel, tokenizer, spec, family): a pretrained model fine-tuned whole (pooled_cls,
-    extract_token)."""
+                extra, target_texts: list[str], extend_vocab: int, bptt: int, pool_len: int):
+    """(TaskModel, tokenizer, spec, family, new words): a pretrained model fine-tuned whole (pooled_cls,
+    extract_token, concat_pool reading `bptt`-token chunks and pooling the last `pool_len`); with
+    extend_vocab, up to that many words of target_texts join a words vocabulary (ULMFiT)."""
     backbone, tokenizer, family = _backbone(model_dir, from_scratch, seed)
     reader = default_reader(family_spec(family))
     if reader == "scalar_mix":
@@ -185,12 +205,15 @@ def _task_model(model_dir, from_scratch, seed, task, labels, regression, lm_coef
                           f"pass --features")
     if reader == "directions":
         raise ConfigError(f"{model_dir}: {family} models are trained per direction; pass --cvt")
+    added = add_target_words(backbone, tokenizer, target_texts, extend_vocab)
     ids = add_task_tokens(backbone, tokenizer) if reader == "extract_token" else {}
     pad = tokenizer.eos_token_id if reader == "extract_token" else getattr(tokenizer, "pad_token_id", None)
+    if reader == "concat_pool":
+        extra = {**extra, "bptt": bptt, "pool_len": pool_len}
     spec = TaskSpec(name=task, labels=labels, regression=regression, lm_coef=lm_coef, pair_mode=pair_mode,
                     max_len=min(max_len, backbone.config.max_seq_len), reader=reader, pad_id=pad or 0,
                     dropout=dropout, extra=extra, **ids)
-    return build_task_model(backbone, spec), tokenizer, spec, family
+    return build_task_model(backbone, spec), tokenizer, spec, family, added
 
 
 def _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_every) -> None:
@@ -219,18 +242,41 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
              doc_stride: int = 128, max_query_len: int = 64, null_threshold: float = 0.0,
              version_2: bool | None = None, features: bool = False, word_vectors: str | None = None,
              word_pool: str = "first", mix_layer_norm: bool = False, mix_l2: float = 0.001,
-             lstm_dim: int = 100, lstm_layers: int = 1, lowercase: bool = False, cvt: bool = False,
-             unlabeled: str | None = None, cvt_preset: str = "small", ema_decay: float = 0.998,
-             aux_weight: float = 1.0, also_task: str | None = None) -> dict:
+             lstm_dim: int = 100, lstm_layers: int = 1, lowercase: bool = False, recipe: str = "default",
+             schedule: str | None = None, discriminative: float | None = None,
+             gradual_unfreezing: bool | None = None, bptt: int = 70, pool_len: int = 1400,
+             extend_vocab: int = 0, cvt: bool = False, unlabeled: str | None = None,
+             cvt_preset: str = "small", ema_decay: float = 0.998, aux_weight: float = 1.0,
+             also_task: str | None = None) -> dict:
     """Fine-tune the model in `model_dir` on `task`; returns (and writes) the report dict.
 
     steps (default epochs × full batches per epoch), eval_every and save_every (default: once an
-    epoch) are in optimizer steps. features: the frozen model + ScalarMix task model
+    epoch) are in optimizer steps. `recipe` (lmlab.train.recipes.FINETUNE_RECIPES) and its overrides:
+    see the module docstring. features: the frozen model + ScalarMix task model
     (lmlab.tasks.feature_setup), with the word_vectors ... lowercase settings. cvt: cross-view training
     (lmlab.tasks.cross_view_setup) with the unlabeled ... also_task settings, word_vectors and lowercase.
     """
-    lr = (1e-3 if features or cvt else GPT_LR) if lr is None else lr
+    fresh_model = (features or cvt) and lr is None  # a task model from scratch: 1e-3
+    rates = recipe_rates(recipe, task, 1e-3 if fresh_model else lr, schedule, discriminative,
+                         gradual_unfreezing)
+    lr = rates.pop("lr")
     _check(epochs, batch_size, max_len, warmup_ratio, lr, lm_coef, steps, log_every)
+    for name, value in (("--bptt", bptt), ("--pool-len", pool_len), ("--extend-vocab", extend_vocab + 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if extend_vocab and (task not in ("classify", "lm") or features):
+        raise ConfigError(f"--extend-vocab applies to tasks classify and lm without --features, not {task}"
+                          + (" --features" if features else ""))
+    if task == "lm":  # ULMFiT's second stage: the family's own LM objective on the target text
+        from lmlab.tasks.lm import finetune_lm
+
+        unfreeze = rates.pop("unfreeze")
+        values = dict(batch_size=batch_size, seq_len=bptt, lr=lr, min_lr_ratio=0.0, weight_decay=weight_decay,
+                      grad_clip=1.0, seed=seed, log_every=log_every, eval_every=eval_every,
+                      save_every=save_every, device=device, progress=progress, **rates)
+        return finetune_lm(model_dir, train, dev, out, cfg_values=values, epochs=epochs, steps=steps,
+                           extend_vocab=extend_vocab, resume=resume, warmup_ratio=warmup_ratio,
+                           unfreeze=unfreeze)
     target = resolve_device(device)  # a bad --device fails before the data is read
     check_run_dir(Path(out), not resume)  # before the data is read (the training loop checks again)
     options = {"task": task, "text_column": text_column, "text_b_column": text_b_column,
@@ -254,7 +300,7 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
     train_ex = module.read(str(train), "train", options)
     dev_ex = module.read(str(dev), "dev", options)
     labels, is_regression = module.label_set(train_ex, options)
-    extra, oov = _spec_extra(task_module(task), train_ex, options), None
+    extra, oov, added = _spec_extra(task_module(task), train_ex, options), None, 0
     if features:
         settings = FeatureSettings(word_vectors, word_pool, mix_layer_norm, mix_l2, lstm_dim, lstm_layers,
                                    lowercase)
@@ -262,9 +308,9 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
             model_dir, task, train_ex, dev_ex, labels, is_regression, settings, max_len=max_len,
             dropout=dropout, extra=extra, from_scratch=from_scratch, seed=seed)
     else:
-        model, tokenizer, spec, family = _task_model(model_dir, from_scratch, seed, task, labels,
-                                                     is_regression, lm_coef, pair_mode, max_len, dropout,
-                                                     extra)
+        model, tokenizer, spec, family, added = _task_model(
+            model_dir, from_scratch, seed, task, labels, is_regression, lm_coef, pair_mode, max_len, dropout,
+            extra, [ex.text for ex in train_ex] if extend_vocab else [], extend_vocab, bptt, pool_len)
     reader, lm_coef = spec.reader, spec.lm_coef
     # Features before training: a too-long text or an unseen dev label stops the run at once.
     train_f = module.featurize(train_ex, tokenizer, spec, truncate)
@@ -274,9 +320,11 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
     bs = min(batch_size, len(train_f))
     per_epoch = len(train_f) // bs
     total = epochs * per_epoch if steps is None else steps
+    unfreeze = per_epoch if rates.pop("unfreeze") else 0
+    warmup = 0 if rates["schedule"] == "stlr" else round(warmup_ratio * total)
     cfg = TrainConfig(steps=total, batch_size=bs, seq_len=spec.max_len, lr=lr, min_lr_ratio=0.0,
-                      warmup=round(warmup_ratio * total), schedule="linear", weight_decay=weight_decay,
-                      beta1=0.9, beta2=0.999, grad_clip=1.0, seed=seed,
+                      warmup=warmup, weight_decay=weight_decay, unfreeze_every=unfreeze, **rates,
+                      grad_clip=1.0, seed=seed,
                       log_every=min(log_every, total),
                       eval_every=per_epoch if eval_every is None else eval_every, eval_batches=1,
                       save_every=per_epoch if save_every is None else save_every, device=device,
@@ -289,7 +337,9 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
               "train": str(train), "dev": str(dev), "n_train": len(train_f), "n_dev": len(dev_f),
               "reader": reader, "labels": list(labels), "regression": is_regression, "lm_coef": lm_coef,
               "pair_mode": pair_mode, "epochs": epochs, "steps": total, "batch_size": bs, "lr": lr,
-              "warmup_steps": cfg.warmup, "seed": seed, "train_loss": result.loss,
+              "warmup_steps": cfg.warmup, "seed": seed, "train_loss": result.loss, "recipe": recipe,
+              "schedule": cfg.schedule, "discriminative": cfg.discriminative, "unfreeze_every": unfreeze,
+              "new_words": added,
               "dev_metrics": result.val_metrics, "wall_s": round(result.wall_s, 1)}
     if features:
         report["features"] = {k: spec.extra[k] for k in ("vectors", "encoder_kind", "mix_layers", "word_pool",
@@ -298,6 +348,19 @@ def finetune(model_dir: str | Path, task: str, train: str, dev: str, out: str | 
         report["mix_weights"] = mix_weights(model)
     write_bytes_atomic(Path(out) / REPORT, finite_json(report, indent=2).encode())
     return report
+
+
+def recipe_rates(recipe: str, task: str, lr: float | None, schedule: str | None, discriminative: float | None,
+                 gradual_unfreezing: bool | None) -> dict:
+    """{"lr", "schedule", "discriminative", "unfreeze", "beta1", "beta2"} of a fine-tuning recipe
+    (lmlab.train.recipes.FINETUNE_RECIPES) with the overrides given (None = the recipe's)."""
+    if recipe not in FINETUNE_RECIPES:
+        raise ConfigError(f"--recipe must be one of {', '.join(FINETUNE_RECIPES)}, got {recipe!r}")
+    r = FINETUNE_RECIPES[recipe]
+    unfreeze = (r.unfreeze and task != "lm") if gradual_unfreezing is None else gradual_unfreezing
+    return {"lr": lr if lr is not None else r.lr.get(task, r.lr[None]), "schedule": schedule or r.schedule,
+            "discriminative": r.discriminative if discriminative is None else discriminative,
+            "unfreeze": bool(unfreeze), "beta1": r.betas[0], "beta2": r.betas[1]}
 
 
 def mix_weights(model: TaskModel) -> list[float] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from lmlab.errors import ConfigError
-from lmlab.tasks import choice, classify, qa, tag
+from lmlab.tasks import choice, classify, lm, qa, tag
 
 TASKS: dict[str, ModuleType] = {
     "classify": classify,
@@ -18,6 +18,7 @@ TASKS: dict[str, ModuleType] = {
     "choice": choice,
     "tag": tag,
     "qa": qa,
+    "lm": lm,  # ULMFiT's target-domain LM fine-tuning (finetune dispatches it before the task machinery)
 }
 
 

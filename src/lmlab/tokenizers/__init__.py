@@ -20,6 +20,7 @@ from lmlab.errors import TokenizerError
 KINDS = {
     "byte_bpe": ("lmlab.tokenizers.byte_bpe", "ByteBPETokenizer"),
     "chars": ("lmlab.tokenizers.chars", "CharTokenizer"),
+    "fastai_words": ("lmlab.tokenizers.fastai_words", "FastaiWordTokenizer"),
     "words": ("lmlab.tokenizers.words", "WordTokenizer"),
     "wordpiece": ("lmlab.tokenizers.wordpiece", "WordPieceTokenizer"),
     "word_chars": ("lmlab.tokenizers.word_chars", "WordCharTokenizer"),  # ELMo: words in, characters out

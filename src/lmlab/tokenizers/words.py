@@ -26,13 +26,14 @@ class WordTokenizer(SpecListVocab):
 
     kind = "words"
     one_line_specials = True  # a newline is <eos>
+    unk_token, eos_token = UNK, EOS  # (fastai_words: xxunk, xxeos)
 
     def __init__(self, tokens: Sequence[str], special_tokens: Sequence[str] = (UNK, EOS),
                  source: str = "vocabulary"):
         self._tokens = list(tokens)
         self._ids = unique_ids(self._tokens, source)
         self._special = list(special_tokens)
-        for t in (UNK, EOS, *self._special):  # both are needed: encode emits them
+        for t in (self.unk_token, self.eos_token, *self._special):  # both are needed: encode emits them
             if t not in self._ids:
                 raise TokenizerError(f"{source}: special token {t!r} is not in the vocabulary")
         for t in self._tokens:
@@ -62,11 +63,26 @@ class WordTokenizer(SpecListVocab):
     # save, load: SpecListVocab)
     @property
     def eos_token_id(self) -> int:
-        return self._ids[EOS]
+        return self._ids[self.eos_token]
 
     @property
     def unk_token_id(self) -> int:
-        return self._ids[UNK]
+        return self._ids[self.unk_token]
+
+    def words(self, text: str) -> list[str]:
+        """The words of `text` as encode sees them, before the vocabulary (newlines dropped)."""
+        return text.split()
+
+    def add_words(self, words: Sequence[str]) -> list[int]:
+        """Append ordinary words the vocabulary lacks (ULMFiT's target-domain words); their ids."""
+        for w in words:
+            if not isinstance(w, str) or len(w.split()) != 1 or w.strip() != w:
+                raise TokenizerError(f"word {w!r} is not a single word")
+        for w in words:
+            if w not in self._ids:
+                self._ids[w] = len(self._tokens)
+                self._tokens.append(w)
+        return [self._ids[w] for w in words]
 
     def encode(self, text: str) -> list[int]:
         ids, unk, eos, get = [], self._ids[UNK], self._ids[EOS], self._ids.get

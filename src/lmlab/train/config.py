@@ -18,7 +18,9 @@ class TrainConfig:
     lr: float = option(3e-4, "peak learning rate")
     min_lr_ratio: float = option(0.1, "final lr as a fraction of the peak (cosine and linear decay)")
     warmup: int = option(100, "linear warmup steps")
-    schedule: str = option("cosine", "decay after warmup", choices=("cosine", "linear", "constant"))
+    schedule: str = option("cosine", "decay after warmup; stlr: ULMFiT's slanted triangular rates (its own "
+                                     "rise, restarted at every unfreezing stage)",
+                           choices=("cosine", "linear", "constant", "stlr"))
     weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
@@ -50,8 +52,8 @@ class TrainConfig:
         require(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         require(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup!r}")
-        require(self.schedule in ("cosine", "linear", "constant"),
-                f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        require(self.schedule in ("cosine", "linear", "constant", "stlr"),
+                f"schedule must be cosine, linear, constant or stlr, got {self.schedule!r}")
         require(self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0")
         require(self.keep_checkpoints >= 2, f"keep_checkpoints must be >= 2, got {self.keep_checkpoints}")
         require(self.collective_timeout > 0,

@@ -215,7 +215,8 @@ def _train(model, tokenizer, cfg: TrainConfig, run_dir: Path, batches, evaluate,
     if own is not None:
         own.train()
     for step in range(start, cfg.steps):
-        lr = lr_at(step, cfg.lr, cfg.steps, cfg.warmup, cfg.schedule, cfg.min_lr_ratio)
+        lr = lr_at(step, cfg.lr, cfg.steps, cfg.warmup, cfg.schedule, cfg.min_lr_ratio, cfg.unfreeze_every,
+                   len(layers) if layers is not None else None)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before lr_scale have none
         if layers is not None:  # a pure function of the step: resume is exact
@@ -299,6 +300,8 @@ def _train(model, tokenizer, cfg: TrainConfig, run_dir: Path, batches, evaluate,
         if dist.is_main and done % cfg.log_every == 0:
             t_last = time.perf_counter()  # tokens/s counts training, not evaluation or saving
     bar.close()
+    if layers is not None:  # unfreezing ends with the model as it came: a later run sees every parameter
+        set_trainable(layers, len(layers), allowed)
     wall = time.perf_counter() - t_start
     whole = fsdp.gather(model, None, replica, dist)[0] if sharded else model
     if dist.is_main:

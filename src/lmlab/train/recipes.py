@@ -18,6 +18,8 @@ flag table). `lmlab.train.pretrain` reads these fields and nothing else about a 
   decoder's NLL of the target given the source, validation loss and BLEU of greedy translations of
   the first valid sentences. The model reads fixed word vectors (`--word-vectors`) for its source
   words; words without one read the zero vector (counted and reported at the start).
+- AWD-LSTM (ULMFiT §3.1, Merity et al. 2017 §4): the same streams read a random length a step
+  (variable-length BPTT around seq_len = 70), the state carried, AR/TAR added to the loss.
 - The deep character transformer (Al-Rfou et al. 2018, §2.1): random windows of the model's whole
   context, each with the characters one and two places ahead, the auxiliary losses of
   `lmlab.objectives.char_aux` (switched by `CharAuxOptions`), validation loss on fixed windows.
@@ -37,8 +39,15 @@ from pathlib import Path
 import torch
 
 from lmlab.data.prepare import prepare_tokens
-from lmlab.data.sampler import BidirectionalStreams, ContiguousStreams, RandomWindowSampler, SequentialWindows
+from lmlab.data.sampler import (
+    BidirectionalStreams,
+    ContiguousStreams,
+    RandomWindowSampler,
+    SequentialWindows,
+    VariableBPTTStreams,
+)
 from lmlab.errors import ConfigError
+from lmlab.objectives.awd import AWDObjective
 from lmlab.objectives.bilm import BiLMObjective, bilm_stream_loss
 from lmlab.objectives.char_aux import CharAuxLoss
 from lmlab.objectives.clm import clm_loss
@@ -84,6 +93,21 @@ class BiLMOptions:
     def __post_init__(self):
         if type(self.sampled_softmax) is not int or self.sampled_softmax < 0:
             raise ConfigError(f"--sampled-softmax must be an integer >= 0, got {self.sampled_softmax!r}")
+
+
+@dataclass(frozen=True)
+class AWDOptions:
+    """AWD-LSTM / ULMFiT pretraining: the weights of activation regularisation (α·mean(dropped h²)) and
+    temporal activation regularisation (β·mean((h_t - h_{t-1})²)) of the last layer (Merity §4.6)."""
+
+    ar_alpha: float = option(2.0, "ulmfit: α of activation regularisation (AR)")
+    tar_beta: float = option(1.0, "ulmfit: β of temporal activation regularisation (TAR)")
+
+    def __post_init__(self):
+        for name in ("ar_alpha", "tar_beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -204,6 +228,28 @@ class Recipe:
             raise ConfigError(f"--seq-len is the model's {name} here: --set {name}={overrides[name]} "
                               f"disagrees with --seq-len {seq_len}; give one value")
         return {**overrides, name: seq_len}
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """How `lmlab finetune --recipe NAME` sets the loop's rates (lmlab.tasks.finetune): the schedule,
+    the factor between layer groups, gradual unfreezing (one more group per epoch; never for task
+    lm), Adam's betas and the base learning rate per task (None: the task's default)."""
+
+    schedule: str
+    discriminative: float
+    unfreeze: bool
+    betas: tuple[float, float]
+    lr: dict[str | None, float]
+
+
+FINETUNE_RECIPES = {
+    # GPT §4.1 / BERT §4: linear warmup and decay, one rate, all layers, GPT's lr unless given.
+    "default": FinetuneRecipe("linear", 1.0, False, (0.9, 0.999), {None: 6.25e-5}),
+    # ULMFiT §3.2-3.3 and §4: STLR, ÷2.6 per group, gradual unfreezing, Adam (0.7, 0.99), lr 0.01
+    # for the classifier and 0.004 for the LM.
+    "ulmfit": FinetuneRecipe("stlr", 2.6, True, (0.7, 0.99), {None: 0.01, "lm": 0.004}),
+}
 
 
 def option_fields() -> dict[str, object]:
@@ -403,6 +449,18 @@ def spell_words(model, tok, options=None) -> None:
     model.set_word_chars(tok.char_table())
 
 
+# ---------------------------------------------------------------- AWD-LSTM, variable-length streams
+
+
+def variable_stream_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | None, options):
+    """AWD-LSTM: contiguous streams read a random length around seq_len a step; memory-protocol
+    validation (the state carried over the whole valid split)."""
+    shards = _tokens(data, tok, cfg, d, valid)
+    batches = VariableBPTTStreams(shards["train"], cfg.seq_len, cfg.batch_size, cfg.seed, d.rank,
+                                  d.world_size)
+    return batches, stream_evaluator(shards["valid"], cfg)
+
+
 # ---------------------------------------------------------------- deep character transformer
 
 
@@ -487,6 +545,8 @@ MEMORY_STREAMS = Recipe(stream_batches, CarriedStateCLM, lambda config: config.t
 BILM_STREAMS = Recipe(bilm_batches, BiLMObjective, lambda config: 20, options=BiLMOptions,
                       fit_model=spell_words)
 
+# AWD-LSTM / ULMFiT: BPTT 70 (ULMFiT §4, fastai's bptt), AR/TAR in the objective.
+AWD_STREAMS = Recipe(variable_stream_batches, AWDObjective, lambda config: 70, options=AWDOptions)
 # The character transformer reads its whole fixed context per window (§2: 512 characters).
 CHAR_AUX_WINDOWS = Recipe(char_window_batches, char_aux_objective, lambda config: config.max_seq_len,
                           options=CharAuxOptions, builds_objective=True)
@@ -508,6 +568,7 @@ RECIPES: dict[str, Recipe] = {
     "char-transformer": CHAR_AUX_WINDOWS,
     "cove": TRANSLATION_PAIRS,
     "music": MUSIC_WINDOWS,
+    "ulmfit": AWD_STREAMS,
 }
 
 

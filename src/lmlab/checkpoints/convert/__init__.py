@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from lmlab.checkpoints.atomic import temp_output, write_bytes_atomic
 from lmlab.checkpoints.builtin import builtin_weights_dir, is_builtin
-from lmlab.checkpoints.convert import bilm_tf, cove_mtlstm, hf_bert, hf_gpt, hf_transfo_xl
+from lmlab.checkpoints.convert import bilm_tf, cove_mtlstm, fastai_awd, hf_bert, hf_gpt, hf_transfo_xl
 from lmlab.checkpoints.files import JSON_CAP, check_tokenizer_files, checked_path, read_json
 from lmlab.checkpoints.io import check_tokenizer_fits
 from lmlab.checkpoints.sizes import check_finite, header_state
@@ -59,6 +59,11 @@ TOKENIZER_TO_HF = {
 FROM_ORIGINAL = {
     "elmo": (bilm_tf.elmo_from_bilm_tf, ("options_json", "weights_hdf5")),  # allenai/bilm-tf
     "cove": (cove_mtlstm.cove_from_mtlstm, ("mtlstm_pth",)),  # salesforce/cove (encoder only)
+    "ulmfit": (fastai_awd.ulmfit_from_fastai, ("weights_pth", "vocab")),  # fastai AWD-LSTM LM
+}
+# lmlab family -> writer of its original release's files: (model, tokenizer, out_dir) -> out_dir.
+TO_ORIGINAL = {
+    "ulmfit": fastai_awd.ulmfit_to_fastai,
 }
 
 CONFIG = "config.json"
@@ -84,8 +89,9 @@ def from_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
 
 def from_original(family: str, *paths: str | Path, device: str | torch.device = "cpu"):
     """(model, tokenizer) from a family's original released files, e.g.
-    `from_original("elmo", options_json, weights_hdf5)` (bilm-tf's options.json and weights HDF5) or
-    `from_original("cove", mtlstm_pth)` (the MT-LSTM's state dict; tokenizer None)."""
+    `from_original("elmo", options_json, weights_hdf5)` (bilm-tf's options.json and weights HDF5),
+    `from_original("cove", mtlstm_pth)` (the MT-LSTM's state dict; tokenizer None) or
+    `from_original("ulmfit", weights_pth, vocab)` (fastai's AWD-LSTM LM state dict and its itos)."""
     if not isinstance(family, str) or family not in FROM_ORIGINAL:
         raise ConversionError(f"no original release reader for {family!r}; expected one of "
                               f"{', '.join(FROM_ORIGINAL)}")
@@ -96,6 +102,17 @@ def from_original(family: str, *paths: str | Path, device: str | torch.device = 
                               f"got {len(paths)}")
     model, tokenizer = reader(*paths)
     return model.to(device).eval(), tokenizer
+
+
+def to_original(model, tokenizer, out_dir: str | Path) -> Path:
+    """Write `model` (and `tokenizer`) in its family's original release layout into `out_dir`
+    (ulmfit: fastai's lm.pth + itos.pkl)."""
+    family = family_of(model.backbone if isinstance(model, TaskModel) else model)
+    if isinstance(model, TaskModel) or family not in TO_ORIGINAL:
+        raise ConversionError(f"no original release layout for {family!r}"
+                              + (" task models" if isinstance(model, TaskModel) else "")
+                              + f"; expected a language model of {', '.join(TO_ORIGINAL)}")
+    return TO_ORIGINAL[family](model, tokenizer, out_dir)
 
 
 def to_hf(model, tokenizer, hf_dir: str | Path) -> Path:

@@ -1,4 +1,5 @@
-"""`lmlab convert --from-hf HF_DIR | --from-elmo OPTIONS WEIGHTS --out DIR | --to-hf DIR --out HF_DIR`
+"""`lmlab convert --from-hf HF_DIR | --from-elmo OPTIONS WEIGHTS | --from-fastai PTH VOCAB --out DIR |
+--to-hf DIR --out HF_DIR | --to-fastai DIR --out OUT`
 as a plain function.
 
 --out is checked before any work, as `pretrain` checks its run dir: a dir that already holds a
@@ -36,8 +37,9 @@ MODEL_FILES = (MANIFEST, "config.json", "model.safetensors", "model.safetensors.
 @dataclass(frozen=True)
 class ConvertOptions:
     """`lmlab convert`: a Hugging Face model dir to an lmlab one (--from-hf), or back (--to-hf); the
-    released ELMo weights (--from-elmo OPTIONS WEIGHTS) or CoVe MT-LSTM (--from-cove PTH) to an lmlab
-    model dir."""
+    released ELMo weights (--from-elmo OPTIONS WEIGHTS), CoVe MT-LSTM (--from-cove PTH) or a fastai
+    AWD-LSTM LM (--from-fastai PTH VOCAB) to an lmlab model dir, or an lmlab ulmfit model to fastai's
+    files (--to-fastai)."""
 
     out: str = option(help="where to write the converted model")
     from_hf: str | None = option(None, "a Hugging Face model dir (gpt2, openai-gpt, bert, transfo-xl) or "
@@ -48,6 +50,12 @@ class ConvertOptions:
     from_cove: str | None = option(None, "the released CoVe MT-LSTM (wmtlstm-*.pth: a 2-layer bidirectional "
                                          "LSTM's state dict); an encoder-only model", group="source",
                                    metavar="PTH")
+    from_fastai: tuple[str, ...] | None = option(None, "a fastai AWD-LSTM LM state dict (.pth, e.g. the "
+                                                       "published WT-103 model) and its vocabulary (itos "
+                                                       "pickle or one token per line)", group="source",
+                                                 metavar=("PTH", "VOCAB"), nargs=2)
+    to_fastai: str | None = option(None, "an lmlab ulmfit model dir: writes fastai's lm.pth + itos.pkl",
+                                   group="source", metavar="DIR")
     overwrite: bool = option(False, "replace a model dir at --out (never a run)")
 
 
@@ -75,36 +83,43 @@ def check_out(out: Path, overwrite: bool) -> bool:
 
 
 def convert_command(from_hf: str | None, to_hf: str | None, out: str, overwrite: bool = False,
-                    from_elmo: Sequence[str] | None = None, from_cove: str | None = None) -> int:
-    """Convert one model; exactly one of `from_hf` / `to_hf` (dirs) / `from_elmo` (bilm-tf's
-    options.json and weights HDF5, in that order) / `from_cove` (the MT-LSTM .pth) is given.
-    Returns the exit code."""
-    if sum(x is not None for x in (from_hf, to_hf, from_elmo, from_cove)) != 1:
+                    from_elmo: Sequence[str] | None = None, from_fastai: Sequence[str] | None = None,
+                    to_fastai: str | None = None, from_cove: str | None = None) -> int:
+    """Convert one model; exactly one of `from_hf` / `to_hf` / `to_fastai` (dirs), `from_elmo` (bilm-tf's
+    options.json and weights HDF5, in that order), `from_cove` (the MT-LSTM .pth) or `from_fastai`
+    (fastai's weights .pth and vocabulary) is given. Returns the exit code."""
+    # family -> its original release's files
+    originals = {"elmo": from_elmo, "cove": None if from_cove is None else [from_cove], "ulmfit": from_fastai}
+    if sum(x is not None for x in (from_hf, to_hf, from_elmo, from_cove, from_fastai, to_fastai)) != 1:
         raise ConversionError("give exactly one of --from-hf HF_DIR, --from-elmo OPTIONS WEIGHTS, "
-                              "--from-cove PTH or --to-hf DIR")
-    if from_elmo is not None and len(from_elmo) != 2:
-        raise ConversionError(f"--from-elmo takes two files, OPTIONS (options.json) and WEIGHTS (.hdf5), "
-                              f"got {len(from_elmo)}")
-    sources = [Path(p) for p in from_elmo] if from_elmo is not None else [Path(from_cove or from_hf or to_hf)]
+                              "--from-cove PTH, --from-fastai PTH VOCAB, --to-hf DIR or --to-fastai DIR")
+    for flag, files, names in (("--from-elmo", from_elmo, "OPTIONS (options.json) and WEIGHTS (.hdf5)"),
+                               ("--from-fastai", from_fastai, "PTH and VOCAB")):
+        if files is not None and len(files) != 2:
+            raise ConversionError(f"{flag} takes two files, {names}, got {len(files)}")
+    if to_fastai is not None:
+        with DirLock(out, "convert"):
+            return _to_fastai(Path(to_fastai), Path(out))
+    family = next((name for name, files in originals.items() if files is not None), None)
+    sources = [Path(p) for p in originals[family]] if family else [Path(from_hf or to_hf)]
     # Both HF layouts call their config file config.json: writing into the source would clobber it.
     if any(Path(out).resolve() == source.resolve() for source in sources):
         raise ConversionError(f"--out {out} is the source dir (or file); write the converted model elsewhere")
     if os.path.lexists(out) and not Path(out).is_dir():
         raise ConversionError(f"{out}: exists and is not a directory; expected a dir to write the model into")
     with DirLock(out, "convert"):  # one process per --out; checked and written under the lock
-        original = "elmo" if from_elmo is not None else "cove" if from_cove is not None else None
-        return _convert_into(from_hf, original, sources, Path(out), overwrite)
+        return _convert_into(from_hf, family, sources, Path(out), overwrite)
 
 
-def _convert_into(from_hf: str | None, original: str | None, sources: list[Path], out: Path,
+def _convert_into(from_hf: str | None, family: str | None, sources: list[Path], out: Path,
                   overwrite: bool) -> int:
-    """`original`: the family whose released file(s) `sources` are (elmo, cove), or None for HF."""
+    """family: the family whose original release `sources` are (None: a Hugging Face dir or an lmlab dir)."""
     check_outputs(out, MODEL_FILES)  # the files written there: regular files or nothing yet
     final = out.resolve() if check_out(out, overwrite) else None
     target = final.with_name(f"{final.name}.tmp-{os.getpid()}") if final else Path(out)
     try:
-        if original is not None:
-            model, tokenizer = convert.from_original(original, *sources)
+        if family is not None:
+            model, tokenizer = convert.from_original(family, *sources)
             save(model, tokenizer, target)
             what = "lmlab"
         else:
@@ -131,3 +146,12 @@ def _convert(from_hf: str | None, source: Path, out: Path):
                               f"{model.spec.name!r}); only pretrained backbones convert to Hugging Face")
     convert.to_hf(model, tokenizer, out)
     return model, tokenizer, "Hugging Face"
+
+
+def _to_fastai(source: Path, out: Path) -> int:
+    model, tokenizer = load(source)
+    if out.resolve() == source.resolve():
+        raise ConversionError(f"--out {out} is the source dir; write the fastai files elsewhere")
+    convert.to_original(model, tokenizer, out)
+    print(f"wrote fastai files {out / 'lm.pth'} and {out / 'itos.pkl'} ({family_of(model)})")
+    return 0
