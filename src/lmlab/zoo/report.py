@@ -9,6 +9,7 @@ from lmlab.checkpoints.atomic import write_bytes_atomic
 
 TABLE = "results.md"
 CHARTS = ("lm_quality.png", "transfer.png", "speed.png")
+HIGHER_IS_BETTER = {"BLEU"}  # the other LM measures are perplexities, bits or nats
 
 
 def _score(row: dict) -> tuple[str, float] | None:
@@ -65,7 +66,8 @@ def _charts(results: dict, out: Path) -> None:
     panels = max(1, len(by_metric))
     fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.6), squeeze=False)
     for ax, (metric, pairs) in zip(axes[0], by_metric.items(), strict=False):
-        _bars(ax, [n for n, _ in pairs], [v for _, v in pairs], f"{metric} (lower is better)")
+        better = "higher" if metric in HIGHER_IS_BETTER else "lower"
+        _bars(ax, [n for n, _ in pairs], [v for _, v in pairs], f"{metric} ({better} is better)")
     fig.tight_layout()
     fig.savefig(out / CHARTS[0], dpi=110)
     plt.close(fig)
