@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from lmlab.checkpoints.atomic import temp_output, write_bytes_atomic
 from lmlab.checkpoints.builtin import builtin_weights_dir, is_builtin
 from lmlab.checkpoints.convert import bilm_tf, cove_mtlstm, fastai_awd, hf_bert, hf_gpt, hf_transfo_xl
+from lmlab.checkpoints.convert.common import tensor_dict, torch_file
 from lmlab.checkpoints.files import JSON_CAP, check_tokenizer_files, checked_path, read_json
 from lmlab.checkpoints.io import check_tokenizer_fits
 from lmlab.checkpoints.sizes import check_finite, header_state
@@ -225,25 +225,13 @@ def _read_files(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix != ".safetensors":
+        return tensor_dict(torch_file(path, advice="; convert it to safetensors"), path)
     try:
         real = checked_path(path, ConversionError)
     except FileNotFoundError:
         raise ConversionError(f"{path}: missing") from None
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(real))
-        except (SafetensorError, OSError) as e:
-            raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
     try:
-        # weights_only: a foreign pickle may hold tensors and containers, never code. Its warnings
-        # (e.g. about the pickle protocol) are noise on top of the error below or the check after.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = torch.load(real, map_location="cpu", weights_only=True)
-    except Exception:  # UnpicklingError, RuntimeError (zip), EOFError ...: all mean "unreadable"
-        # Not torch's text: it advises weights_only=False, which would run the file's code.
-        raise ConversionError(f"{path}: not a readable PyTorch weights file (or it holds more than "
-                              f"tensors); convert it to safetensors") from None
-    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise ConversionError(f"{path}: expected a state dict of tensors")
-    return state
+        return load_file(str(real))
+    except (SafetensorError, OSError) as e:
+        raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None

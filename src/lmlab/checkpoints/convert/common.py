@@ -11,10 +11,13 @@ with `same_values`, which defers that comparison to the real pass.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 
+from lmlab.checkpoints.files import checked_path
 from lmlab.checkpoints.sizes import allocating, check_structure, meta_build, n_stored
 from lmlab.errors import ConversionError, LmlabError
 from lmlab.models.registry import build_from_config
@@ -116,3 +119,29 @@ def added_tokens_decoder(tokenizer) -> dict[str, dict]:
     return {str(tokenizer.token_to_id(t)): {"content": t, "special": True, "normalized": False,
                                             "lstrip": False, "rstrip": False, "single_word": False}
             for t in tokenizer.special_tokens}
+
+
+def torch_file(path: Path, advice: str = ""):
+    """What a foreign PyTorch weights file (.pth, .bin) holds, read with `torch.load(weights_only=True)`:
+    tensors and plain containers, never code. A missing or unreadable file is one line naming it."""
+    try:
+        real = checked_path(path, ConversionError)
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: missing") from None
+    try:
+        # Its warnings (e.g. about the pickle protocol) are noise on top of the error below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(real, map_location="cpu", weights_only=True)
+    except Exception:  # UnpicklingError, RuntimeError (zip), EOFError ...: all mean "unreadable"
+        # Not torch's text: it advises weights_only=False, which would run the file's code.
+        raise ConversionError(f"{path}: not a readable PyTorch weights file (or it holds more than "
+                              f"tensors){advice}") from None
+
+
+def tensor_dict(state, path: Path, expected: str = "a state dict of tensors") -> dict[str, torch.Tensor]:
+    """`state` if it is a dict of named tensors, else one line naming `path` and what was expected."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                              for k, t in state.items()):
+        raise ConversionError(f"{path}: expected {expected}")
+    return state

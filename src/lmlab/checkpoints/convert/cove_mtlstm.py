@@ -26,13 +26,11 @@ gives it the task's words' vectors (lmlab finetune --features --word-vectors glo
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import torch
 
-from lmlab.checkpoints.convert.common import build, copy_into
-from lmlab.checkpoints.files import checked_path
+from lmlab.checkpoints.convert.common import build, copy_into, tensor_dict, torch_file
 from lmlab.checkpoints.sizes import check_finite
 from lmlab.errors import ConversionError
 
@@ -42,20 +40,7 @@ RELEASED_VECTORS = "glove.840B.300d.txt"
 
 def read_pth(path: Path) -> dict[str, torch.Tensor]:
     """A PyTorch state dict of tensors only (weights_only=True), checked to be finite."""
-    try:
-        real = checked_path(path, ConversionError)
-    except FileNotFoundError:
-        raise ConversionError(f"{path}: missing") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = torch.load(real, map_location="cpu", weights_only=True)
-    except Exception:  # UnpicklingError, RuntimeError (zip), EOFError ...: all mean "unreadable"
-        raise ConversionError(f"{path}: not a readable PyTorch weights file (or it holds more than "
-                              f"tensors)") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
-                                              for k, t in state.items()):
-        raise ConversionError(f"{path}: expected a state dict of tensors (the MT-LSTM's nn.LSTM)")
+    state = tensor_dict(torch_file(path), path, "a state dict of tensors (the MT-LSTM's nn.LSTM)")
     check_finite(state, str(path), ConversionError)
     return state
 

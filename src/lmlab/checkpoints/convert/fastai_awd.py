@@ -29,13 +29,12 @@ from __future__ import annotations
 import io
 import pickle
 import re
-import warnings
 from pathlib import Path
 
 import torch
 
 from lmlab.checkpoints.atomic import write_bytes_atomic
-from lmlab.checkpoints.convert.common import copy_into, same_values
+from lmlab.checkpoints.convert.common import copy_into, same_values, tensor_dict, torch_file
 from lmlab.checkpoints.files import checked_path
 from lmlab.checkpoints.sizes import check_finite
 from lmlab.errors import ConversionError
@@ -86,21 +85,10 @@ def read_vocab(path: str | Path) -> list[str]:
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
-    try:
-        real = checked_path(path, ConversionError)
-    except FileNotFoundError:
-        raise ConversionError(f"{path}: weights file not found") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = torch.load(real, map_location="cpu", weights_only=True)
-    except Exception:  # weights_only refuses anything but tensors and containers
-        raise ConversionError(f"{path}: not a readable PyTorch weights file (or it holds more than "
-                              f"tensors and plain containers)") from None
+    state = torch_file(path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # learn.save(..., with_opt=True)
-    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise ConversionError(f"{path}: expected a state dict of tensors (or {{'model': state dict}})")
+    tensor_dict(state, path, "a state dict of tensors (or {'model': state dict})")
     check_finite(state, str(path), ConversionError)
     return state
 
