@@ -41,10 +41,9 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models.config import check_positive, check_probability, require
-from lmlab.models.output import CausalLMOutput
+from lmlab.models.output import CausalLMOutput, decoder_output
 from lmlab.nn.attention import KVCache, SelfAttention, attention_mask_4d
 from lmlab.nn.layers import FeedForward, init_normal_, parameter_groups, scaled_residual_std
-from lmlab.nn.lm_loss import output_nll
 
 
 @dataclass(frozen=True)
@@ -159,17 +158,8 @@ class CharTransformer(nn.Module):
             states.append(x)
         if state is not None:
             state.advance(T)
-        kept = x[:, -logits_to_keep:] if logits_to_keep else x
-        out = CausalLMOutput(hidden=x, state=state,
-                             hidden_states=tuple(states) if output_hidden_states else None)
-        if targets is None:
-            out.logits = self.lm_head(kept)  # (B, T or logits_to_keep, V)
-        elif targets.shape != kept.shape[:2]:
-            raise LmlabError(f"targets have shape {tuple(targets.shape)}; expected {tuple(kept.shape[:2])}, "
-                             f"one next token per scored position")
-        else:
-            out.nll = output_nll(kept, self.lm_head.weight, targets)  # (B, T)
-        return out
+        return decoder_output(x, states if output_hidden_states else None, state, logits_to_keep, targets,
+                              self.lm_head, self.lm_head.weight)
 
 
 _PAPER = dict(d_model=512, n_heads=8, d_ff=2048, max_seq_len=512)

@@ -20,10 +20,10 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models.config import check_positive, check_probability, require
-from lmlab.models.output import CausalLMOutput
+from lmlab.models.output import CausalLMOutput, decoder_output
 from lmlab.nn.attention import KVCache, SelfAttention, attention_mask_4d
 from lmlab.nn.layers import FeedForward, init_normal_, parameter_groups, scaled_residual_std
-from lmlab.nn.lm_loss import output_nll, tied_lookup
+from lmlab.nn.lm_loss import tied_lookup
 
 
 @dataclass(frozen=True)
@@ -159,17 +159,8 @@ class GPT(nn.Module):
             states.append(x)
         if state is not None:
             state.advance(T)
-        kept = x[:, -logits_to_keep:] if logits_to_keep else x
-        out = CausalLMOutput(hidden=x, state=state,
-                             hidden_states=tuple(states) if output_hidden_states else None)
-        if targets is None:
-            out.logits = self.lm_head(kept)  # (B, T or logits_to_keep, V)
-        elif targets.shape != kept.shape[:2]:
-            raise LmlabError(f"targets have shape {tuple(targets.shape)}; expected {tuple(kept.shape[:2])}, "
-                             f"one next token per scored position")
-        else:
-            out.nll = output_nll(kept, head, targets)  # (B, T)
-        return out
+        return decoder_output(x, states if output_hidden_states else None, state, logits_to_keep, targets,
+                              self.lm_head, head)
 
 
 _GPT = dict(pre_ln=False, max_seq_len=512, vocab_size=40478)

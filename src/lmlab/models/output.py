@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lmlab.errors import LmlabError
+from lmlab.nn.lm_loss import output_nll
+
 
 @dataclass
 class ModelOutput:
@@ -26,6 +29,25 @@ class CausalLMOutput(ModelOutput):
     nll: torch.Tensor | None = None  # (B, T) when forward got targets (then logits stay None)
     state: object | None = None  # KV cache, memory or recurrent state after this call
     hidden_dropped: torch.Tensor | None = None  # AWD-LSTM: `hidden` after the output dropout (AR reads it)
+
+
+def decoder_output(x: torch.Tensor, states: list[torch.Tensor] | None, state, logits_to_keep: int,
+                   targets: torch.Tensor | None, lm_head: torch.nn.Linear,
+                   head_weight: torch.Tensor) -> CausalLMOutput:
+    """The top of a transformer decoder, from its last layer x (B, T, D): logits of the last
+    `logits_to_keep` positions (0 = all), or, given targets, their nll through `head_weight` (the
+    output matrix as the loss wants it, e.g. a tied embedding); `states` = every layer's input when
+    hidden states were asked for."""
+    kept = x[:, -logits_to_keep:] if logits_to_keep else x
+    out = CausalLMOutput(hidden=x, state=state, hidden_states=tuple(states) if states is not None else None)
+    if targets is None:
+        out.logits = lm_head(kept)  # (B, T or logits_to_keep, V)
+    elif targets.shape != kept.shape[:2]:
+        raise LmlabError(f"targets have shape {tuple(targets.shape)}; expected {tuple(kept.shape[:2])}, "
+                         f"one next token per scored position")
+    else:
+        out.nll = output_nll(kept, head_weight, targets)  # (B, T)
+    return out
 
 
 @dataclass
