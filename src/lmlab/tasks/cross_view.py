@@ -84,11 +84,8 @@ def featurize(sentences: list, tokenizer, spec: TaskSpec, task: int = 0,
         ex = encode_words(list(s.words[:limit]), tokenizer, spec)
         ex.labels, ex.gold, ex.task = [index[x] for x in s.labels[:limit]], s.labels, task
         out.append(ex)
-    if cut and not truncate:
-        more = f" ({len(cut) - 1} more sentences are too long)" if len(cut) > 1 else ""
-        raise DataError(f"{cut[0].where}: the sentence has more than the limit of {limit} words (--max-len)"
-                        f"{more}; pass --truncate to cut sentences (cut words are predicted as "
-                        f"{tag.fallback_label(info['labels'])!r})")
+    if not truncate:
+        tag.refuse_cut(cut, f"has more than the limit of {limit} words (--max-len)", info["labels"])
     return out
 
 

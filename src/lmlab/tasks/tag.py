@@ -340,12 +340,19 @@ def featurize(sentences: list[Sentence], tokenizer, spec: TaskSpec,
         if f.truncated:
             cut.append(s)
         features.append(f)
-    if cut and not truncate:
-        more = f" ({len(cut) - 1} more sentences are too long)" if len(cut) > 1 else ""
-        raise DataError(f"{cut[0].where}: the sentence needs more than the limit of {spec.max_len} tokens "
-                        f"(--max-len, at most the model's position table){more}; pass --truncate to cut "
-                        f"sentences (cut words are predicted as {fallback_label(spec.labels)!r})")
+    if not truncate:
+        refuse_cut(cut, f"needs more than the limit of {spec.max_len} tokens (--max-len, at most the model's "
+                        f"position table)", spec.labels)
     return features
+
+
+def refuse_cut(cut: list, over: str, labels) -> None:
+    """Without --truncate, a sentence over the limit stops the run: one line naming the first (`over`
+    says which limit) and counting the others."""
+    if cut:
+        more = f" ({len(cut) - 1} more sentences are too long)" if len(cut) > 1 else ""
+        raise DataError(f"{cut[0].where}: the sentence {over}{more}; pass --truncate to cut sentences (cut "
+                        f"words are predicted as {fallback_label(labels)!r})")
 
 
 def collate(features: list[TagFeature], spec: TaskSpec) -> dict[str, torch.Tensor]:
