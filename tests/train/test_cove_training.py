@@ -140,3 +140,25 @@ def test_vectors_rows_of_different_widths_are_named(data, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == (f"lmlab pretrain: error: {bad}:2: 2 values after the word, but the first line has 3; "
                    f"every row must have the same width")
+
+
+def test_validation_bleu_is_not_cut_at_the_training_length(trained, data):
+    """--seq-len filters the training pairs; the valid translations still run to their natural length
+    (as `lmlab evaluate` decodes), so training on short pairs does not score long sentences truncated."""
+    from lmlab.data.parallel import read_parallel
+    from lmlab.eval.translation import translation_metrics
+    from lmlab.train.config import TrainConfig
+    from lmlab.train.distributed import Dist
+    from lmlab.train.recipes import TranslationOptions, translation_batches
+
+    model, tok = lmlab.load(trained)
+    held = read_parallel(str(data / "train.tsv"), "valid", str(data / "valid.tsv"))[:24]
+    assert max(len(p.target.split()) for p in held) > 3
+    cfg = TrainConfig(seq_len=3, batch_size=16, eval_batches=2)
+    options = TranslationOptions(word_vectors=str(data / "vectors.txt"), bleu_sentences=24)
+    _, evaluate = translation_batches(str(data / "train.tsv"), tok, cfg, Dist(), str(data / "valid.tsv"),
+                                      options)
+    got = evaluate(model)
+    full = translation_metrics(model, tok, held, batch_size=16, bleu_sentences=24)
+    cut = translation_metrics(model, tok, held, batch_size=16, bleu_sentences=24, max_len=3)
+    assert got["bleu"] == full["bleu"] > cut["bleu"] + 10

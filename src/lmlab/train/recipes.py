@@ -500,8 +500,11 @@ def translation_batches(data: str, tok, cfg: TrainConfig, d: Dist, valid: str | 
     held = read_parallel(data, "valid", valid)[: cfg.eval_batches * cfg.batch_size]
 
     def evaluate(model) -> dict:
+        # Translations may run to 2·|source| + 10 words, as `lmlab evaluate` decodes: --seq-len filters
+        # the training pairs, it must not cut the valid translations (that scored long sentences as
+        # truncated when training on short pairs).
         return translation_metrics(model, tok, held, batch_size=cfg.batch_size,
-                                   bleu_sentences=options.bleu_sentences, max_len=cfg.seq_len)
+                                   bleu_sentences=options.bleu_sentences)
 
     return batches, evaluate
 
