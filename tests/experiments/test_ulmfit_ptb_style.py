@@ -29,7 +29,8 @@ def test_punctuation_is_dropped_and_sentences_become_lines(ptb_style):
 
 def test_already_tokenized_text_keeps_its_words(ptb_style):
     # the built-in corpora come tokenized and lower case (polarity) or as raw snippets (rotten-tomatoes)
-    assert ptb_style("the film ca n't act , but it 's fun . 10 / 10") == "the film ca n't act but it 's fun\nN N"
+    got = ptb_style("the film ca n't act , but it 's fun . 10 / 10")
+    assert got == "the film ca n't act but it 's fun\nN N"
 
 
 def test_every_token_is_of_a_kind_ptb_has(ptb_style):

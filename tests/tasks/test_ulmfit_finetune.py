@@ -95,7 +95,7 @@ def test_every_classifier_layer_group_gets_a_gradient_and_unfreezing_reaches_the
     out = model(torch.randint(0, 256, (3, 10)), torch.ones(3, 10, dtype=torch.long))
     out.logits.sum().backward()
     for k, group in enumerate(groups):
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in group), f"group {k} gets no gradient"
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in group), f"group {k}: no gradient"
 
 
 @pytest.mark.parametrize("family", ["gpt2", "bert"])
