@@ -17,8 +17,8 @@ Every stage is an `lmlab` command (printed before it runs), so this file is also
    start) ablated; with all labels also ULMFiT (task LM) with every layer trained from the start.
    Three training seeds for the main variants at 100 labels, one elsewhere.
 --sizes picks which rotten-tomatoes sizes run; the tables hold every run whose report exists.
-Every text is first written the way PTB is tokenized (`ptb_style`: lower case, numbers as N,
-punctuation split off), so that the pretrained vocabulary covers the task's words.
+Every text is first written the way PTB is tokenized (`ptb_style`: lower case, numbers as N, no
+punctuation, one sentence per line), so that the pretrained vocabulary covers the task's words.
 Results: OUT/results.json, OUT/results.md (tables), OUT/lowshot.png (dev error vs labels). A run
 whose report.json exists is not run again, so the script can be stopped and restarted.
 """
