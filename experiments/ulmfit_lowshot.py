@@ -106,7 +106,7 @@ def table(results: dict) -> str:
     lines = ["| task | labels | variant | dev error (mean ± SE) | seeds | MCC | ULMFiT margin |",
              "|---|---|---|---|---|---|---|"]
     for task, sizes in results.items():
-        for n, rows in sizes.items():
+        for n, rows in sorted(sizes.items(), key=lambda item: int(item[0])):
             for name, r in rows.items():
                 margin = ""
                 if name == "ulmfit" and "scratch" in rows:
@@ -133,13 +133,16 @@ def plot(results: dict, path: Path, majority: dict) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.8), squeeze=False)
     for ax, (task, sizes) in zip(axes[0], results.items(), strict=True):
         for variant in NAMES:
-            have = [n for n in sizes if variant in sizes[n]]
+            have = sorted((n for n in sizes if variant in sizes[n]), key=int)
             if have:
                 rows = [sizes[n][variant] for n in have]
                 ax.errorbar([int(n) for n in have], [r["error"] for r in rows], yerr=[r["se"] for r in rows],
                             marker="o", capsize=3, label=NAMES[variant])
         ax.axhline(majority[task], color="grey", linestyle="--", linewidth=1, label="majority class")
         ax.set_xscale("log")
+        ticks = sorted(int(n) for n in sizes)
+        ax.set_xticks(ticks, [str(n) for n in ticks], minor=False)
+        ax.set_xticks([], minor=True)
         ax.set_xlabel(f"labelled training examples ({task})")
         ax.set_ylabel("dev error")
         ax.set_title(f"ULMFiT low-shot, {task}")
