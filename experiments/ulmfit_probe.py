@@ -1,14 +1,15 @@
 """A linear probe of frozen LM features: how much sentiment a ULMFiT language model holds before any
 classifier fine-tuning (the diagnostic of docs/ulmfit.md's measurements).
 
-    PYTHONPATH=src python experiments/ulmfit_probe.py --exp runs/ulmfit-exp2 MODEL_DIR [MODEL_DIR ...]
+    PYTHONPATH=src python experiments/ulmfit_probe.py --exp runs/ulmfit-exp2 [--task rt] MODEL_DIR [...]
 
-Each model reads the rotten-tomatoes snippets that experiments/ulmfit.py wrote (EXP/rt/train-N.jsonl,
-EXP/rt/dev.jsonl, PTB-style) in eval mode, and each snippet becomes the classifier's input features
-h_c = [h_T; maxpool(H); meanpool(H)] (ULMFiT §3.3; lmlab.models.heads.concat_pool_read). A logistic
-regression (standardised features, L2, C = 0.1) is fit on the first 100 and 500 training snippets and
-scored on every dev snippet. `random` rows use the same network with fresh weights (seed 0).
-Results: EXP/probe.json and a table on stdout.
+Each model reads the texts that experiments/ulmfit.py or ulmfit_lowshot.py wrote (EXP/TASK/train-N.jsonl
+for every N there, EXP/TASK/dev.jsonl, PTB-style) in eval mode, and each text becomes the classifier's
+input features h_c = [h_T; maxpool(H); meanpool(H)] (ULMFiT §3.3; lmlab.models.heads.concat_pool_read).
+A logistic regression (standardised features, L2, C = 0.1) is fit on the N training texts and scored
+on every dev text. `random` rows use the same network with fresh weights (seed 0); `bag of words` is
+the same regression on word counts (words seen twice in the training texts), for scale.
+Results: EXP/probe-TASK.json and a table on stdout.
 """
 
 from __future__ import annotations
@@ -53,20 +54,33 @@ def mcc(pred: list, gold: list) -> float:
     return (tp * tn - fp * fn) / den if den else 0.0
 
 
-def probe(model, tokenizer, exp: Path) -> dict:
+def sizes(data: Path) -> list[int]:
+    return sorted(int(p.stem.split("-")[1]) for p in data.glob("train-[0-9]*.jsonl"))
+
+
+def probe(model, tokenizer, data: Path) -> dict:
+    """{N: error and MCC} of the regression on the model's features (model None: bag of words)."""
+    from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model.eval()
-    dev_texts, dev_labels = read(exp / "rt" / "dev.jsonl")
-    dev = features(model, tokenizer, dev_texts).numpy()
+    dev_texts, dev_labels = read(data / "dev.jsonl")
+    if model is not None:
+        model.eval()
+        dev = features(model, tokenizer, dev_texts).numpy()
     rows = {}
-    for n in (100, 500):
-        texts, labels = read(exp / "rt" / f"train-{n}.jsonl")
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
-        clf.fit(features(model, tokenizer, texts).numpy(), labels)
-        pred = list(clf.predict(dev))
+    for n in sizes(data):
+        texts, labels = read(data / f"train-{n}.jsonl")
+        if model is None:
+            clf = make_pipeline(CountVectorizer(min_df=2, token_pattern=r"\S+"),
+                                LogisticRegression(C=0.1, max_iter=5000))
+            clf.fit(texts, labels)
+            pred = list(clf.predict(dev_texts))
+        else:
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
+            clf.fit(features(model, tokenizer, texts).numpy(), labels)
+            pred = list(clf.predict(dev))
         acc = sum(p == g for p, g in zip(pred, dev_labels, strict=True)) / len(dev_labels)
         rows[str(n)] = {"error": round(1 - acc, 4), "mcc": round(mcc(pred, dev_labels), 4)}
     return rows
@@ -75,23 +89,26 @@ def probe(model, tokenizer, exp: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exp", default="runs/ulmfit-exp")
+    parser.add_argument("--task", default="rt", help="the folder of EXP holding train-N.jsonl and dev.jsonl")
     parser.add_argument("models", nargs="+")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    exp, results = Path(args.exp), {}
+    exp, data = Path(args.exp), Path(args.exp) / args.task
+    results = {"bag of words": probe(None, None, data)}
     for path in args.models:
         model, tokenizer = lmlab.load(path)
         model = model.backbone if isinstance(model, TaskModel) else model
-        results[path] = probe(model, tokenizer, exp)
+        results[path] = probe(model, tokenizer, data)
         print(path, results[path], flush=True)
     torch.manual_seed(0)
     model = build_from_config(family_of(model), config_fields(model))  # the last model's shape, fresh
-    results["random"] = probe(model, tokenizer, exp)
+    results["random"] = probe(model, tokenizer, data)
     print("random", results["random"], flush=True)
-    (exp / "probe.json").write_text(json.dumps(results, indent=1))
-    print("| LM | 100 labels | 500 labels |\n|---|---|---|")
+    (exp / f"probe-{args.task}.json").write_text(json.dumps(results, indent=1))
+    ns = sizes(data)
+    print("| features | " + " | ".join(f"{n} labels" for n in ns) + " |\n|---|" + "---|" * len(ns))
     for name, r in results.items():
-        print(f"| {name} | " + " | ".join(f"{r[n]['error']:.3f} ({r[n]['mcc']:+.2f})" for n in ("100", "500"))
+        print(f"| {name} | " + " | ".join(f"{r[str(n)]['error']:.3f} ({r[str(n)]['mcc']:+.2f})" for n in ns)
               + " |")
     return 0
 

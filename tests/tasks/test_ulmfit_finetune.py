@@ -77,8 +77,25 @@ def test_lm_fine_tuning_puts_the_tied_embedding_on_top():
     before = model.layer_groups()
     output_on_top(model)
     after = model.layer_groups()
-    assert after[-1] == before[0] == [model.embed.weight] and after[:-1] == before[1:]
+    assert after[-1] == before[0] == [model.embed.weight, model.decoder_bias] and after[:-1] == before[1:]
     assert lmlab.build("ulmfit", "tiny").layer_groups()[0][0].shape == (256, 24)  # other models unchanged
+
+
+def test_every_classifier_layer_group_gets_a_gradient_and_unfreezing_reaches_the_embedding():
+    # A layer group the classifier never uses (the LM's decoder bias had one of its own) would spend an
+    # epoch of gradual unfreezing on nothing and divide every LSTM's rate by a further 2.6.
+    from lmlab.models.heads import TaskSpec, build_task_model
+
+    torch.manual_seed(0)
+    spec = TaskSpec(name="classify", labels=("a", "b"), regression=False, lm_coef=0.0, pair_mode="concat",
+                    max_len=64, reader="concat_pool", pad_id=0, dropout=0.1, extra={"bptt": 4, "pool_len": 8})
+    model = build_task_model(lmlab.build("ulmfit", "tiny"), spec)
+    groups = model.layer_groups()  # embedding (+ the unused bias), 3 LSTM layers, the head: fastai's split
+    assert len(groups) == 5 and groups[0][0] is model.backbone.embed.weight
+    out = model(torch.randint(0, 256, (3, 10)), torch.ones(3, 10, dtype=torch.long))
+    out.logits.sum().backward()
+    for k, group in enumerate(groups):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in group), f"group {k}: no gradient"
 
 
 @pytest.mark.parametrize("family", ["gpt2", "bert"])
