@@ -30,6 +30,9 @@ class Expect:
     expected: float
     tolerance: float
 
+    def holds(self, number: float) -> bool:
+        return abs(number - self.expected) <= self.tolerance
+
 
 @dataclass(frozen=True)
 class Rung:
@@ -279,15 +282,49 @@ def gap(key: str, worse: str, better: str) -> Callable[[dict], float]:
     return lambda r: r[worse][key] - r[better][key]
 
 
+# in the lineage's order (the lecture's story: features, fine-tuning, longer context and bigger models)
 RUNGS: dict[str, Rung] = {r.family: r for r in [
-    Rung("gpt2", "a bigger language model is a better one on the same text (GPT-2 §3, Fig. 1)",
-         "test ppl, tiny − 4×128 model",
-         "Two GPT-2 decoders on PTB words, the same 800 steps of 16 × 64 tokens: the `tiny` preset "
-         "(2 layers of 48) and 4 layers of 128; test perplexity over the whole test split.",
-         gpt2_steps, gap("ppl", "test-tiny", "test-bigger"),
-         lambda r: (f"Test perplexity: tiny **{r['test-tiny']['ppl']:.1f}**, 4 × 128 "
-                    f"**{r['test-bigger']['ppl']:.1f}**."),
-         Expect(57.8, 5.0), Expect(732.4, 70.0), digits=1),
+    Rung("cove", "an encoder trained to translate gives features that help a task model beyond word vectors "
+         "(CoVe §5, Table 2)", "dev accuracy, GloVe + CoVe − GloVe",
+         "CoVe's MT model (the `small` preset: fixed GloVe 50-d, 2 × 128-unit biLSTM encoder, attentional "
+         "decoder over 8,000 German words) trained on builtin:lohelp-en-de for 4,000 steps of 64 pairs of "
+         "at most 30 words (~9 epochs; docs/cove.md's MT model, 53 min on one core, not in the wall "
+         "column); then the ELMo rung's tagger on wsj-pos with GloVe alone or `[GloVe; CoVe]` (the frozen "
+         "MT-LSTM's layers mixed).",
+         cove_steps, lambda r: accuracy(r["glove+cove"]) - accuracy(r["glove"]),
+         lambda r: (f"Translation: validation loss {r['pretrain']['val_loss']:.3f}, greedy BLEU "
+                    f"{r['pretrain']['val_bleu']:.2f} on 200 validation pairs. "
+                    + tagging_text(r, "glove", "glove+cove", "CoVe")),
+         Expect(0.028, 0.01), Expect(-0.0271, 0.02)),
+    Rung("elmo", "a frozen biLM's layers, mixed, help a task model beyond word vectors (ELMo §5, Table 1)",
+         "dev accuracy, GloVe + ELMo − GloVe",
+         "ELMo (char CNN, 2 × 256-cell LSTMs projected to 64) pretrained on PTB for 200 steps of 64 × 20 "
+         "tokens per direction (sampled softmax of 1,024); then the same biLSTM tagger (100 units) on "
+         "wsj-pos, 10 epochs, with GloVe 50-d alone or GloVe beside the learned mix of the frozen ELMo's "
+         "layers.",
+         elmo_steps, lambda r: accuracy(r["glove+elmo"]) - accuracy(r["glove"]),
+         lambda r: tagging_text(r, "glove", "glove+elmo", "ELMo"),
+         Expect(0.011, 0.005), Expect(-0.1384, 0.03)),
+    Rung("cvt", "cross-view training on unlabeled text improves a tagger trained on few labels "
+         "(CVT §4, Table 1)", "dev accuracy, CVT − supervised",
+         "The CVT tagger (GloVe 50-d read lowercased, char CNN, biLSTMs) on 10% of wsj-pos (90 sentences), "
+         "400 labeled batches of 16 at peak lr 1e-2: supervised only, and with CVT on PTB's valid and test "
+         "sentences (one unlabeled batch after each labeled one).",
+         cvt_steps, lambda r: accuracy(r["cvt"]) - accuracy(r["supervised"]),
+         lambda r: (f"Dev token accuracy (100 held-out sentences): supervised "
+                    f"**{accuracy(r['supervised']):.4f}**, CVT **{accuracy(r['cvt']):.4f}**."),
+         Expect(0.013, 0.005), Expect(-0.0045, 0.01)),
+    Rung("ulmfit", "a language model pretrained on general text makes a better classifier than the same "
+         "network trained on the task alone (ULMFiT §5)", "dev accuracy, pretrained − scratch",
+         "AWD-LSTM (3 layers, 64 / 256) pretrained on PTB words for 500 steps of 32 × 70 tokens; then the "
+         "classifier (concat pooling, STLR, ÷2.6 discriminative rates, gradual unfreezing, the reviews' new "
+         "words at the mean embedding) on builtin:polarity's 1,350 full training reviews (the first 200 "
+         "tokens, pooled over the last 140), 3 epochs; from scratch: the same network from random weights, "
+         "every layer at one rate from the start.",
+         ulmfit_steps, transfer_gap,
+         lambda r: (f"Dev accuracy (150 held-out reviews, majority class 0.513): pretrained "
+                    f"**{accuracy(r['pretrained']):.4f}**, from scratch **{accuracy(r['scratch']):.4f}**."),
+         Expect(0.04, 0.02), Expect(-0.0126, 0.02), short_number=transfer_loss_gap),
     Rung("gpt", "generative pretraining, then fine-tuning, beats the same model trained on the task alone "
          "(GPT §5)", "dev accuracy, pretrained − scratch",
          "GPT (post-LN, 4 layers of 128) pretrained on PTB words for 1,500 steps at peak lr 5e-4, then "
@@ -314,6 +351,14 @@ RUNGS: dict[str, Rung] = {r.family: r for r in [
          Expect(0.046, 0.01), Expect(4.276, 0.05),
          # 40 steps learn no context beyond the segment: the short recipe checks the model's bpc itself
          short_number=lambda r: r["valid-mem128"]["bpc"]),
+    Rung("gpt2", "a bigger language model is a better one on the same text (GPT-2 §3, Fig. 1)",
+         "test ppl, tiny − 4×128 model",
+         "Two GPT-2 decoders on PTB words, the same 800 steps of 16 × 64 tokens: the `tiny` preset "
+         "(2 layers of 48) and 4 layers of 128; test perplexity over the whole test split.",
+         gpt2_steps, gap("ppl", "test-tiny", "test-bigger"),
+         lambda r: (f"Test perplexity: tiny **{r['test-tiny']['ppl']:.1f}**, 4 × 128 "
+                    f"**{r['test-bigger']['ppl']:.1f}**."),
+         Expect(57.8, 5.0), Expect(732.4, 70.0), digits=1),
     Rung("char-transformer", "the auxiliary losses make a deep character transformer train "
          "(Al-Rfou et al. §2.1, Table 5)", "valid bpc, no aux losses − all three",
          "The 12-layer, 64-wide character transformer on text8-style KJV text, 150 steps of 16 × 64 "
@@ -323,47 +368,6 @@ RUNGS: dict[str, Rung] = {r.family: r for r in [
          lambda r: (f"Validation bits per character: all auxiliary losses **{r['valid-aux']['bpc']:.4f}**, "
                     f"none **{r['valid-none']['bpc']:.4f}**."),
          Expect(0.351, 0.05), Expect(0.292, 0.05)),
-    Rung("elmo", "a frozen biLM's layers, mixed, help a task model beyond word vectors (ELMo §5, Table 1)",
-         "dev accuracy, GloVe + ELMo − GloVe",
-         "ELMo (char CNN, 2 × 256-cell LSTMs projected to 64) pretrained on PTB for 200 steps of 64 × 20 "
-         "tokens per direction (sampled softmax of 1,024); then the same biLSTM tagger (100 units) on "
-         "wsj-pos, 10 epochs, with GloVe 50-d alone or GloVe beside the learned mix of the frozen ELMo's "
-         "layers.",
-         elmo_steps, lambda r: accuracy(r["glove+elmo"]) - accuracy(r["glove"]),
-         lambda r: tagging_text(r, "glove", "glove+elmo", "ELMo"),
-         Expect(0.011, 0.005), Expect(-0.1384, 0.03)),
-    Rung("cove", "an encoder trained to translate gives features that help a task model beyond word vectors "
-         "(CoVe §5, Table 2)", "dev accuracy, GloVe + CoVe − GloVe",
-         "CoVe's MT model (the `small` preset: fixed GloVe 50-d, 2 × 128-unit biLSTM encoder, attentional "
-         "decoder over 8,000 German words) trained on builtin:lohelp-en-de for 4,000 steps of 64 pairs of "
-         "at most 30 words (~9 epochs; docs/cove.md's MT model, 53 min on one core, not in the wall "
-         "column); then the ELMo rung's tagger on wsj-pos with GloVe alone or `[GloVe; CoVe]` (the frozen "
-         "MT-LSTM's layers mixed).",
-         cove_steps, lambda r: accuracy(r["glove+cove"]) - accuracy(r["glove"]),
-         lambda r: (f"Translation: validation loss {r['pretrain']['val_loss']:.3f}, greedy BLEU "
-                    f"{r['pretrain']['val_bleu']:.2f} on 200 validation pairs. "
-                    + tagging_text(r, "glove", "glove+cove", "CoVe")),
-         Expect(0.028, 0.01), Expect(-0.0271, 0.02)),
-    Rung("ulmfit", "a language model pretrained on general text makes a better classifier than the same "
-         "network trained on the task alone (ULMFiT §5)", "dev accuracy, pretrained − scratch",
-         "AWD-LSTM (3 layers, 64 / 256) pretrained on PTB words for 500 steps of 32 × 70 tokens; then the "
-         "classifier (concat pooling, STLR, ÷2.6 discriminative rates, gradual unfreezing, the reviews' new "
-         "words at the mean embedding) on builtin:polarity's 1,350 full training reviews (the first 200 "
-         "tokens, pooled over the last 140), 3 epochs; from scratch: the same network from random weights, "
-         "every layer at one rate from the start.",
-         ulmfit_steps, transfer_gap,
-         lambda r: (f"Dev accuracy (150 held-out reviews, majority class 0.513): pretrained "
-                    f"**{accuracy(r['pretrained']):.4f}**, from scratch **{accuracy(r['scratch']):.4f}**."),
-         Expect(0.04, 0.02), Expect(-0.0126, 0.02), short_number=transfer_loss_gap),
-    Rung("cvt", "cross-view training on unlabeled text improves a tagger trained on few labels "
-         "(CVT §4, Table 1)", "dev accuracy, CVT − supervised",
-         "The CVT tagger (GloVe 50-d read lowercased, char CNN, biLSTMs) on 10% of wsj-pos (90 sentences), "
-         "400 labeled batches of 16 at peak lr 1e-2: supervised only, and with CVT on PTB's valid and test "
-         "sentences (one unlabeled batch after each labeled one).",
-         cvt_steps, lambda r: accuracy(r["cvt"]) - accuracy(r["supervised"]),
-         lambda r: (f"Dev token accuracy (100 held-out sentences): supervised "
-                    f"**{accuracy(r['supervised']):.4f}**, CVT **{accuracy(r['cvt']):.4f}**."),
-         Expect(0.013, 0.005), Expect(-0.0045, 0.01)),
     Rung("music", "relative attention models music better than absolute positions (Music Transformer, "
          "Table 1)", "test NLL/event, absolute − relative",
          "The music model (3 layers of 128, 256-event windows) on Bach chorales, 400 steps of 16 windows "
@@ -374,7 +378,3 @@ RUNGS: dict[str, Rung] = {r.family: r for r in [
                     f"**{r['test-rel-false']['nll_per_event']:.4f}**."),
          Expect(0.303, 0.03), Expect(0.0107, 0.01)),
 ]}
-
-# the lineage's order (the lecture's story: features, fine-tuning, longer context and bigger models)
-RUNGS = {name: RUNGS[name] for name in ("cove", "elmo", "cvt", "ulmfit", "gpt", "bert", "transfo-xl", "gpt2",
-                                        "char-transformer", "music")}
