@@ -11,14 +11,13 @@ training reviews in a seeded order (default all).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ulmfit import ptb_style  # noqa: E402
+from ulmfit import jsonl, ptb_style  # noqa: E402
 
 
 def polarity(out: Path, n_train: int | None) -> None:
@@ -31,8 +30,7 @@ def polarity(out: Path, n_train: int | None) -> None:
         if split == "train" and n_train:
             random.Random(0).shuffle(rows)
             rows = rows[:n_train]
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        print(f"{out / f'{split}.jsonl'}: {len(rows)} reviews")
+        print(f"{jsonl(out / f'{split}.jsonl', rows)}: {len(rows)} reviews")
 
 
 def main() -> int:

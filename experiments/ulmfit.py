@@ -94,17 +94,25 @@ def write_subsets(out: Path, source: str, sizes: list[int | None]) -> dict:
     random.Random(0).shuffle(order)
     files = {}
     for n in sizes:
-        path = out / f"train-{n or 'all'}.jsonl"
-        chosen = order[:n or len(train)]
-        path.write_text("".join(json.dumps(train[i]) + "\n" for i in chosen), encoding="utf-8")
-        files[n] = str(path)
+        files[n] = jsonl(out / f"train-{n or 'all'}.jsonl", [train[i] for i in order[:n or len(train)]])
     text = out / "target-lm.txt"  # every training text, labels unused
     text.write_text("".join(r["text"] + "\n" for r in train), encoding="utf-8")
     dev_text = out / "target-lm-dev.txt"
     dev_text.write_text("".join(r["text"] + "\n" for r in dev), encoding="utf-8")
-    dev_file = out / "dev.jsonl"
-    dev_file.write_text("".join(json.dumps(r) + "\n" for r in dev), encoding="utf-8")
-    return {"train": files, "lm_text": str(text), "lm_dev": str(dev_text), "dev": str(dev_file)}
+    return {"train": files, "lm_text": str(text), "lm_dev": str(dev_text),
+            "dev": jsonl(out / "dev.jsonl", dev)}
+
+
+def jsonl(path: Path, rows: list[dict]) -> str:
+    """`rows` written to `path` one JSON object a line; the path, as a command argument."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def majority_error(dev: str) -> float:
+    """The dev error of always answering the most frequent label of the JSONL file `dev`."""
+    labels = [json.loads(line)["label"] for line in Path(dev).read_text(encoding="utf-8").splitlines()]
+    return 1 - max(labels.count(x) for x in set(labels)) / len(labels)
 
 
 def stage2(lm: str, text: str, dev: str, out: Path, flags: list[str]) -> dict:
@@ -255,8 +263,7 @@ def main() -> int:
     results = json.loads((out / "results.json").read_text())
     (out / "results.md").write_text(tables(results))
     if results["tasks"].get("rotten-tomatoes", {}).get("classifier"):
-        labels = [json.loads(line)["label"] for line in Path(rt["dev"]).read_text().splitlines()]
-        plot(results, out / "lowshot.png", 1 - max(labels.count(x) for x in set(labels)) / len(labels))
+        plot(results, out / "lowshot.png", majority_error(rt["dev"]))
     print(tables(results))
     return 0
 

@@ -34,18 +34,13 @@ import random
 import sys
 from pathlib import Path
 
-from ulmfit import PY, VARIANTS, ptb_style, run, write_subsets
+from ulmfit import PY, VARIANTS, jsonl, majority_error, ptb_style, run, write_subsets
 
 NAMES = {"scratch": "from scratch", "ulmfit": "ULMFiT (LM on task text)", "nolm": "ULMFiT, no LM fine-tuning"}
 TRAIN_SIDE = 200  # polarity reviews on the training side: the LM may read them, the classifier n of them
 TAIL = 400  # the classifier reads each review's last 400 words (whole reviews: ~15 CPU-minutes a run)
 CLASSIFIER = ["--epochs", "16", "--batch-size", "16", "--bptt", "70", "--max-len", "100000",
               "--eval-every", "100000", "--save-every", "100000"]
-
-
-def jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
 
 
 def tail(text: str, words: int = TAIL) -> str:
@@ -117,11 +112,6 @@ def table(results: dict) -> str:
                 lines.append(f"| {task} (dev {r['n_dev']}) | {n} | {NAMES[name]} | {r['error']:.3f} ± "
                              f"{r['se']:.3f} | {seeds} | {r['mcc']:+.2f} | {margin} |")
     return "\n".join(lines) + "\n"
-
-
-def majority_error(dev: str) -> float:
-    labels = [json.loads(line)["label"] for line in Path(dev).read_text(encoding="utf-8").splitlines()]
-    return 1 - max(labels.count(x) for x in set(labels)) / len(labels)
 
 
 def plot(results: dict, path: Path, majority: dict) -> None:
